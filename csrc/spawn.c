@@ -1,0 +1,520 @@
+/*
+ * minibox spawn engine: clone() a child into new namespaces and walk it,
+ * step by named step, from the clone to execve().
+ *
+ * Kernel features: clone3(2) with CLONE_NEW* and CLONE_PIDFD (and
+ * CLONE_INTO_CGROUP on cgroup v2), namespaces(7), mount_namespaces(7),
+ * pivot_root(2), capabilities(7), prctl(2) PR_SET_NO_NEW_PRIVS,
+ * seccomp(2), setns(2).
+ *
+ * Why C: the Python process that calls us may run other threads.  After a
+ * clone without CLONE_VM only the calling thread exists in the child, and
+ * any lock another thread held (malloc's arena, stdio, the GIL) stays held.
+ * So between clone and execve the child calls only async-signal-safe
+ * system calls on memory Python prepared beforehand: no malloc, no stdio,
+ * no Python.  CPython's _posixsubprocess and runc's nsexec.c make the same
+ * choice.
+ *
+ * Failure protocol (after CPython's _posixsubprocess): the child writes a
+ * struct mb_error {step, errno, index} to plan->error_fd, which is
+ * close-on-exec, and _exit()s.  The parent reads that pipe: EOF with no
+ * data means execve succeeded.
+ */
+#define _GNU_SOURCE
+#include "spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+
+#define MB_MAX_KEEP_FDS 32
+
+/* ---- reporting --------------------------------------------------------- */
+
+static void __attribute__((noreturn))
+fail(const struct mb_plan *plan, int step, int err, int index)
+{
+    struct mb_error report = { step, err, index };
+    ssize_t n;
+    do {
+        n = write(plan->error_fd, &report, sizeof report);
+    } while (n < 0 && errno == EINTR);
+    _exit(127);
+}
+
+#define CHECK(plan, step, expr) \
+    do { if ((expr) < 0) fail((plan), (step), errno, -1); } while (0)
+
+/* ---- small helpers, all async-signal-safe ------------------------------ */
+
+static void reset_signals(void)
+{
+    /* Python ignores SIGPIPE and installs C handlers for SIGINT and others;
+     * handlers and SIG_IGN survive fork, SIG_IGN even survives execve.  The
+     * command must start with default dispositions and an empty mask. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        (void)sigaction(sig, &dfl, NULL);  /* EINVAL for glibc-reserved signals */
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static int keep_fd(int *keep, int n, int fd)
+{
+    if (fd >= 3 && n < MB_MAX_KEEP_FDS) {
+        for (int i = 0; i < n; i++)
+            if (keep[i] == fd)
+                return n;
+        keep[n++] = fd;
+    }
+    return n;
+}
+
+static void close_range_fallback(unsigned int first, unsigned int last)
+{
+    struct rlimit lim;
+    unsigned int top = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < top)
+        top = (unsigned int)lim.rlim_cur;
+    if (last > top)
+        last = top;
+    for (unsigned int fd = first; fd <= last; fd++)
+        (void)close((int)fd);
+}
+
+/* Close every inherited fd >= 3 except the ones the plan still needs: other
+ * Python threads may have opened fds without O_CLOEXEC, and none of them
+ * may reach the sandbox. */
+static void close_other_fds(const struct mb_plan *plan)
+{
+    int keep[MB_MAX_KEEP_FDS];
+    int n = 0;
+    n = keep_fd(keep, n, plan->error_fd);
+    n = keep_fd(keep, n, plan->sync_fd);
+    n = keep_fd(keep, n, plan->report_fd);
+    n = keep_fd(keep, n, plan->cgroup_fd);
+    n = keep_fd(keep, n, plan->stdin_fd);
+    n = keep_fd(keep, n, plan->stdout_fd);
+    n = keep_fd(keep, n, plan->stderr_fd);
+    n = keep_fd(keep, n, plan->tty_fd);
+    for (int i = 0; i < plan->n_setns_fds; i++)
+        n = keep_fd(keep, n, plan->setns_fds[i]);
+    /* insertion sort: n is tiny */
+    for (int i = 1; i < n; i++) {
+        int v = keep[i], j = i - 1;
+        while (j >= 0 && keep[j] > v) {
+            keep[j + 1] = keep[j];
+            j--;
+        }
+        keep[j + 1] = v;
+    }
+    unsigned int first = 3;
+    for (int i = 0; i <= n; i++) {
+        unsigned int last = i < n ? (unsigned int)keep[i] - 1 : ~0U;
+        if (first <= last) {
+            if (syscall(SYS_close_range, first, last, 0) < 0)
+                close_range_fallback(first, last);
+        }
+        if (i < n)
+            first = (unsigned int)keep[i] + 1;
+    }
+}
+
+static int dup_onto(int fd, int target)
+{
+    if (fd == target) {
+        /* already in place: only clear close-on-exec */
+        int flags = fcntl(fd, F_GETFD);
+        if (flags < 0)
+            return -1;
+        return fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+    }
+    return dup2(fd, target) < 0 ? -1 : 0;
+}
+
+static int setup_stdio(const struct mb_plan *plan)
+{
+    int fds[3] = { plan->stdin_fd, plan->stdout_fd, plan->stderr_fd };
+    if (plan->tty_fd >= 0)
+        fds[0] = fds[1] = fds[2] = plan->tty_fd;
+    for (int i = 0; i < 3; i++) {
+        int fd = fds[i];
+        if (fd < 0) {
+            fd = open("/dev/null", i == 0 ? O_RDONLY : O_WRONLY);
+            if (fd < 0)
+                return -1;
+            if (fd != i) {
+                if (dup2(fd, i) < 0)
+                    return -1;
+                close(fd);
+            }
+            continue;
+        }
+        if (dup_onto(fd, i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static size_t str_len(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+/* Translate statvfs flags into the mount flags a bind remount must keep.
+ * In a user namespace the kernel "locks" nosuid/nodev/noexec/atime flags
+ * of mounts inherited from a more privileged namespace, and a remount that
+ * drops them fails with EPERM (see mount_namespaces(7)). */
+static unsigned long locked_flags(const char *path)
+{
+    struct statvfs sv;
+    unsigned long flags = 0;
+    if (statvfs(path, &sv) < 0)
+        return 0;
+    if (sv.f_flag & ST_NOSUID)
+        flags |= MS_NOSUID;
+    if (sv.f_flag & ST_NODEV)
+        flags |= MS_NODEV;
+    if (sv.f_flag & ST_NOEXEC)
+        flags |= MS_NOEXEC;
+    if (sv.f_flag & ST_NOATIME)
+        flags |= MS_NOATIME;
+    if (sv.f_flag & ST_NODIRATIME)
+        flags |= MS_NODIRATIME;
+    if (sv.f_flag & ST_RELATIME)
+        flags |= MS_RELATIME;
+    return flags;
+}
+
+static int remount_readonly(const char *path, unsigned long extra)
+{
+    return mount(NULL, path, NULL,
+                 MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(path) | extra, NULL);
+}
+
+static int run_op(const struct mb_op *op)
+{
+    int fd;
+    switch (op->kind) {
+    case MB_OP_MOUNT:
+        return mount(op->source, op->target, op->fstype, op->flags, op->data);
+    case MB_OP_MKDIR:
+        if (mkdir(op->target, op->mode) < 0 && errno != EEXIST)
+            return -1;
+        return 0;
+    case MB_OP_TOUCH:
+        fd = open(op->target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, op->mode);
+        if (fd < 0) {
+            /* an existing file (or a read-only rootfs holding it) is fine */
+            struct stat st;
+            if (errno != ELOOP && stat(op->target, &st) == 0 && !S_ISDIR(st.st_mode))
+                return 0;
+            return -1;
+        }
+        close(fd);
+        return 0;
+    case MB_OP_SYMLINK:
+        if (symlink(op->source, op->target) < 0 && errno != EEXIST)
+            return -1;
+        return 0;
+    case MB_OP_REMOUNT_RO:
+        return remount_readonly(op->target, op->flags);
+    case MB_OP_MKNOD:
+        if (mknod(op->target, op->mode, (dev_t)op->dev) < 0 && errno != EEXIST)
+            return -1;
+        return 0;
+    default:
+        errno = EINVAL;
+        return -1;
+    }
+}
+
+/* ---- capabilities ----------------------------------------------------- */
+
+static int apply_bounding_set(uint64_t bounding)
+{
+    for (int cap = 0; cap < 64; cap++) {
+        if (bounding & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)   /* past CAP_LAST_CAP: nothing to drop */
+                break;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int apply_capsets(const struct mb_plan *plan)
+{
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    data[0].effective = (uint32_t)plan->cap_effective;
+    data[1].effective = (uint32_t)(plan->cap_effective >> 32);
+    data[0].permitted = (uint32_t)plan->cap_permitted;
+    data[1].permitted = (uint32_t)(plan->cap_permitted >> 32);
+    data[0].inheritable = (uint32_t)plan->cap_inheritable;
+    data[1].inheritable = (uint32_t)(plan->cap_inheritable >> 32);
+    if (syscall(SYS_capset, &header, data) < 0)
+        return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return -1;
+    for (int cap = 0; cap < 64; cap++) {
+        if (!(plan->cap_ambient & (1ULL << cap)))
+            continue;
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int install_seccomp(const struct mb_plan *plan)
+{
+    struct sock_fprog prog;
+    prog.len = (unsigned short)plan->seccomp_len;
+    prog.filter = (struct sock_filter *)plan->seccomp_filter;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* ---- execve with a PATH search that needs no malloc ------------------- */
+
+static void __attribute__((noreturn)) exec_command(const struct mb_plan *plan)
+{
+    const char *file = plan->argv[0];
+    char *const *argv = (char *const *)plan->argv;
+    char *const *envp = (char *const *)plan->envp;
+
+    for (const char *p = file; *p; p++) {
+        if (*p == '/') {
+            execve(file, argv, envp);
+            fail(plan, MB_STEP_EXECVE, errno, -1);
+        }
+    }
+    const char *path = plan->path_env ? plan->path_env : "/usr/local/bin:/usr/bin:/bin";
+    size_t file_len = str_len(file);
+    int saved = ENOENT;
+    char buf[4096];
+    while (*path) {
+        const char *end = path;
+        while (*end && *end != ':')
+            end++;
+        size_t dir_len = (size_t)(end - path);
+        if (dir_len == 0) {           /* empty entry: current directory */
+            buf[0] = '.';
+            dir_len = 1;
+        } else if (dir_len < sizeof buf) {
+            memcpy(buf, path, dir_len);
+        }
+        if (dir_len + 1 + file_len + 1 <= sizeof buf) {
+            buf[dir_len] = '/';
+            memcpy(buf + dir_len + 1, file, file_len + 1);
+            execve(buf, argv, envp);
+            if (errno == EACCES)
+                saved = EACCES;   /* keep looking, but remember (as execvp does) */
+            else if (errno != ENOENT && errno != ENOTDIR)
+                fail(plan, MB_STEP_EXECVE, errno, -1);
+        }
+        path = *end ? end + 1 : end;
+    }
+    fail(plan, MB_STEP_EXECVE, saved, -1);
+}
+
+/* ---- the child: fixed, named steps ----------------------------------- */
+
+static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
+{
+    reset_signals();
+    close_other_fds(plan);
+
+    /* Step: wait for the parent.  It writes uid/gid maps and attaches us to
+     * our cgroups, then sends one byte.  EOF means it died: give up. */
+    if (plan->sync_fd >= 0) {
+        char go;
+        ssize_t n;
+        do {
+            n = read(plan->sync_fd, &go, 1);
+        } while (n < 0 && errno == EINTR);
+        if (n != 1)
+            fail(plan, MB_STEP_WAIT_PARENT, n == 0 ? EPIPE : errno, -1);
+        close(plan->sync_fd);
+    }
+
+    CHECK(plan, MB_STEP_STDIO, setup_stdio(plan));
+
+    /* Step: a new session, so the sandbox never shares the caller's
+     * controlling terminal (no keystroke injection into it). */
+    CHECK(plan, MB_STEP_SETSID, setsid());
+    if (plan->tty_fd >= 0) {
+        CHECK(plan, MB_STEP_TTY, ioctl(0, TIOCSCTTY, 0));
+        if (plan->tty_fd > 2)
+            close(plan->tty_fd);
+    }
+
+    if (plan->hostname)
+        CHECK(plan, MB_STEP_HOSTNAME, sethostname(plan->hostname, str_len(plan->hostname)));
+
+    if (plan->rootfs) {
+        /* Step: stop mount events from flowing back to the host. */
+        CHECK(plan, MB_STEP_MOUNT_PRIVATE, mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+        /* Step: pivot_root needs the new root to be a mount point. */
+        CHECK(plan, MB_STEP_BIND_ROOTFS,
+              mount(plan->rootfs, plan->rootfs, NULL, MS_BIND | MS_REC, NULL));
+        for (int i = 0; i < plan->n_ops; i++) {
+            if (run_op(&plan->ops[i]) < 0 && !plan->ops[i].optional)
+                fail(plan, MB_STEP_MOUNTS, errno, i);
+        }
+        if (plan->readonly_rootfs)
+            CHECK(plan, MB_STEP_READONLY_ROOTFS, remount_readonly(plan->rootfs, 0));
+        /* Step: pivot_root(".", ".") stacks the old root on top of the new
+         * one; unmounting "." then detaches it (the runc trick, which needs
+         * no put_old directory inside a possibly read-only rootfs). */
+        CHECK(plan, MB_STEP_PIVOT_ROOT, chdir(plan->rootfs));
+        CHECK(plan, MB_STEP_PIVOT_ROOT, syscall(SYS_pivot_root, ".", "."));
+        CHECK(plan, MB_STEP_DETACH_OLD_ROOT, umount2(".", MNT_DETACH));
+        CHECK(plan, MB_STEP_DETACH_OLD_ROOT, chdir("/"));
+    }
+
+    for (int i = 0; i < plan->n_rlimits; i++) {
+        struct rlimit lim = { plan->rlimits[i].soft, plan->rlimits[i].hard };
+        CHECK(plan, MB_STEP_RLIMITS, setrlimit(plan->rlimits[i].resource, &lim));
+    }
+
+    /* Without no_new_privs, installing a filter needs CAP_SYS_ADMIN, which
+     * the capability step may drop: install it first then (as runc does);
+     * the filter allows the few calls that remain before execve. */
+    int seccomp_early = plan->seccomp_len > 0 && !plan->no_new_privs;
+    if (seccomp_early)
+        CHECK(plan, MB_STEP_SECCOMP, install_seccomp(plan));
+
+    if (plan->set_caps) {
+        CHECK(plan, MB_STEP_CAPABILITIES, apply_bounding_set(plan->cap_bounding));
+        /* keep permitted caps across setuid() to a non-zero uid */
+        CHECK(plan, MB_STEP_CAPABILITIES, prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
+    }
+    if (plan->set_ids) {
+        gid_t gid = plan->gid;
+        if (plan->set_groups)
+            CHECK(plan, MB_STEP_SETGROUPS, setgroups(1, &gid));
+        CHECK(plan, MB_STEP_SETGID, setresgid(plan->gid, plan->gid, plan->gid));
+        CHECK(plan, MB_STEP_SETUID, setresuid(plan->uid, plan->uid, plan->uid));
+    }
+    if (plan->set_caps) {
+        CHECK(plan, MB_STEP_CAPABILITIES, apply_capsets(plan));
+        CHECK(plan, MB_STEP_CAPABILITIES, prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0));
+    }
+
+    /* chdir after the id switch, so the command's own permissions apply */
+    if (plan->cwd)
+        CHECK(plan, MB_STEP_CHDIR, chdir(plan->cwd));
+
+    if (plan->no_new_privs)
+        CHECK(plan, MB_STEP_NO_NEW_PRIVS, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+
+    /* Step: seccomp, last, so none of the setup above is filtered. */
+    if (plan->seccomp_len > 0 && !seccomp_early)
+        CHECK(plan, MB_STEP_SECCOMP, install_seccomp(plan));
+
+    exec_command(plan);
+}
+
+/* Exec into a running container: join its namespaces, then clone once more
+ * so that the new process is inside the pid namespace (setns on a pid
+ * namespace only affects children) and, through CLONE_PARENT, is the
+ * caller's own child that it can wait for. */
+static void __attribute__((noreturn)) join_and_fork(const struct mb_plan *plan)
+{
+    reset_signals();
+    close_other_fds(plan);
+    for (int i = 0; i < plan->n_setns_fds; i++)
+        CHECK(plan, MB_STEP_SETNS, setns(plan->setns_fds[i], 0));
+    long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
+    if (pid < 0)
+        fail(plan, MB_STEP_FORK, errno, -1);
+    if (pid == 0)
+        child_main(plan);
+    int32_t report = (int32_t)pid;
+    ssize_t n;
+    do {
+        n = write(plan->report_fd, &report, sizeof report);
+    } while (n < 0 && errno == EINTR);
+    _exit(n == sizeof report ? 0 : 1);
+}
+
+/* ---- the parent side -------------------------------------------------- */
+
+static long clone3_child(const struct mb_plan *plan, uint64_t flags, int *pidfd)
+{
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = flags | CLONE_PIDFD;
+    args.pidfd = (uint64_t)(uintptr_t)pidfd;
+    args.exit_signal = SIGCHLD;
+    if (plan->cgroup_fd >= 0) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)plan->cgroup_fd;
+    }
+    return syscall(SYS_clone3, &args, sizeof args);
+}
+
+int mb_spawn(const struct mb_plan *plan, int *pidfd)
+{
+    int joining = plan->n_setns_fds > 0;
+    uint64_t flags = joining ? 0 : plan->clone_flags;
+    sigset_t all, old;
+    long pid;
+
+    *pidfd = -1;
+    /* Block every signal across the clone so no Python-level handler can run
+     * in the child before reset_signals() (as _posixsubprocess does). */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+
+    pid = clone3_child(plan, flags, pidfd);
+    if (pid < 0 && (errno == ENOSYS || errno == E2BIG) && plan->cgroup_fd < 0) {
+        /* kernels before 5.3: classic clone(2); the parent opens a pidfd */
+        pid = syscall(SYS_clone, (unsigned long)flags | SIGCHLD, 0, NULL, NULL, 0);
+    }
+    if (pid == 0) {
+        if (joining)
+            join_and_fork(plan);
+        child_main(plan);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0)
+        return -saved;
+    return (int)pid;
+}

@@ -1,0 +1,83 @@
+"""minibox: isolation from its primitives.
+
+Two ways to isolate a command, one API:
+
+* ``isolation="container"`` -- :class:`Container`: new namespaces and
+  cgroups on the host's kernel; the host kernel is the boundary.
+* ``isolation="vm"`` -- :class:`VirtualMachine`: QEMU boots a guest kernel;
+  the hypervisor is the boundary.
+
+>>> import minibox
+>>> result = minibox.run(minibox.Spec(argv=["uname", "-r"]))   # doctest: +SKIP
+>>> result.stdout                                              # doctest: +SKIP
+b'6.18.44\\n'
+
+The heavy parts (the C core, QEMU control) are imported lazily, so that
+``import minibox`` and the ``minibox`` command start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
+from .sandbox import Result, Sandbox, Stats, Usage
+from .spec import IdMap, Limits, Mount, Spec
+
+if TYPE_CHECKING:
+    from .container.container import Container
+    from .vm.virtual_machine import VirtualMachine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "run",
+    "Spec",
+    "Limits",
+    "Mount",
+    "IdMap",
+    "Sandbox",
+    "Container",
+    "VirtualMachine",
+    "Result",
+    "Usage",
+    "Stats",
+    "MiniboxError",
+    "SpecError",
+    "SetupError",
+    "PreflightError",
+    "CommandNotFoundError",
+]
+
+ISOLATIONS = ("container", "vm")
+
+
+def run(spec: Spec, isolation: str = "container", **kwargs: Any) -> Result:
+    """Run ``spec`` to completion in a sandbox and return its :class:`Result`.
+
+    ``isolation`` is ``"container"`` (namespaces + cgroups, the host kernel)
+    or ``"vm"`` (a QEMU microVM with its own kernel).  Keyword arguments
+    (``stdin``, ``stdout``, ``stderr``) are passed to the sandbox.
+    """
+    if isolation == "container":
+        from .container.container import run as run_container
+
+        return run_container(spec, **kwargs)
+    if isolation == "vm":
+        from .vm import run_vm
+
+        return run_vm(spec, **kwargs)
+    raise SpecError("isolation", f"unknown isolation {isolation!r}; use 'container' or 'vm'")
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562 lazy attributes: load the container and VM paths on first use.
+    if name == "Container":
+        from .container.container import Container
+
+        return Container
+    if name == "VirtualMachine":
+        from .vm.virtual_machine import VirtualMachine
+
+        return VirtualMachine
+    raise AttributeError(f"module 'minibox' has no attribute {name!r}")

@@ -1,0 +1,603 @@
+"""Container: a command in new namespaces and cgroups; the host kernel is the boundary.
+
+This module is the parent's side of a container's life (the child's side is
+csrc/spawn.c).  In order, ``start()``:
+
+1. validates what the Spec asks of *this* path, and compiles the hardening
+   (capability masks, seccomp program, rlimits) -- before anything exists;
+2. creates the container's cgroups (container/cgroups.py);
+3. clones the child into its namespaces (container/spawn.py -> C); the
+   child blocks on a pipe;
+4. writes the child's uid/gid maps (container/userns.py) and attaches it
+   to its cgroups, then releases it;
+5. reads the close-on-exec error pipe: EOF means the command is running,
+   a report means a named step failed, and everything is undone.
+
+``wait()`` drains stdout/stderr while polling the child's pidfd, enforces
+the timeout by killing the whole container, reaps the child with wait4(2)
+(for its rusage) and reads the cgroup's evidence (OOM kill, peak memory)
+before removing the cgroup.  Every exit path -- success, setup failure,
+timeout, exception in the caller's ``with`` block -- ends in ``close()``,
+which leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal as signal_mod
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import MiniboxError, SetupError, SpecError
+from ..sandbox import Result, Sandbox, Stats, Usage
+from ..spec import Spec
+from . import state as state_mod
+from .busybox import default_rootfs
+from .namespaces import JOIN_ORDER, clone_flags
+from .rootfs import mount_plan
+from .spawn import ChildPlan, read_child_error, spawn
+from .userns import default_maps, write_id_maps
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_READ_CHUNK = 1 << 16
+
+
+def _fd_for_child(fd: int | None, target: int, to_close: list[int]) -> int:
+    """An fd the child may dup2() onto ``target`` without clobbering another std fd."""
+    if fd is None:
+        return -1
+    if fd < 3 and fd != target:
+        fd = os.dup(fd)  # >= 3, close-on-exec; the child's dup2 clears that
+        to_close.append(fd)
+    return fd
+
+
+class _Pipes:
+    """The parent's ends of the child's stdio pipes."""
+
+    def __init__(self) -> None:
+        self.stdin_w: int | None = None
+        self.stdout_r: int | None = None
+        self.stderr_r: int | None = None
+
+    def close(self) -> None:
+        for name in ("stdin_w", "stdout_r", "stderr_r"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)
+
+
+def _communicate(pidfd: int, pipes: _Pipes, stdin_data: bytes | None, deadline: float | None,
+                 out: list[bytes], err: list[bytes]) -> bool:
+    """Feed stdin, drain stdout/stderr, until the process exits and the pipes close.
+
+    Returns False when ``deadline`` (a time.monotonic() value) passed first.
+    Draining while waiting means a child writing megabytes never blocks on a
+    full pipe (the deadlock subprocess.communicate() also avoids).
+    """
+    poller = select.poll()
+    targets: dict[int, list[bytes]] = {}
+    if pipes.stdout_r is not None:
+        poller.register(pipes.stdout_r, select.POLLIN)
+        targets[pipes.stdout_r] = out
+    if pipes.stderr_r is not None:
+        poller.register(pipes.stderr_r, select.POLLIN)
+        targets[pipes.stderr_r] = err
+    pending = memoryview(stdin_data or b"")
+    if pipes.stdin_w is not None:
+        if pending:
+            os.set_blocking(pipes.stdin_w, False)
+            poller.register(pipes.stdin_w, select.POLLOUT)
+        else:
+            os.close(pipes.stdin_w)
+            pipes.stdin_w = None
+    poller.register(pidfd, select.POLLIN)
+    exited = False
+    while targets or not exited:
+        timeout_ms: float | None = None
+        if deadline is not None:
+            timeout_ms = max(0.0, (deadline - time.monotonic()) * 1000)
+        events = poller.poll(timeout_ms)
+        if not events and deadline is not None and time.monotonic() >= deadline:
+            return False
+        for fd, mask in events:
+            if fd == pidfd:
+                exited = True
+                poller.unregister(pidfd)
+            elif fd == pipes.stdin_w:
+                try:
+                    written = os.write(fd, pending[:_READ_CHUNK])
+                    pending = pending[written:]
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    pending = pending[:0]
+                if not pending:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    pipes.stdin_w = None
+            elif fd in targets:
+                data = os.read(fd, _READ_CHUNK) if mask & (select.POLLIN | select.POLLHUP) else b""
+                if data:
+                    targets[fd].append(data)
+                else:
+                    poller.unregister(fd)
+                    del targets[fd]
+    return True
+
+
+class Container(Sandbox):
+    """A command isolated by namespaces and cgroups on the host kernel.
+
+    ``stdin`` is bytes to feed, an fd to pass through, or None for
+    /dev/null; ``stdout``/``stderr`` are None to capture into the Result, or
+    an fd to pass through.  ``cgroup=False`` skips the cgroup when the Spec
+    has no limits (what :func:`minibox.run` does, to start faster); pause,
+    resume and exact stats need it.
+    """
+
+    def __init__(self, spec: Spec, *, stdin: bytes | int | None = None, stdout: int | None = None,
+                 stderr: int | None = None, cgroup: bool = True) -> None:
+        if not isinstance(spec, Spec):
+            raise SpecError("spec", "expected a minibox.Spec")
+        self.spec = spec
+        self.id = uuid.uuid4().hex[:12]
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
+        self._want_cgroup = cgroup or not spec.limits.is_empty()
+        self._lock = threading.RLock()
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._pipes = _Pipes()
+        self._cgroup: Any = None
+        self._network: Any = None
+        self._cleanups: list[Callable[[], None]] = []
+        self._started_at = 0.0
+        self._result: Result | None = None
+        self._closed = False
+        self._state_written = False
+        self._rusage: Any = None
+        self._status: int | None = None
+        self._check_supported(spec)
+
+    # -- what this path supports -------------------------------------------------
+
+    @staticmethod
+    def _check_supported(spec: Spec) -> None:
+        if spec.network == "bridge":
+            raise SpecError("network", "'bridge' networking is not available yet; use 'none' or 'host'")
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The container's init process, as the host sees it."""
+        return self._pid
+
+    @property
+    def pidfd(self) -> int | None:
+        """A pidfd (pidfd_open(2)) naming the init process, while it is not reaped."""
+        return self._pidfd
+
+    @property
+    def kernel_release(self) -> str:
+        """A container runs on the host's kernel: this is the host's release."""
+        return os.uname().release
+
+    @property
+    def ip(self) -> str | None:
+        """The container's address on the minibox bridge; None without one."""
+        return None if self._network is None else str(self._network.address)
+
+    @property
+    def running(self) -> bool:
+        return self._pid is not None and self._result is None
+
+    # -- start --------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._pid is not None or self._closed:
+                raise MiniboxError("this Container was already started; create a new one")
+            try:
+                self._start()
+            except BaseException:
+                self._teardown()
+                raise
+
+    def _hardening(self, plan: ChildPlan) -> None:
+        """Fill the plan's capability, no_new_privs, seccomp and rlimit fields."""
+        from . import capabilities, rlimits
+        try:
+            from . import seccomp
+        except ImportError:  # TEMP until seccomp.py lands
+            seccomp = None  # type: ignore[assignment]
+
+        spec = self.spec
+        masks = capabilities.capability_masks(spec)
+        plan.set_caps = True
+        plan.cap_bounding = masks.bounding
+        plan.cap_effective = masks.effective
+        plan.cap_permitted = masks.permitted
+        plan.cap_inheritable = masks.inheritable
+        plan.cap_ambient = masks.ambient
+        plan.no_new_privs = spec.no_new_privileges
+        if seccomp is not None:
+            plan.seccomp_filter = seccomp.compile_profile(spec.seccomp, caps=capabilities.capability_set(spec))
+        plan.rlimits = rlimits.parse_rlimits(spec.rlimits)
+
+    def _base_plan(self, argv: Sequence[str]) -> ChildPlan:
+        spec = self.spec
+        env = dict(spec.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("HOSTNAME", spec.hostname)
+        env.setdefault("HOME", "/root" if spec.user[0] == 0 else "/")
+        plan = ChildPlan(argv=list(argv), envp=[f"{k}={v}" for k, v in env.items()],
+                         path_env=env["PATH"], cwd=spec.cwd, uid=spec.user[0], gid=spec.user[1],
+                         cmd=argv[0])
+        in_userns = "user" in spec.effective_namespaces
+        plan.set_ids = spec.user != (0, 0) or in_userns
+        plan.set_groups = not in_userns or os.geteuid() == 0
+        self._hardening(plan)
+        return plan
+
+    def _start(self) -> None:
+        spec = self.spec
+        namespaces = spec.effective_namespaces
+        in_userns = "user" in namespaces
+        # Everything that can reject the Spec runs before anything exists.
+        plan = self._base_plan(spec.argv)
+        uid_map, gid_map = default_maps(spec) if in_userns else ((), ())
+        rootfs = spec.rootfs or default_rootfs()
+        if spec.network == "bridge":
+            from .network import NetworkAttachment
+            self._network = NetworkAttachment.prepare(self.id, spec)
+            self._cleanups.append(self._network.release)
+        extra = self._network.mount_ops(rootfs) if self._network is not None else []
+        plan.clone_flags = clone_flags(list(namespaces))
+        plan.hostname = spec.hostname if "uts" in namespaces else None
+        plan.rootfs = rootfs
+        plan.readonly_rootfs = spec.readonly_rootfs
+        plan.ops = mount_plan(rootfs, spec, in_userns=in_userns, extra=extra)
+
+        if self._want_cgroup:
+            from .cgroups import Cgroup
+            self._cgroup = Cgroup.create(self.id, spec.limits)
+            self._cleanups.append(self._cgroup.remove)
+
+        to_close: list[int] = []
+        child_ends: list[int] = []
+        try:
+            error_r, error_w = os.pipe()
+            sync_r, sync_w = os.pipe()
+            to_close += [error_r, sync_w]
+            child_ends += [error_w, sync_r]
+            plan.error_fd, plan.sync_fd = error_w, sync_r
+            if isinstance(self._stdin, (bytes, bytearray, memoryview)):
+                r, w = os.pipe()
+                self._pipes.stdin_w = w
+                child_ends.append(r)
+                plan.stdin_fd = r
+            else:
+                plan.stdin_fd = _fd_for_child(self._stdin, 0, child_ends)
+            for target, given, attr in ((1, self._stdout, "stdout_r"), (2, self._stderr, "stderr_r")):
+                if given is None:
+                    r, w = os.pipe()
+                    setattr(self._pipes, attr, r)
+                    child_ends.append(w)
+                    fd = w
+                else:
+                    fd = _fd_for_child(given, target, child_ends)
+                if target == 1:
+                    plan.stdout_fd = fd
+                else:
+                    plan.stderr_fd = fd
+            cgroup_fd = self._cgroup.clone_into_fd() if self._cgroup is not None else None
+            if cgroup_fd is not None:
+                child_ends.append(cgroup_fd)
+                plan.cgroup_fd = cgroup_fd
+
+            self._started_at = time.monotonic()
+            self._pid, self._pidfd = spawn(plan)
+            for fd in child_ends:
+                os.close(fd)
+            child_ends = []
+
+            if in_userns:
+                write_id_maps(self._pid, uid_map, gid_map)
+            if self._cgroup is not None and cgroup_fd is None:
+                self._cgroup.attach(self._pid)
+            if self._network is not None:
+                self._network.attach(self._pid)
+            self._write_state()
+            os.write(sync_w, b"G")
+            os.close(sync_w)
+            to_close.remove(sync_w)
+            failure = read_child_error(error_r, plan)
+            if failure is not None:
+                raise failure
+        finally:
+            for fd in to_close + child_ends:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _write_state(self) -> None:
+        if self._cgroup is None and self._network is None:
+            return  # nothing would outlive the processes: no state to keep
+        assert self._pid is not None
+        record: dict[str, Any] = {"id": self.id, "pid": self._pid,
+                                  "starttime": state_mod.process_start_time(self._pid)}
+        if self._cgroup is not None:
+            record["cgroup"] = {"version": self._cgroup.version, "paths": self._cgroup.paths}
+        if self._network is not None:
+            record["network"] = self._network.record()
+        state_mod.write_state(self.id, record)
+        self._state_written = True
+
+    # -- wait ---------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Result:
+        with self._lock:
+            if self._result is not None:
+                return self._result
+            if self._pid is None or self._pidfd is None:
+                raise MiniboxError("the container was not started; call start() or use 'with'")
+            if timeout is None and self.spec.timeout is not None:
+                deadline: float | None = self._started_at + self.spec.timeout
+            elif timeout is not None:
+                deadline = time.monotonic() + timeout
+            else:
+                deadline = None
+            out: list[bytes] = []
+            err: list[bytes] = []
+            stdin_data = bytes(self._stdin) if isinstance(self._stdin, (bytes, bytearray, memoryview)) else None
+            finished = _communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err)
+            timed_out = not finished
+            if timed_out:
+                self._kill_all()
+                _communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, err)
+            self._reap()
+            self._result = self._make_result(b"".join(out), b"".join(err), timed_out)
+            self._teardown()
+            return self._result
+
+    def _reap(self) -> None:
+        if self._status is not None or self._pid is None:
+            return
+        if "pid" not in self.spec.effective_namespaces:
+            # Without a pid namespace, children of init survive it: end them
+            # with the session the child created (its pgid is its pid).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pid, signal_mod.SIGKILL)
+        _, status, rusage = os.wait4(self._pid, 0)
+        self._status = status
+        self._rusage = rusage
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _make_result(self, stdout: bytes, stderr: bytes, timed_out: bool) -> Result:
+        status = self._status or 0
+        duration = time.monotonic() - self._started_at
+        exit_code = os.waitstatus_to_exitcode(status)
+        sig: int | None = None
+        if exit_code < 0:
+            sig, exit_code_opt = -exit_code, None
+        else:
+            exit_code_opt = exit_code
+        usage = self._usage()
+        oom = False
+        if self._cgroup is not None:
+            with contextlib.suppress(OSError, MiniboxError):
+                oom = bool(self._cgroup.oom_killed())
+        if timed_out:
+            reason = "timeout"
+        elif oom and (sig == signal_mod.SIGKILL or exit_code_opt == 128 + signal_mod.SIGKILL):
+            reason = "oom"
+        elif sig is not None:
+            reason = "signaled"
+        else:
+            reason = "exited"
+        return Result(exit_code=exit_code_opt, signal=sig, reason=reason,  # type: ignore[arg-type]
+                      stdout=stdout, stderr=stderr, duration=duration, usage=usage)
+
+    def _usage(self) -> Usage:
+        if self._cgroup is not None:
+            with contextlib.suppress(OSError, MiniboxError):
+                usage: Usage = self._cgroup.usage()
+                return usage
+        ru = self._rusage
+        if ru is None:
+            return Usage()
+        return Usage(memory_peak_bytes=int(ru.ru_maxrss) * 1024, cpu_seconds=ru.ru_utime + ru.ru_stime)
+
+    # -- control ------------------------------------------------------------------
+
+    def _kill_all(self) -> None:
+        if self._cgroup is not None:
+            with contextlib.suppress(OSError, MiniboxError):
+                self._cgroup.kill_all()
+        if self._pidfd is not None:
+            # SIGKILL to init of a pid namespace kills every process in it.
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal_mod.pidfd_send_signal(self._pidfd, signal_mod.SIGKILL)
+        if self._pid is not None and "pid" not in self.spec.effective_namespaces and self._status is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pid, signal_mod.SIGKILL)
+
+    def kill(self, sig: int = signal_mod.SIGKILL) -> None:
+        """Send ``sig`` to the container's init; SIGKILL ends every process in it."""
+        if self._pidfd is None:
+            raise MiniboxError("the container is not running")
+        if sig == signal_mod.SIGKILL:
+            self._kill_all()
+            return
+        try:
+            signal_mod.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def _need_cgroup(self, verb: str) -> Any:
+        if self._cgroup is None:
+            raise MiniboxError(f"{verb} needs the container's cgroup; create the Container with cgroup=True")
+        if self.running is False:
+            raise MiniboxError(f"cannot {verb}: the container is not running")
+        return self._cgroup
+
+    def pause(self) -> None:
+        """Freeze every process through the cgroup freezer, waiting until frozen."""
+        self._need_cgroup("pause").freeze()
+
+    def resume(self) -> None:
+        """Thaw the container."""
+        self._need_cgroup("resume").thaw()
+
+    def stats(self) -> Stats:
+        """Memory, CPU and pid counts of the running container, from its cgroup."""
+        stats: Stats = self._need_cgroup("stats").stats()
+        return stats
+
+    # -- exec ---------------------------------------------------------------------
+
+    def exec(self, argv: Sequence[str], timeout: float | None = None, *, stdin: bytes | None = None) -> Result:
+        """Run ``argv`` inside the running container (like ``docker exec``) and wait for it."""
+        if not self.running or self._pid is None:
+            raise MiniboxError("cannot exec: the container is not running")
+        probe = Spec(argv=list(argv), rootfs=self.spec.rootfs or "/")  # validates argv
+        namespaces = [ns for ns in JOIN_ORDER if ns in self.spec.effective_namespaces]
+        plan = self._base_plan(probe.argv)
+        started = time.monotonic()
+        fds: list[int] = []
+        child_ends: list[int] = []
+        pipes = _Pipes()
+        pidfd: int | None = None
+        grandchild: int | None = None
+        try:
+            for ns in namespaces:
+                fds.append(os.open(f"/proc/{self._pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+            plan.setns_fds = list(fds)
+            error_r, error_w = os.pipe()
+            sync_r, sync_w = os.pipe()
+            report_r, report_w = os.pipe()
+            fds += [error_r, sync_w, report_r]
+            child_ends += [error_w, sync_r, report_w]
+            plan.error_fd, plan.sync_fd, plan.report_fd = error_w, sync_r, report_w
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            pipes.stdout_r, pipes.stderr_r = out_r, err_r
+            child_ends += [out_w, err_w]
+            plan.stdout_fd, plan.stderr_fd = out_w, err_w
+            if stdin is not None:
+                in_r, in_w = os.pipe()
+                pipes.stdin_w = in_w
+                child_ends.append(in_r)
+                plan.stdin_fd = in_r
+            middle, middle_fd = spawn(plan)
+            for fd in child_ends:
+                os.close(fd)
+            child_ends = []
+            os.waitid(os.P_PIDFD, middle_fd, os.WEXITED)
+            os.close(middle_fd)
+            report = os.read(report_r, 4)
+            if len(report) != 4:
+                failure = read_child_error(error_r, plan)
+                raise failure or SetupError("setns", None, detail="the helper process died")
+            grandchild = int.from_bytes(report, "little", signed=True)
+            pidfd = os.pidfd_open(grandchild)
+            if self._cgroup is not None:
+                self._cgroup.attach(grandchild)
+            os.write(sync_w, b"G")
+            failure = read_child_error(error_r, plan)
+            if failure is not None:
+                raise failure
+            deadline = None if timeout is None else time.monotonic() + timeout
+            out: list[bytes] = []
+            err: list[bytes] = []
+            finished = _communicate(pidfd, pipes, stdin, deadline, out, err)
+            if not finished:
+                with contextlib.suppress(ProcessLookupError):
+                    signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
+                _communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
+            _, status, ru = os.wait4(grandchild, 0)
+            grandchild = None
+            code = os.waitstatus_to_exitcode(status)
+            sig = -code if code < 0 else None
+            reason = "timeout" if not finished else ("signaled" if sig is not None else "exited")
+            return Result(exit_code=None if sig is not None else code, signal=sig, reason=reason,  # type: ignore[arg-type]
+                          stdout=b"".join(out), stderr=b"".join(err), duration=time.monotonic() - started,
+                          usage=Usage(memory_peak_bytes=ru.ru_maxrss * 1024, cpu_seconds=ru.ru_utime + ru.ru_stime))
+        finally:
+            if grandchild is not None:
+                with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                    os.kill(grandchild, signal_mod.SIGKILL)
+                    os.waitpid(grandchild, 0)
+            if pidfd is not None:
+                os.close(pidfd)
+            pipes.close()
+            for fd in fds + child_ends:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    # -- close --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill whatever still runs, reap it, and remove every host resource."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._pid is not None and self._result is None:
+                self._kill_all()
+                with contextlib.suppress(OSError):
+                    out: list[bytes] = []
+                    if self._pidfd is not None:
+                        _communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, out)
+                self._reap()
+            self._teardown()
+            self._closed = True
+
+    def _teardown(self) -> None:
+        """Release host resources, newest first; also after a half-finished start."""
+        if self._pid is not None and self._status is None:
+            self._kill_all()
+            with contextlib.suppress(ChildProcessError):
+                self._reap()
+        self._pipes.close()
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
+        errors: list[BaseException] = []
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except (OSError, MiniboxError) as e:
+                errors.append(e)
+        if self._state_written and not errors:
+            state_mod.remove_state(self.id)
+            self._state_written = False
+        if errors:
+            raise errors[0]
+
+
+def run(spec: Spec, *, stdin: bytes | int | None = None, stdout: int | None = None,
+        stderr: int | None = None) -> Result:
+    """Run ``spec`` in a container and wait for it, like :func:`subprocess.run`.
+
+    No cgroup is created when the Spec sets no limits: that is the fast path.
+    """
+    box = Container(spec, stdin=stdin, stdout=stdout, stderr=stderr, cgroup=False)
+    try:
+        box.start()
+        return box.wait()
+    finally:
+        box.close()
+

@@ -1,0 +1,84 @@
+"""What a live container leaves on the host, written down so it can be cleaned.
+
+Namespaces vanish with their last process, but cgroups, network devices
+and address leases do not: if the caller is killed (SIGKILL, OOM, power
+cut of the Python process) nobody removes them.  Each container that owns
+such resources gets a small JSON state file in ``runtime_dir()/containers``
+naming its init pid (with the pid's start time, so a recycled pid is not
+mistaken for it) and its resources.  ``minibox gc`` reads them and removes
+what belongs to containers whose init is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..paths import runtime_dir
+
+
+def state_path(container_id: str) -> Path:
+    directory = runtime_dir() / "containers"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return directory / f"{container_id}.json"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (starttime in clock ticks), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces and ')': split after the last ')'
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def write_state(container_id: str, record: dict[str, Any]) -> None:
+    path = state_path(container_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def remove_state(container_id: str) -> None:
+    try:
+        state_path(container_id).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def is_alive(record: dict[str, Any]) -> bool:
+    pid = int(record.get("pid", 0))
+    return pid > 0 and process_start_time(pid) == record.get("starttime")
+
+
+# Resource kinds register a cleaner: a function of the record that removes
+# what the record names (cgroups here, network devices in network.py).
+CLEANERS: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+
+def collect_garbage() -> list[str]:
+    """Remove the leftovers of every dead container; return their ids."""
+    directory = runtime_dir() / "containers"
+    removed: list[str] = []
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if is_alive(record):
+            continue
+        for key, cleaner in CLEANERS.items():
+            if key in record:
+                cleaner(record)
+        path.unlink(missing_ok=True)
+        removed.append(str(record.get("id", path.stem)))
+    return removed

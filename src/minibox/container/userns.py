@@ -1,0 +1,75 @@
+"""User namespaces: uid/gid maps, and who is root inside.
+
+A process in a new user namespace starts with no mapped ids; its parent
+writes ``/proc/PID/uid_map`` and ``gid_map`` (user_namespaces(7)): each line
+``inside outside count`` says that ids ``inside..inside+count-1`` in the
+namespace are ``outside..`` on the host.  Root inside (uid 0) has every
+capability *over the namespace's own resources* and none over the host's.
+
+An unprivileged parent may map only its own uid and gid, one line each, and
+must first write ``deny`` to ``/proc/PID/setgroups`` (CVE-2014-8989).
+Larger ranges from /etc/subuid go through the setuid helpers
+newuidmap(1)/newgidmap(1).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from ..errors import SetupError
+from ..spec import IdMap, Spec
+
+
+def default_maps(spec: Spec) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...]]:
+    """The maps used when the Spec asks for a user namespace without giving them.
+
+    The caller's own uid and gid become the Spec's user inside: as root
+    that keeps files owned by root readable; as an unprivileged user that
+    is all the kernel allows without newuidmap.
+    """
+    uid, gid = spec.user
+    uid_map = spec.uid_map or (IdMap(uid, os.geteuid(), 1),)
+    gid_map = spec.gid_map or (IdMap(gid, os.getegid(), 1),)
+    return tuple(uid_map), tuple(gid_map)
+
+
+def _format(maps: Sequence[IdMap]) -> str:
+    return "".join(f"{m.inside} {m.outside} {m.count}\n" for m in maps)
+
+
+def _needs_helper(maps: Sequence[IdMap], own_id: int) -> bool:
+    return os.geteuid() != 0 and not (len(maps) == 1 and maps[0].outside == own_id and maps[0].count == 1)
+
+
+def write_id_maps(pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) -> None:
+    """Write the maps of the child ``pid`` (which waits until we are done)."""
+    try:
+        if _needs_helper(uid_map, os.geteuid()) or _needs_helper(gid_map, os.getegid()):
+            _write_with_helpers(pid, uid_map, gid_map)
+            return
+        if os.geteuid() != 0:
+            with open(f"/proc/{pid}/setgroups", "w") as f:
+                f.write("deny")
+        with open(f"/proc/{pid}/uid_map", "w") as f:
+            f.write(_format(uid_map))
+        with open(f"/proc/{pid}/gid_map", "w") as f:
+            f.write(_format(gid_map))
+    except OSError as e:
+        raise SetupError("uid/gid map", e.errno, detail=f"for pid {pid}") from e
+
+
+def _write_with_helpers(pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) -> None:
+    for tool, maps in (("newuidmap", uid_map), ("newgidmap", gid_map)):
+        path = shutil.which(tool)
+        if path is None:
+            raise SetupError(tool, None, detail="is not installed (apt-get install uidmap); "
+                             "without it only your own id can be mapped")
+        args = [path, str(pid)]
+        for m in maps:
+            args += [str(m.inside), str(m.outside), str(m.count)]
+        proc = subprocess.run(args, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SetupError(tool, None, detail=proc.stderr.strip() or f"exit status {proc.returncode}")

@@ -1,0 +1,382 @@
+"""What to run and how to isolate it: validated, immutable data.
+
+A :class:`Spec` is the one description both isolation paths accept: the
+container path (namespaces + cgroups, see ``minibox.container``) and the VM
+path (QEMU + guest kernel, see ``minibox.vm``).  Field names follow the OCI
+runtime spec's ``config.json`` where one exists (``process.args`` -> ``argv``,
+``process.env``, ``process.cwd``, ``hostname``, ``root.readonly`` ->
+``readonly_rootfs``, ``linux.resources`` -> ``limits``, ``mounts``).
+
+Every field is checked when the Spec is built, before anything exists on the
+host, and a bad field raises :class:`minibox.SpecError` naming the field and
+the fix.  Specs are frozen dataclasses: share them between threads freely,
+derive variants with :func:`dataclasses.replace`.
+
+Spec: https://github.com/opencontainers/runtime-spec/blob/main/config.md
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import SpecError
+
+NetworkMode = Literal["none", "bridge", "host"]
+NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")
+
+#: Namespaces a container can ask for, by their /proc/self/ns names.
+NAMESPACES: tuple[str, ...] = ("user", "pid", "mnt", "uts", "ipc", "net", "cgroup", "time")
+#: What a container gets when the Spec does not say: everything but user and time.
+DEFAULT_NAMESPACES: tuple[str, ...] = ("pid", "mnt", "uts", "ipc", "net", "cgroup")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# RFC 1123 host name label(s), as sethostname(2) users expect; the kernel
+# itself accepts anything up to 64 bytes, but a name a resolver cannot parse
+# is a mistake worth catching.
+_HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+_ENV_NAME_RE = re.compile(r"^[^=\x00]+$")
+_CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def parse_size(value: int | str, field_name: str) -> int:
+    """Parse ``64M``, ``1g``, ``512KiB``, ``1048576`` or an int into bytes.
+
+    Units are binary (K = 1024), as in ``docker run --memory``.
+    """
+    if isinstance(value, bool):
+        raise SpecError(field_name, f"expected a size like '64M' or a byte count, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if not match:
+            raise SpecError(
+                field_name,
+                f"cannot parse size {value!r}; use bytes or a number with K, M, G or T (e.g. '64M')",
+            )
+        number, unit, _ = match.groups()
+        size = int(float(number) * _SIZE_UNITS[unit.lower()])
+    else:
+        raise SpecError(field_name, f"expected a size like '64M' or a byte count, got {type(value).__name__}")
+    if size <= 0:
+        raise SpecError(field_name, f"size must be positive, got {value!r}")
+    return size
+
+
+def _require_absolute(path: object, field_name: str) -> str:
+    if not isinstance(path, str) or not path:
+        raise SpecError(field_name, f"expected an absolute path string, got {path!r}")
+    if "\x00" in path:
+        raise SpecError(field_name, "path contains a NUL byte")
+    if not path.startswith("/"):
+        raise SpecError(field_name, f"path {path!r} is relative; give an absolute path")
+    return path
+
+
+def _normalize_inside(path: str, field_name: str) -> str:
+    """Normalize a path that lives inside the sandbox; refuse one that climbs out."""
+    _require_absolute(path, field_name)
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise SpecError(field_name, f"path {path!r} uses '..'; mount targets must stay inside the rootfs")
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits (OCI ``linux.resources``), enforced by cgroups or by the VM size.
+
+    ``memory`` and ``memory_swap`` accept bytes or strings like ``"64M"``;
+    they are stored as ints.  ``memory_swap`` is memory *plus* swap, as in
+    ``docker run --memory-swap``.  ``cpus`` is a CPU count, fractional allowed
+    (0.5 = half of one CPU's time).  ``cpu_weight`` is the cgroup v2 weight,
+    1..10000 (default 100).  ``pids`` caps the number of tasks.  ``cpuset``
+    lists the CPUs it may run on, in the kernel's list format (``"0-1,3"``).
+    """
+
+    memory: int | str | None = None
+    memory_swap: int | str | None = None
+    cpus: float | None = None
+    cpu_weight: int | None = None
+    pids: int | None = None
+    cpuset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory is not None:
+            object.__setattr__(self, "memory", parse_size(self.memory, "limits.memory"))
+            if int(self.memory) < 4 << 20:
+                raise SpecError("limits.memory", "below 4M no process can even start; raise it")
+        if self.memory_swap is not None:
+            swap = parse_size(self.memory_swap, "limits.memory_swap")
+            if self.memory is None:
+                raise SpecError("limits.memory_swap", "set limits.memory too: memory_swap is memory plus swap")
+            if swap < int(self.memory):
+                raise SpecError("limits.memory_swap", "must be at least limits.memory (it counts memory plus swap)")
+            object.__setattr__(self, "memory_swap", swap)
+        if self.cpus is not None:
+            if isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float)):
+                raise SpecError("limits.cpus", f"expected a number of CPUs like 0.5, got {self.cpus!r}")
+            if not math.isfinite(self.cpus) or self.cpus < 0.01:
+                raise SpecError("limits.cpus", f"must be at least 0.01, got {self.cpus!r}")
+            if self.cpus > (os.cpu_count() or 1):
+                raise SpecError("limits.cpus", f"this host has only {os.cpu_count()} CPUs, asked for {self.cpus}")
+            object.__setattr__(self, "cpus", float(self.cpus))
+        if self.cpu_weight is not None:
+            if isinstance(self.cpu_weight, bool) or not isinstance(self.cpu_weight, int):
+                raise SpecError("limits.cpu_weight", f"expected an int 1..10000, got {self.cpu_weight!r}")
+            if not 1 <= self.cpu_weight <= 10000:
+                raise SpecError("limits.cpu_weight", f"must be within 1..10000, got {self.cpu_weight}")
+        if self.pids is not None:
+            if isinstance(self.pids, bool) or not isinstance(self.pids, int) or self.pids < 1:
+                raise SpecError("limits.pids", f"expected a positive int, got {self.pids!r}")
+        if self.cpuset is not None:
+            if not isinstance(self.cpuset, str) or not _CPUSET_RE.match(self.cpuset):
+                raise SpecError("limits.cpuset", f"expected a CPU list like '0' or '0-1,3', got {self.cpuset!r}")
+            highest = max(int(x) for x in re.split(r"[-,]", self.cpuset))
+            if highest >= (os.cpu_count() or 1):
+                raise SpecError("limits.cpuset", f"CPU {highest} does not exist; this host has 0-{(os.cpu_count() or 1) - 1}")
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else int(self.memory)
+
+    @property
+    def memory_swap_bytes(self) -> int | None:
+        return None if self.memory_swap is None else int(self.memory_swap)
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in
+                   ("memory", "memory_swap", "cpus", "cpu_weight", "pids", "cpuset"))
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One extra mount inside the sandbox (OCI ``mounts[]``).
+
+    Build them with :meth:`bind` and :meth:`tmpfs`; ``target`` is a path
+    inside the sandbox, ``source`` a host path (bind mounts only).
+    """
+
+    kind: Literal["bind", "tmpfs"]
+    target: str
+    source: str | None = None
+    readonly: bool = False
+    size: int | str | None = None  # tmpfs only
+
+    @classmethod
+    def bind(cls, source: str, target: str, readonly: bool = False) -> Mount:
+        """Make host path ``source`` visible at ``target`` (like ``-v SRC:DST[:ro]``)."""
+        return cls("bind", target, source=source, readonly=readonly)
+
+    @classmethod
+    def tmpfs(cls, target: str, size: int | str | None = None, readonly: bool = False) -> Mount:
+        """A fresh memory-backed file system at ``target``, gone when the sandbox ends."""
+        return cls("tmpfs", target, size=size, readonly=readonly)
+
+    def validated(self, index: int) -> Mount:
+        where = f"mounts[{index}]"
+        if self.kind not in ("bind", "tmpfs"):
+            raise SpecError(f"{where}.kind", f"unknown mount kind {self.kind!r}; use Mount.bind or Mount.tmpfs")
+        target = _normalize_inside(self.target, f"{where}.target")
+        if target == "/":
+            raise SpecError(f"{where}.target", "cannot mount over '/'; use Spec.rootfs to choose the root")
+        size = self.size
+        if self.kind == "bind":
+            source = _require_absolute(self.source, f"{where}.source")
+            if not os.path.exists(source):
+                raise SpecError(f"{where}.source", f"{source!r} does not exist on the host")
+            if size is not None:
+                raise SpecError(f"{where}.size", "size applies to tmpfs mounts only")
+        else:
+            source = None
+            if self.source is not None:
+                raise SpecError(f"{where}.source", "tmpfs mounts take no source")
+            if size is not None:
+                size = parse_size(size, f"{where}.size")
+        return Mount(self.kind, target, source=source, readonly=bool(self.readonly), size=size)
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One line of /proc/PID/uid_map or gid_map: ``inside`` maps to ``outside``, ``count`` ids."""
+
+    inside: int
+    outside: int
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything needed to run one command in a sandbox; validated on construction.
+
+    See DESIGN.md for the contract.  ``rootfs=None`` means minibox's own
+    busybox rootfs (built on first use).  ``timeout`` is wall-clock seconds.
+    ``namespaces=None`` means the default set (pid, mnt, uts, ipc, net,
+    cgroup; net is left out for ``network="host"``); add ``"user"`` to map
+    ids through a user namespace (``uid_map``/``gid_map``, defaulting to the
+    caller's own id as root inside).
+    """
+
+    argv: Sequence[str]
+    rootfs: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    cwd: str = "/"
+    hostname: str = "minibox"
+    user: tuple[int, int] = (0, 0)
+    limits: Limits = field(default_factory=Limits)
+    network: str = "none"
+    mounts: Sequence[Mount] = ()
+    readonly_rootfs: bool = False
+    timeout: float | None = None
+    namespaces: Sequence[str] | None = None
+    uid_map: Sequence[IdMap] | None = None
+    gid_map: Sequence[IdMap] | None = None
+    # Hardening (see docs/hardening.md)
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    no_new_privileges: bool = True
+    seccomp: str | Mapping[str, Any] = "default"
+    rlimits: Mapping[str, int | tuple[int, int]] = field(default_factory=dict)
+    tty: bool = False
+    # VM path
+    kernel: str | None = None
+    # Networking
+    ports: Sequence[tuple[int, int]] = ()
+    ip: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        # argv
+        if isinstance(self.argv, (str, bytes)) or not isinstance(self.argv, Sequence):
+            raise SpecError("argv", "expected a list of strings like ['/bin/sh', '-c', 'echo hi']")
+        if not self.argv:
+            raise SpecError("argv", "is empty; give the command to run")
+        for i, arg in enumerate(self.argv):
+            if not isinstance(arg, str):
+                raise SpecError(f"argv[{i}]", f"expected a string, got {type(arg).__name__}")
+            if "\x00" in arg:
+                raise SpecError(f"argv[{i}]", "contains a NUL byte")
+        if not self.argv[0]:
+            raise SpecError("argv[0]", "is empty; give the program to run")
+        set_(self, "argv", tuple(self.argv))
+        # rootfs
+        if self.rootfs is not None:
+            rootfs = _require_absolute(self.rootfs, "rootfs")
+            if not os.path.exists(rootfs):
+                raise SpecError("rootfs", f"{rootfs!r} does not exist; build one with 'minibox rootfs busybox DIR'")
+            if not os.path.isdir(rootfs):
+                raise SpecError("rootfs", f"{rootfs!r} is not a directory")
+            set_(self, "rootfs", os.path.realpath(rootfs))
+        # env
+        if not isinstance(self.env, Mapping):
+            raise SpecError("env", "expected a mapping of names to strings")
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
+                raise SpecError("env", f"invalid variable name {key!r}")
+            if not isinstance(value, str):
+                raise SpecError(f"env[{key!r}]", f"expected a string, got {type(value).__name__}")
+            if "\x00" in value:
+                raise SpecError(f"env[{key!r}]", "contains a NUL byte")
+        set_(self, "env", dict(self.env))
+        # cwd, hostname
+        _require_absolute(self.cwd, "cwd")
+        if not isinstance(self.hostname, str) or not _HOSTNAME_RE.match(self.hostname) or len(self.hostname) > 64:
+            raise SpecError("hostname", f"{self.hostname!r} is not a valid host name (letters, digits, '-', '.'; at most 64)")
+        # user
+        if (not isinstance(self.user, (tuple, list)) or len(self.user) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in self.user)):
+            raise SpecError("user", f"expected (uid, gid) ints, got {self.user!r}")
+        uid, gid = self.user
+        if not (0 <= uid < 2**32 - 1 and 0 <= gid < 2**32 - 1):
+            raise SpecError("user", f"uid and gid must be within 0..4294967294, got {self.user!r}")
+        set_(self, "user", (uid, gid))
+        # limits
+        if not isinstance(self.limits, Limits):
+            raise SpecError("limits", "expected a minibox.Limits")
+        # network
+        if self.network not in NETWORK_MODES:
+            raise SpecError("network", f"unknown mode {self.network!r}; use one of {', '.join(NETWORK_MODES)}")
+        # mounts
+        if isinstance(self.mounts, (str, bytes)) or not isinstance(self.mounts, Sequence):
+            raise SpecError("mounts", "expected a list of minibox.Mount")
+        mounts = []
+        for i, mount in enumerate(self.mounts):
+            if not isinstance(mount, Mount):
+                raise SpecError(f"mounts[{i}]", "expected a minibox.Mount (Mount.bind or Mount.tmpfs)")
+            mounts.append(mount.validated(i))
+        set_(self, "mounts", tuple(mounts))
+        # timeout
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
+                raise SpecError("timeout", f"expected seconds as a number, got {self.timeout!r}")
+            if not math.isfinite(self.timeout) or self.timeout <= 0:
+                raise SpecError("timeout", f"must be positive, got {self.timeout!r}")
+        # namespaces
+        if self.namespaces is not None:
+            if isinstance(self.namespaces, str):
+                raise SpecError("namespaces", "expected a list such as ['pid', 'mnt']")
+            for name in self.namespaces:
+                if name not in NAMESPACES:
+                    raise SpecError("namespaces", f"unknown namespace {name!r}; known: {', '.join(NAMESPACES)}")
+            if "mnt" not in self.namespaces:
+                raise SpecError("namespaces", "'mnt' is required: the rootfs is set up in a private mount namespace")
+            if self.network == "host" and "net" in self.namespaces:
+                raise SpecError("namespaces", "network='host' shares the host's network namespace; drop 'net'")
+            set_(self, "namespaces", tuple(dict.fromkeys(self.namespaces)))
+        for name in ("uid_map", "gid_map"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not value or not all(isinstance(m, IdMap) for m in value):
+                raise SpecError(name, "expected a non-empty list of minibox.spec.IdMap")
+            for m in value:
+                if min(m.inside, m.outside) < 0 or m.count < 1:
+                    raise SpecError(name, f"invalid mapping {m!r}")
+            if "user" not in self.effective_namespaces:
+                raise SpecError(name, "id maps need a user namespace; add 'user' to namespaces")
+            set_(self, name, tuple(value))
+        # hardening: shapes only here; names are checked by container.capabilities
+        for name in ("cap_add", "cap_drop"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(c, str) for c in value):
+                raise SpecError(name, "expected a list of capability names like ['NET_ADMIN']")
+            set_(self, name, tuple(value))
+        if not isinstance(self.seccomp, (str, Mapping)):
+            raise SpecError("seccomp", "expected 'default', 'unconfined' or an OCI linux.seccomp mapping")
+        if isinstance(self.seccomp, str) and self.seccomp not in ("default", "unconfined"):
+            raise SpecError("seccomp", f"unknown profile {self.seccomp!r}; use 'default', 'unconfined' or a mapping")
+        if not isinstance(self.rlimits, Mapping):
+            raise SpecError("rlimits", "expected a mapping like {'RLIMIT_NOFILE': 1024}")
+        set_(self, "rlimits", dict(self.rlimits))
+        if self.kernel is not None:
+            kernel = _require_absolute(self.kernel, "kernel")
+            if not os.path.isfile(kernel):
+                raise SpecError("kernel", f"{kernel!r} is not a file; run 'minibox kernel' to provision one")
+        ports = []
+        for i, port in enumerate(self.ports):
+            if (not isinstance(port, (tuple, list)) or len(port) != 2
+                    or not all(isinstance(p, int) and 0 < p < 65536 for p in port)):
+                raise SpecError(f"ports[{i}]", f"expected (host_port, sandbox_port) within 1..65535, got {port!r}")
+            ports.append((int(port[0]), int(port[1])))
+        set_(self, "ports", tuple(ports))
+        if (self.ports or self.ip) and self.network != "bridge":
+            raise SpecError("ports" if self.ports else "ip", "needs network='bridge'")
+
+    @property
+    def effective_namespaces(self) -> tuple[str, ...]:
+        """The namespaces a container will get, after defaults."""
+        if self.namespaces is not None:
+            return tuple(self.namespaces)
+        if self.network == "host":
+            return tuple(ns for ns in DEFAULT_NAMESPACES if ns != "net")
+        return DEFAULT_NAMESPACES
