@@ -27,6 +27,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <net/if.h>
+#include <sys/socket.h>
 #include <linux/filter.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
@@ -239,9 +241,11 @@ static int run_op(const struct mb_op *op)
         fd = open(op->target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, op->mode);
         if (fd < 0) {
             /* an existing file (or a read-only rootfs holding it) is fine */
+            int saved = errno;
             struct stat st;
-            if (errno != ELOOP && stat(op->target, &st) == 0 && !S_ISDIR(st.st_mode))
+            if (saved != ELOOP && stat(op->target, &st) == 0 && !S_ISDIR(st.st_mode))
                 return 0;
+            errno = saved;
             return -1;
         }
         close(fd);
@@ -260,6 +264,32 @@ static int run_op(const struct mb_op *op)
         errno = EINVAL;
         return -1;
     }
+}
+
+/* A new network namespace has a loopback device that is down; programs
+ * expect 127.0.0.1 to work.  Two ioctls do it, no netlink needed. */
+static int loopback_up(void)
+{
+    struct ifreq req;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    memset(&req, 0, sizeof req);
+    memcpy(req.ifr_name, "lo", 3);
+    if (ioctl(fd, SIOCGIFFLAGS, &req) < 0)
+        goto fail;
+    req.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &req) < 0)
+        goto fail;
+    close(fd);
+    return 0;
+fail:
+    {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+    }
+    return -1;
 }
 
 /* ---- capabilities ----------------------------------------------------- */
@@ -372,6 +402,13 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
         close(plan->sync_fd);
     }
 
+    /* Step: in a new user namespace we start as the overflow id until we
+     * switch to a mapped one; files we create would fail with EOVERFLOW. */
+    if (plan->become_root) {
+        CHECK(plan, MB_STEP_BECOME_ROOT, setresgid(0, 0, 0));
+        CHECK(plan, MB_STEP_BECOME_ROOT, setresuid(0, 0, 0));
+    }
+
     CHECK(plan, MB_STEP_STDIO, setup_stdio(plan));
 
     /* Step: a new session, so the sandbox never shares the caller's
@@ -385,6 +422,9 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
 
     if (plan->hostname)
         CHECK(plan, MB_STEP_HOSTNAME, sethostname(plan->hostname, str_len(plan->hostname)));
+
+    if (plan->loopback_up)
+        CHECK(plan, MB_STEP_LOOPBACK, loopback_up());
 
     if (plan->rootfs) {
         /* Step: stop mount events from flowing back to the host. */

@@ -44,6 +44,8 @@ enum mb_step {
     MB_STEP_CLOSE_FDS,
     MB_STEP_SETNS,           /* exec into a running container */
     MB_STEP_FORK,
+    MB_STEP_BECOME_ROOT,
+    MB_STEP_LOOPBACK,
 };
 
 /* One file-system operation of the mount steps, run before pivot_root.
@@ -91,7 +93,9 @@ struct mb_plan {
     int stderr_fd;
     int tty_fd;                /* >= 0: pty slave, becomes controlling tty */
 
+    int become_root;           /* in a new user namespace: setresuid/gid(0) once mapped */
     const char *hostname;      /* NULL: keep */
+    int loopback_up;           /* new network namespace: bring "lo" up */
 
     /* mounts */
     const char *rootfs;        /* NULL: no pivot_root (exec path) */

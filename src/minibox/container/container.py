@@ -57,6 +57,10 @@ def _fd_for_child(fd: int | None, target: int, to_close: list[int]) -> int:
     return fd
 
 
+def _maps_root(maps: Sequence[Any]) -> bool:
+    return any(m.inside <= 0 < m.inside + m.count for m in maps)
+
+
 class _Pipes:
     """The parent's ends of the child's stdio pipes."""
 
@@ -246,6 +250,9 @@ class Container(Sandbox):
         in_userns = "user" in spec.effective_namespaces
         plan.set_ids = spec.user != (0, 0) or in_userns
         plan.set_groups = not in_userns or os.geteuid() == 0
+        if in_userns:
+            uid_map, gid_map = default_maps(spec)
+            plan.become_root = _maps_root(uid_map) and _maps_root(gid_map)
         self._hardening(plan)
         return plan
 
@@ -264,6 +271,7 @@ class Container(Sandbox):
         extra = self._network.mount_ops(rootfs) if self._network is not None else []
         plan.clone_flags = clone_flags(list(namespaces))
         plan.hostname = spec.hostname if "uts" in namespaces else None
+        plan.loopback_up = "net" in namespaces
         plan.rootfs = rootfs
         plan.readonly_rootfs = spec.readonly_rootfs
         plan.ops = mount_plan(rootfs, spec, in_userns=in_userns, extra=extra)

@@ -33,6 +33,7 @@ STEP_NAMES = {
     10: "read-only rootfs", 11: "pivot_root", 12: "detach old root", 13: "chdir",
     14: "setrlimit", 15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities",
     19: "no_new_privs", 20: "seccomp", 21: "execve", 22: "close fds", 23: "setns", 24: "fork",
+    25: "become root in the user namespace", 26: "loopback up",
 }
 STEP_EXECVE = 21
 _ERROR = struct.Struct("=iii")
@@ -52,7 +53,9 @@ class ChildPlan:
     stdout_fd: int = -1
     stderr_fd: int = -1
     tty_fd: int = -1
+    become_root: bool = False
     hostname: str | None = None
+    loopback_up: bool = False
     rootfs: str | None = None
     ops: Sequence[MountOp] = ()
     readonly_rootfs: bool = False
@@ -96,7 +99,9 @@ class _CPlan:
         p.stdout_fd = plan.stdout_fd
         p.stderr_fd = plan.stderr_fd
         p.tty_fd = plan.tty_fd
+        p.become_root = int(plan.become_root)
         p.hostname = self._str(plan.hostname)
+        p.loopback_up = int(plan.loopback_up)
         p.rootfs = self._str(plan.rootfs)
         ops = ffi.new("struct mb_op[]", max(1, len(plan.ops)))
         self._keep.append(ops)

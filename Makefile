@@ -1,0 +1,54 @@
+# minibox: set-up, demo and tests on a fresh Debian 12 machine, as root.
+#
+#   make demo   -- install what is missing, then run the main demo
+#   make test   -- install what is missing, then run the whole test suite
+#
+# Everything is idempotent: apt packages are installed only when missing,
+# the venv is created once, the C core is rebuilt when csrc/ changes.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian's /usr/bin/python3 when present: the default python3 may live under
+# /root (mode 0700), which an unprivileged test user could not run.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
+APT_PACKAGES := gcc libc6-dev libcap-dev libseccomp-dev busybox-static cpio \
+	qemu-system-x86 iproute2 nftables python3-venv python3-dev
+PEER_PACKAGES := crun runc bubblewrap
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup apt peers lint bench clean
+
+demo: setup
+	$(VENV)/bin/minibox demo namespaces
+
+
+test: setup
+	$(PY) -m pytest -q tests
+
+setup: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES) $(PEER_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/build_native.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,compare]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict src
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/minibox/_minibox_native*

@@ -1,0 +1,357 @@
+"""The ``minibox`` command: the Python API, spoken from a shell.
+
+``minibox run`` follows the conventions of ``docker run`` and ``timeout(1)``
+so its exit status can be used the same way:
+
+====  ==========================================================
+N     the command's own exit status
+124   the --timeout passed and the sandbox was killed
+125   minibox itself failed: bad flag or Spec, setup failure
+126   the command exists but cannot be executed
+127   the command was not found in the rootfs
+137   killed by the OOM killer (the memory limit), with a message
+128+N killed by signal N
+====  ==========================================================
+
+Imports are lazy: parsing flags must not pay for cffi, qemu.qmp or
+pyroute2, so that the CLI starts almost as fast as the container does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+EXIT_TIMEOUT = 124
+
+
+class UsageError(Exception):
+    """A flag's value is malformed; carries the flag's name."""
+
+
+def _say(message: str) -> None:
+    print(f"minibox: {message}", file=sys.stderr)
+
+
+def _parse_volume(text: str) -> Any:
+    from .spec import Mount
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise UsageError(f"-v {text!r}: expected SRC:DST or SRC:DST:ro")
+    readonly = False
+    if len(parts) == 3:
+        if parts[2] not in ("ro", "rw"):
+            raise UsageError(f"-v {text!r}: the third field must be 'ro' or 'rw'")
+        readonly = parts[2] == "ro"
+    return Mount.bind(os.path.abspath(parts[0]), parts[1], readonly=readonly)
+
+
+def _parse_env(items: Sequence[str]) -> dict[str, str]:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    for item in items:
+        if "=" in item:
+            key, value = item.split("=", 1)
+        else:  # -e NAME takes the value from minibox's own environment, as docker does
+            key, value = item, os.environ.get(item, "")
+        if not key:
+            raise UsageError(f"-e {item!r}: expected NAME=VALUE")
+        env[key] = value
+    return env
+
+
+def _parse_user(text: str) -> tuple[int, int]:
+    try:
+        if ":" in text:
+            uid_text, gid_text = text.split(":", 1)
+            return int(uid_text), int(gid_text)
+        uid = int(text)
+        return uid, uid
+    except ValueError:
+        raise UsageError(f"--user {text!r}: expected UID or UID:GID (numbers)") from None
+
+
+def _parse_port(text: str) -> tuple[int, int]:
+    try:
+        host, inside = text.split(":", 1)
+        return int(host), int(inside)
+    except ValueError:
+        raise UsageError(f"-p {text!r}: expected HOSTPORT:PORT") from None
+
+
+def _number(flag: str, kind: type, text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected a {'number' if kind is float else 'whole number'}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minibox",
+        description="Run commands in containers (namespaces + cgroups) or microVMs (QEMU), and compare the two.",
+        epilog="See 'minibox COMMAND --help'. Docs: docs/README.md in the source tree.",
+    )
+    parser.add_argument("--version", action="version", version="minibox 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a command in a sandbox",
+                         description="Run CMD in a container (default) or a microVM, docker-style.")
+    run.add_argument("--isolation", choices=("container", "vm"), default="container",
+                     help="container: share the host kernel; vm: boot a guest kernel under QEMU")
+    run.add_argument("--rootfs", metavar="DIR", help="root file system directory (default: built-in busybox)")
+    run.add_argument("--hostname", default="minibox", help="host name inside (default: minibox)")
+    run.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
+                     help="bind-mount host path SRC at DST")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="mount a tmpfs at DST")
+    run.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    run.add_argument("-w", "--workdir", default="/", metavar="DIR", help="working directory inside")
+    run.add_argument("--user", default="0:0", metavar="UID[:GID]", help="user and group ids inside")
+    run.add_argument("--userns", action="store_true", help="also isolate user ids (a user namespace)")
+    run.add_argument("--timeout", metavar="S", help="kill the sandbox after S seconds (exit 124)")
+    run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 64M")
+    run.add_argument("--memory-swap", metavar="SIZE", help="memory+swap limit, e.g. 128M")
+    run.add_argument("--cpus", metavar="N", help="CPU time limit in CPUs, e.g. 0.5")
+    run.add_argument("--cpu-weight", metavar="W", help="relative CPU weight 1..10000")
+    run.add_argument("--pids", metavar="N", help="maximum number of processes")
+    run.add_argument("--cpuset", metavar="LIST", help="CPUs allowed, e.g. 0 or 0-1")
+    run.add_argument("--net", choices=("none", "bridge", "host"), default="none", help="network mode")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="HOSTPORT:PORT",
+                     help="publish a port (bridge network)")
+    run.add_argument("--ip", help="fixed address on the bridge")
+    run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability")
+    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability")
+    run.add_argument("--seccomp", default="default", metavar="default|unconfined|FILE.json",
+                     help="seccomp profile")
+    run.add_argument("--kernel", metavar="PATH", help="guest kernel (vm isolation)")
+    run.add_argument("-t", "--tty", action="store_true", help="give the command a new pseudo-terminal")
+    run.add_argument("-i", "--interactive", action="store_true", help="pass minibox's stdin to the command")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD...", help="the command and its arguments")
+
+    rootfs = sub.add_parser("rootfs", help="build a root file system")
+    rootfs.add_argument("kind", choices=("busybox",), help="what to build it from")
+    rootfs.add_argument("dir", metavar="DIR", help="where to build it (must not exist, or be empty)")
+
+    sub.add_parser("kernel", help="locate or provision the guest kernel and print its path")
+    compare = sub.add_parser("compare", help="measure containers against VMs on this machine")
+    compare.add_argument("--runs", type=int, default=5, help="start-to-exit runs per row (median)")
+    compare.add_argument("--density", type=int, default=10, help="how many idle sandboxes to start")
+    compare.add_argument("--peers", action="store_true", help="also measure crun, runc and bwrap when present")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.add_argument("--markdown", action="store_true", help="a Markdown table")
+    demo = sub.add_parser("demo", help="list or run the teaching demos")
+    demo.add_argument("name", nargs="?", help="the demo to run")
+    sub.add_parser("gc", help="remove what killed callers left behind (cgroups, state, network)")
+    sub.add_parser("preflight", help="explain what this host allows and why")
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace) -> Any:
+    from .spec import Limits, Mount, Spec
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("run: no command given; usage: minibox run [OPTIONS] [--] CMD [ARG...]")
+    limits = Limits(
+        memory=args.memory,
+        memory_swap=args.memory_swap,
+        cpus=_number("--cpus", float, args.cpus),
+        cpu_weight=_number("--cpu-weight", int, args.cpu_weight),
+        pids=_number("--pids", int, args.pids),
+        cpuset=args.cpuset,
+    )
+    mounts = [_parse_volume(v) for v in args.volume] + [Mount.tmpfs(t) for t in args.tmpfs]
+    seccomp: Any = args.seccomp
+    if seccomp not in ("default", "unconfined"):
+        import json
+
+        try:
+            with open(seccomp) as f:
+                seccomp = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--seccomp {args.seccomp!r}: {e}") from e
+    namespaces = None
+    if args.userns:
+        from .spec import DEFAULT_NAMESPACES
+
+        namespaces = ["user", *DEFAULT_NAMESPACES]
+        if args.net == "host":
+            namespaces.remove("net")
+    return Spec(
+        argv=cmd,
+        rootfs=os.path.abspath(args.rootfs) if args.rootfs else None,
+        env=_parse_env(args.env),
+        cwd=args.workdir,
+        hostname=args.hostname,
+        user=_parse_user(args.user),
+        limits=limits,
+        network=args.net,
+        mounts=mounts,
+        readonly_rootfs=args.read_only,
+        timeout=_number("--timeout", float, args.timeout),
+        namespaces=namespaces,
+        cap_add=args.cap_add,
+        cap_drop=args.cap_drop,
+        seccomp=seccomp,
+        tty=args.tty,
+        kernel=os.path.abspath(args.kernel) if args.kernel else None,
+        ports=[_parse_port(p) for p in args.publish],
+        ip=args.ip,
+    )
+
+
+_FLAG_OF_FIELD = {
+    "limits.memory": "--memory", "limits.memory_swap": "--memory-swap", "limits.cpus": "--cpus",
+    "limits.cpu_weight": "--cpu-weight", "limits.pids": "--pids", "limits.cpuset": "--cpuset",
+    "rootfs": "--rootfs", "hostname": "--hostname", "cwd": "-w", "user": "--user", "timeout": "--timeout",
+    "network": "--net", "ip": "--ip", "kernel": "--kernel", "cap_add": "--cap-add", "cap_drop": "--cap-drop",
+    "seccomp": "--seccomp", "argv": "CMD",
+}
+
+
+def _flag_for(field: str) -> str:
+    if field.startswith("mounts["):
+        return "-v/--tmpfs"
+    if field.startswith("ports["):
+        return "-p"
+    if field.startswith("env"):
+        return "-e"
+    return _FLAG_OF_FIELD.get(field, field)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .errors import CommandNotFoundError, MiniboxError, SpecError
+
+    try:
+        spec = _spec_from_args(args)
+    except UsageError as e:
+        _say(str(e))
+        return EXIT_SETUP_FAILED
+    except SpecError as e:
+        _say(f"{_flag_for(e.field)}: {e.message}")
+        return EXIT_SETUP_FAILED
+    stdin: Any = 0 if args.interactive or args.tty else None
+    try:
+        if args.isolation == "vm":
+            from .vm import run_vm
+
+            result = run_vm(spec, stdin=stdin, stdout=1, stderr=2, announce=True)
+        else:
+            from .container.container import run
+
+            result = run(spec, stdin=stdin, stdout=1, stderr=2)
+    except CommandNotFoundError as e:
+        _say(f"{e}")
+        return e.exit_status
+    except SpecError as e:
+        _say(f"{_flag_for(e.field)}: {e.message}")
+        return EXIT_SETUP_FAILED
+    except MiniboxError as e:
+        _say(f"{type(e).__name__}: {e}")
+        return EXIT_SETUP_FAILED
+    if result.reason == "oom":
+        _say(f"the command was killed by the OOM killer: it hit the memory limit ({args.memory})")
+        return 137
+    if result.reason == "timeout":
+        _say(f"the command ran past its --timeout of {args.timeout}s and was killed")
+    return result.shell_status
+
+
+def cmd_rootfs(args: argparse.Namespace) -> int:
+    from .container.busybox import build_busybox_rootfs
+    from .errors import MiniboxError
+
+    try:
+        path = build_busybox_rootfs(args.dir)
+    except MiniboxError as e:
+        _say(str(e))
+        return EXIT_SETUP_FAILED
+    print(path)
+    return 0
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    from .errors import MiniboxError
+
+    try:
+        from .vm.kernel import ensure_kernel
+
+        info = ensure_kernel()
+    except MiniboxError as e:
+        _say(str(e))
+        return EXIT_SETUP_FAILED
+    print(info.path)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .container import cgroups  # noqa: F401  (registers its cleaner)
+    from .container.state import collect_garbage
+
+    removed = collect_garbage()
+    for container_id in removed:
+        print(f"removed leftovers of {container_id}")
+    if not removed:
+        print("nothing to clean")
+    return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from .preflight import check
+
+    report = check()
+    print(report.format())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demos import DEMOS, run_demo
+
+    if not args.name:
+        print("Demos (run one with 'minibox demo NAME', as root):")
+        for name, summary in DEMOS.items():
+            print(f"  {name:<12} {summary}")
+        return 0
+    if args.name not in DEMOS:
+        _say(f"no demo named {args.name!r}; choose one of: {', '.join(DEMOS)}")
+        return 2
+    return run_demo(args.name)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import main as compare_main
+
+    return compare_main(args)
+
+
+COMMANDS = {
+    "run": cmd_run, "rootfs": cmd_rootfs, "kernel": cmd_kernel, "gc": cmd_gc,
+    "preflight": cmd_preflight, "demo": cmd_demo, "compare": cmd_compare,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
