@@ -128,7 +128,7 @@ static void close_other_fds(const struct mb_plan *plan)
     n = keep_fd(keep, n, plan->stdin_fd);
     n = keep_fd(keep, n, plan->stdout_fd);
     n = keep_fd(keep, n, plan->stderr_fd);
-    n = keep_fd(keep, n, plan->tty_fd);
+    n = keep_fd(keep, n, plan->tty_socket);
     for (int i = 0; i < plan->n_setns_fds; i++)
         n = keep_fd(keep, n, plan->setns_fds[i]);
     /* insertion sort: n is tiny */
@@ -167,8 +167,6 @@ static int dup_onto(int fd, int target)
 static int setup_stdio(const struct mb_plan *plan)
 {
     int fds[3] = { plan->stdin_fd, plan->stdout_fd, plan->stderr_fd };
-    if (plan->tty_fd >= 0)
-        fds[0] = fds[1] = fds[2] = plan->tty_fd;
     for (int i = 0; i < 3; i++) {
         int fd = fds[i];
         if (fd < 0) {
@@ -221,10 +219,9 @@ static unsigned long locked_flags(const char *path)
     return flags;
 }
 
-static int remount_readonly(const char *path, unsigned long extra)
+static int remount_bind(const char *path, unsigned long flags)
 {
-    return mount(NULL, path, NULL,
-                 MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(path) | extra, NULL);
+    return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | locked_flags(path) | flags, NULL);
 }
 
 static int run_op(const struct mb_op *op)
@@ -254,8 +251,8 @@ static int run_op(const struct mb_op *op)
         if (symlink(op->source, op->target) < 0 && errno != EEXIST)
             return -1;
         return 0;
-    case MB_OP_REMOUNT_RO:
-        return remount_readonly(op->target, op->flags);
+    case MB_OP_REMOUNT:
+        return remount_bind(op->target, op->flags);
     case MB_OP_MKNOD:
         if (mknod(op->target, op->mode, (dev_t)op->dev) < 0 && errno != EEXIST)
             return -1;
@@ -290,6 +287,55 @@ fail:
         errno = saved;
     }
     return -1;
+}
+
+/* Allocate a pseudo-terminal in the container's own devpts instance (so
+ * its name, /dev/pts/N, resolves inside), hand the master to the parent
+ * with SCM_RIGHTS, and make the slave our controlling terminal and stdio.
+ * The same design as runc's --console-socket. */
+static int open_pty(const struct mb_plan *plan)
+{
+    int unlock = 0;
+    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0)
+        return -1;
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
+        return -1;
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
+    if (slave < 0)
+        return -1;
+
+    char dummy = 'T';
+    struct iovec iov = { &dummy, 1 };
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &master, sizeof(int));
+    if (sendmsg(plan->tty_socket, &msg, MSG_NOSIGNAL) < 0)
+        return -1;
+    close(master);
+    close(plan->tty_socket);
+
+    if (ioctl(slave, TIOCSCTTY, 0) < 0)
+        return -1;
+    for (int fd = 0; fd < 3; fd++)
+        if (dup2(slave, fd) < 0)
+            return -1;
+    if (slave > 2)
+        close(slave);
+    return 0;
 }
 
 /* ---- capabilities ----------------------------------------------------- */
@@ -414,11 +460,6 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     /* Step: a new session, so the sandbox never shares the caller's
      * controlling terminal (no keystroke injection into it). */
     CHECK(plan, MB_STEP_SETSID, setsid());
-    if (plan->tty_fd >= 0) {
-        CHECK(plan, MB_STEP_TTY, ioctl(0, TIOCSCTTY, 0));
-        if (plan->tty_fd > 2)
-            close(plan->tty_fd);
-    }
 
     if (plan->hostname)
         CHECK(plan, MB_STEP_HOSTNAME, sethostname(plan->hostname, str_len(plan->hostname)));
@@ -436,8 +477,12 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
             if (run_op(&plan->ops[i]) < 0 && !plan->ops[i].optional)
                 fail(plan, MB_STEP_MOUNTS, errno, i);
         }
-        if (plan->readonly_rootfs)
-            CHECK(plan, MB_STEP_READONLY_ROOTFS, remount_readonly(plan->rootfs, 0));
+        /* Step: seal the rootfs.  nodev: CAP_MKNOD lets root inside create
+         * device nodes, but no node on a writable file system may open a
+         * host device; the few devices a container needs are bind-mounted
+         * into /dev by the plan. */
+        CHECK(plan, MB_STEP_SEAL_ROOTFS,
+              remount_bind(plan->rootfs, MS_NODEV | (plan->readonly_rootfs ? MS_RDONLY : 0)));
         /* Step: pivot_root(".", ".") stacks the old root on top of the new
          * one; unmounting "." then detaches it (the runc trick, which needs
          * no put_old directory inside a possibly read-only rootfs). */
@@ -446,6 +491,9 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
         CHECK(plan, MB_STEP_DETACH_OLD_ROOT, umount2(".", MNT_DETACH));
         CHECK(plan, MB_STEP_DETACH_OLD_ROOT, chdir("/"));
     }
+
+    if (plan->tty_socket >= 0)
+        CHECK(plan, MB_STEP_PTY, open_pty(plan));
 
     for (int i = 0; i < plan->n_rlimits; i++) {
         struct rlimit lim = { plan->rlimits[i].soft, plan->rlimits[i].hard };

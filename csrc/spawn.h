@@ -29,7 +29,7 @@ enum mb_step {
     MB_STEP_MOUNT_PRIVATE,
     MB_STEP_BIND_ROOTFS,
     MB_STEP_MOUNTS,          /* one of plan->ops; index says which */
-    MB_STEP_READONLY_ROOTFS,
+    MB_STEP_SEAL_ROOTFS,     /* remount the rootfs nodev (+ read-only) */
     MB_STEP_PIVOT_ROOT,
     MB_STEP_DETACH_OLD_ROOT,
     MB_STEP_CHDIR,
@@ -46,6 +46,7 @@ enum mb_step {
     MB_STEP_FORK,
     MB_STEP_BECOME_ROOT,
     MB_STEP_LOOPBACK,
+    MB_STEP_PTY,
 };
 
 /* One file-system operation of the mount steps, run before pivot_root.
@@ -55,7 +56,7 @@ enum mb_op_kind {
     MB_OP_MKDIR,         /* mkdir(target, mode), EEXIST is fine */
     MB_OP_TOUCH,         /* create an empty file to bind a file onto */
     MB_OP_SYMLINK,       /* symlink(source, target), EEXIST is fine */
-    MB_OP_REMOUNT_RO,    /* bind-remount read-only, keeping locked flags */
+    MB_OP_REMOUNT,       /* bind-remount with flags (MS_RDONLY, MS_NODEV...), keeping locked ones */
     MB_OP_MKNOD,         /* mknod(target, mode, dev), for /dev without userns */
 };
 
@@ -91,7 +92,10 @@ struct mb_plan {
     int stdin_fd;
     int stdout_fd;
     int stderr_fd;
-    int tty_fd;                /* >= 0: pty slave, becomes controlling tty */
+    int tty_socket;            /* >= 0: allocate a pty in the container's own
+                                * devpts, send the master back over this
+                                * unix socket (SCM_RIGHTS), make the slave
+                                * the controlling tty and stdio */
 
     int become_root;           /* in a new user namespace: setresuid/gid(0) once mapped */
     const char *hostname;      /* NULL: keep */
@@ -101,7 +105,7 @@ struct mb_plan {
     const char *rootfs;        /* NULL: no pivot_root (exec path) */
     const struct mb_op *ops;
     int n_ops;
-    int readonly_rootfs;
+    int readonly_rootfs;       /* the rootfs is always sealed nodev; also read-only? */
 
     /* process */
     const char *cwd;

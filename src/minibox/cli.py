@@ -296,7 +296,6 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .container import cgroups  # noqa: F401  (registers its cleaner)
     from .container.state import collect_garbage
 
     removed = collect_garbage()

@@ -144,7 +144,8 @@ class Limits:
                 raise SpecError("limits.cpuset", f"expected a CPU list like '0' or '0-1,3', got {self.cpuset!r}")
             highest = max(int(x) for x in re.split(r"[-,]", self.cpuset))
             if highest >= (os.cpu_count() or 1):
-                raise SpecError("limits.cpuset", f"CPU {highest} does not exist; this host has 0-{(os.cpu_count() or 1) - 1}")
+                last = (os.cpu_count() or 1) - 1
+                raise SpecError("limits.cpuset", f"CPU {highest} does not exist; this host has 0-{last}")
 
     @property
     def memory_bytes(self) -> int | None:
@@ -291,7 +292,8 @@ class Spec:
         # cwd, hostname
         _require_absolute(self.cwd, "cwd")
         if not isinstance(self.hostname, str) or not _HOSTNAME_RE.match(self.hostname) or len(self.hostname) > 64:
-            raise SpecError("hostname", f"{self.hostname!r} is not a valid host name (letters, digits, '-', '.'; at most 64)")
+            raise SpecError("hostname", f"{self.hostname!r} is not a valid host name "
+                            "(letters, digits, '-', '.'; at most 64)")
         # user
         if (not isinstance(self.user, (tuple, list)) or len(self.user) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in self.user)):
@@ -374,9 +376,18 @@ class Spec:
 
     @property
     def effective_namespaces(self) -> tuple[str, ...]:
-        """The namespaces a container will get, after defaults."""
+        """The namespaces a container will get, after defaults.
+
+        Rootless mode: for a caller that is not root, ``"user"`` is always
+        added -- creating any other namespace needs CAP_SYS_ADMIN, which an
+        unprivileged process has only inside a user namespace it owns.
+        """
         if self.namespaces is not None:
-            return tuple(self.namespaces)
-        if self.network == "host":
-            return tuple(ns for ns in DEFAULT_NAMESPACES if ns != "net")
-        return DEFAULT_NAMESPACES
+            names = tuple(self.namespaces)
+        elif self.network == "host":
+            names = tuple(ns for ns in DEFAULT_NAMESPACES if ns != "net")
+        else:
+            names = DEFAULT_NAMESPACES
+        if os.geteuid() != 0 and "user" not in names:
+            names = ("user", *names)
+        return names

@@ -24,8 +24,10 @@ which leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
+import socket
 import signal as signal_mod
 import threading
 import time
@@ -35,7 +37,7 @@ from typing import Any
 
 from ..errors import MiniboxError, SetupError, SpecError
 from ..sandbox import Result, Sandbox, Stats, Usage
-from ..spec import Spec
+from ..spec import Mount, Spec
 from . import state as state_mod
 from .busybox import default_rootfs
 from .namespaces import JOIN_ORDER, clone_flags
@@ -137,6 +139,77 @@ def _communicate(pidfd: int, pipes: _Pipes, stdin_data: bytes | None, deadline: 
     return True
 
 
+def _copy_window_size(source_fd: int, target_fd: int) -> None:
+    """TIOCGWINSZ from ``source_fd`` (when it is a terminal), TIOCSWINSZ onto ``target_fd``."""
+    import fcntl
+    import termios
+
+    try:
+        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass  # not a terminal: the pty keeps its default size
+
+
+def _receive_fd(sock: socket.socket) -> int | None:
+    """One fd sent with SCM_RIGHTS, or None when the peer closed without sending."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    except OSError:
+        return None
+    return fds[0] if fds else None
+
+
+def _relay_tty(pidfd: int, master: int, stdin: object, stdout: int | None, deadline: float | None,
+               out: list[bytes]) -> bool:
+    """Shuttle bytes between the caller and the container's pty until the command exits.
+
+    Input comes from ``stdin`` when it is an fd (the caller's terminal) or
+    bytes; output goes to ``stdout`` when it is an fd, else into ``out``.
+    Reading the master fails with EIO once every slave fd is closed.
+    """
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    in_fd = stdin if isinstance(stdin, int) else None
+    if in_fd is not None:
+        poller.register(in_fd, select.POLLIN)
+    elif isinstance(stdin, (bytes, bytearray)):
+        os.write(master, bytes(stdin))
+    exited = False
+    while True:
+        timeout_ms = None if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
+        if exited:
+            timeout_ms = 0 if timeout_ms is None else min(timeout_ms, 0)
+        events = poller.poll(timeout_ms)
+        if not events:
+            if exited:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        for fd, _mask in events:
+            if fd == pidfd:
+                exited = True
+                poller.unregister(pidfd)
+            elif fd == master:
+                try:
+                    data = os.read(master, _READ_CHUNK)
+                except OSError:  # EIO: the slave side is gone
+                    data = b""
+                if not data:
+                    return True
+                if stdout is not None:
+                    os.write(stdout, data)
+                else:
+                    out.append(data)
+            elif fd == in_fd:
+                data = os.read(fd, _READ_CHUNK)
+                if data:
+                    os.write(master, data)
+                else:
+                    poller.unregister(fd)
+
+
 class Container(Sandbox):
     """A command isolated by namespaces and cgroups on the host kernel.
 
@@ -161,6 +234,7 @@ class Container(Sandbox):
         self._pid: int | None = None
         self._pidfd: int | None = None
         self._pipes = _Pipes()
+        self._pty_master: int | None = None
         self._cgroup: Any = None
         self._network: Any = None
         self._cleanups: list[Callable[[], None]] = []
@@ -201,6 +275,11 @@ class Container(Sandbox):
         """The container's address on the minibox bridge; None without one."""
         return None if self._network is None else str(self._network.address)
 
+    def resize_tty(self, from_fd: int = 0) -> None:
+        """Copy the window size of terminal ``from_fd`` to the container's pty (on SIGWINCH)."""
+        if self._pty_master is not None:
+            _copy_window_size(from_fd, self._pty_master)
+
     @property
     def running(self) -> bool:
         return self._pid is not None and self._result is None
@@ -219,11 +298,7 @@ class Container(Sandbox):
 
     def _hardening(self, plan: ChildPlan) -> None:
         """Fill the plan's capability, no_new_privs, seccomp and rlimit fields."""
-        from . import capabilities, rlimits
-        try:
-            from . import seccomp
-        except ImportError:  # TEMP until seccomp.py lands
-            seccomp = None  # type: ignore[assignment]
+        from . import capabilities, rlimits, seccomp
 
         spec = self.spec
         masks = capabilities.capability_masks(spec)
@@ -234,8 +309,7 @@ class Container(Sandbox):
         plan.cap_inheritable = masks.inheritable
         plan.cap_ambient = masks.ambient
         plan.no_new_privs = spec.no_new_privileges
-        if seccomp is not None:
-            plan.seccomp_filter = seccomp.compile_profile(spec.seccomp, caps=capabilities.capability_set(spec))
+        plan.seccomp_filter = seccomp.compile_profile(spec.seccomp, caps=capabilities.capability_set(spec))
         plan.rlimits = rlimits.parse_rlimits(spec.rlimits)
 
     def _base_plan(self, argv: Sequence[str]) -> ChildPlan:
@@ -264,6 +338,10 @@ class Container(Sandbox):
         plan = self._base_plan(spec.argv)
         uid_map, gid_map = default_maps(spec) if in_userns else ((), ())
         rootfs = spec.rootfs or default_rootfs()
+        # minibox's own rootfs is shared by every container that does not
+        # name one: it is mounted read-only, with a private tmpfs on /tmp,
+        # so no container can change what the next one starts from.
+        shared_rootfs = spec.rootfs is None
         if spec.network == "bridge":
             from .network import NetworkAttachment
             self._network = NetworkAttachment.prepare(self.id, spec)
@@ -273,7 +351,9 @@ class Container(Sandbox):
         plan.hostname = spec.hostname if "uts" in namespaces else None
         plan.loopback_up = "net" in namespaces
         plan.rootfs = rootfs
-        plan.readonly_rootfs = spec.readonly_rootfs
+        plan.readonly_rootfs = spec.readonly_rootfs or shared_rootfs
+        if shared_rootfs and not any(m.target == "/tmp" for m in spec.mounts):
+            spec = dataclasses.replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
         plan.ops = mount_plan(rootfs, spec, in_userns=in_userns, extra=extra)
 
         if self._want_cgroup:
@@ -289,7 +369,16 @@ class Container(Sandbox):
             to_close += [error_r, sync_w]
             child_ends += [error_w, sync_r]
             plan.error_fd, plan.sync_fd = error_w, sync_r
-            if isinstance(self._stdin, (bytes, bytearray, memoryview)):
+            tty_parent: socket.socket | None = None
+            if spec.tty:
+                # The child allocates the pty inside its own devpts and sends
+                # us the master over this socket pair.
+                tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                to_close.append(tty_parent.detach())
+                tty_parent = socket.socket(fileno=os.dup(to_close[-1]))
+                child_ends.append(tty_child.detach())
+                plan.tty_socket = child_ends[-1]
+            elif isinstance(self._stdin, (bytes, bytearray, memoryview)):
                 r, w = os.pipe()
                 self._pipes.stdin_w = w
                 child_ends.append(r)
@@ -297,6 +386,8 @@ class Container(Sandbox):
             else:
                 plan.stdin_fd = _fd_for_child(self._stdin, 0, child_ends)
             for target, given, attr in ((1, self._stdout, "stdout_r"), (2, self._stderr, "stderr_r")):
+                if spec.tty:
+                    continue
                 if given is None:
                     r, w = os.pipe()
                     setattr(self._pipes, attr, r)
@@ -329,6 +420,11 @@ class Container(Sandbox):
             os.write(sync_w, b"G")
             os.close(sync_w)
             to_close.remove(sync_w)
+            if tty_parent is not None:
+                self._pty_master = _receive_fd(tty_parent)
+                tty_parent.close()
+                if self._pty_master is not None:
+                    _copy_window_size(0, self._pty_master)
             failure = read_child_error(error_r, plan)
             if failure is not None:
                 raise failure
@@ -367,7 +463,10 @@ class Container(Sandbox):
             out: list[bytes] = []
             err: list[bytes] = []
             stdin_data = bytes(self._stdin) if isinstance(self._stdin, (bytes, bytearray, memoryview)) else None
-            finished = _communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err)
+            if self._pty_master is not None:
+                finished = _relay_tty(self._pidfd, self._pty_master, self._stdin, self._stdout, deadline, out)
+            else:
+                finished = _communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err)
             timed_out = not finished
             if timed_out:
                 self._kill_all()
@@ -508,7 +607,7 @@ class Container(Sandbox):
                 pipes.stdin_w = in_w
                 child_ends.append(in_r)
                 plan.stdin_fd = in_r
-            middle, middle_fd = spawn(plan)
+            _, middle_fd = spawn(plan)
             for fd in child_ends:
                 os.close(fd)
             child_ends = []
@@ -578,6 +677,10 @@ class Container(Sandbox):
             with contextlib.suppress(ChildProcessError):
                 self._reap()
         self._pipes.close()
+        if self._pty_master is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pty_master)
+            self._pty_master = None
         if self._pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)

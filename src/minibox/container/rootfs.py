@@ -41,7 +41,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 # Op kinds, as in csrc/spawn.h enum mb_op_kind
-OP_MOUNT, OP_MKDIR, OP_TOUCH, OP_SYMLINK, OP_REMOUNT_RO, OP_MKNOD = 1, 2, 3, 4, 5, 6
+OP_MOUNT, OP_MKDIR, OP_TOUCH, OP_SYMLINK, OP_REMOUNT, OP_MKNOD = 1, 2, 3, 4, 5, 6
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
@@ -73,7 +73,7 @@ class MountOp:
     def describe(self) -> str:
         """Human words for error messages: 'mount proc on /proc'."""
         names = {OP_MOUNT: "mount", OP_MKDIR: "mkdir", OP_TOUCH: "create", OP_SYMLINK: "symlink",
-                 OP_REMOUNT_RO: "remount read-only", OP_MKNOD: "mknod"}
+                 OP_REMOUNT: "remount", OP_MKNOD: "mknod"}
         what = names.get(self.kind, "op")
         if self.kind == OP_MOUNT:
             src = self.fstype if self.fstype else self.source
@@ -122,14 +122,16 @@ def _proc_and_sys(root: str, spec: Spec, in_userns: bool) -> list[MountOp]:
         # sysfs may only be mounted by the owner of the network namespace;
         # a user namespace sharing the host's network binds the host's /sys.
         ops += [MountOp(OP_MOUNT, f"{root}/sys", source="/sys", flags=MS_BIND | MS_REC),
-                MountOp(OP_REMOUNT_RO, f"{root}/sys", flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)]
+                MountOp(OP_REMOUNT, f"{root}/sys", flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)]
     return ops
 
 
 def _dev(root: str) -> list[MountOp]:
     dev = f"{root}/dev"
     ops = [MountOp(OP_MKDIR, dev),
-           MountOp(OP_MOUNT, dev, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NOEXEC,
+           # nodev on the tmpfs itself: a node mknod()ed here opens nothing;
+           # the bind-mounted nodes below are mounts of their own
+           MountOp(OP_MOUNT, dev, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV,
                    data="mode=755,size=65536k")]
     for name in DEVICES:
         # Bind-mounting the host's node works with and without a user
@@ -158,8 +160,9 @@ def _user_mount(root: str, index: int, mount: Mount) -> list[MountOp]:
         else:
             ops.append(MountOp(OP_TOUCH, target, mode=0o644))
         ops.append(MountOp(OP_MOUNT, target, source=mount.source, flags=MS_BIND | MS_REC))
-        if mount.readonly:
-            ops.append(MountOp(OP_REMOUNT_RO, target))
+        # nodev: a device node created in a bind-mounted host directory
+        # must not open a host device (see the seal step in csrc/spawn.c)
+        ops.append(MountOp(OP_REMOUNT, target, flags=MS_NODEV | (MS_RDONLY if mount.readonly else 0)))
     else:
         mode = "1777" if mount.target == "/tmp" else "755"
         data = f"mode={mode}"
@@ -180,7 +183,8 @@ def _masks(root: str) -> list[MountOp]:
                            flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, data="size=0", optional=True))
     for path in READONLY_PATHS:
         ops += [MountOp(OP_MOUNT, f"{root}{path}", source=f"{root}{path}", flags=MS_BIND | MS_REC, optional=True),
-                MountOp(OP_REMOUNT_RO, f"{root}{path}", flags=MS_NOSUID | MS_NODEV | MS_NOEXEC, optional=True)]
+                MountOp(OP_REMOUNT, f"{root}{path}", flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                        optional=True)]
     return ops
 
 

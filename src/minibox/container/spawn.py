@@ -30,10 +30,10 @@ from .rootfs import MountOp
 STEP_NAMES = {
     1: "clone", 2: "wait for parent", 3: "setsid", 4: "controlling tty", 5: "stdio",
     6: "sethostname", 7: "make mounts private", 8: "bind rootfs", 9: "mount",
-    10: "read-only rootfs", 11: "pivot_root", 12: "detach old root", 13: "chdir",
+    10: "seal rootfs (nodev, read-only)", 11: "pivot_root", 12: "detach old root", 13: "chdir",
     14: "setrlimit", 15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities",
     19: "no_new_privs", 20: "seccomp", 21: "execve", 22: "close fds", 23: "setns", 24: "fork",
-    25: "become root in the user namespace", 26: "loopback up",
+    25: "become root in the user namespace", 26: "loopback up", 27: "allocate a pty",
 }
 STEP_EXECVE = 21
 _ERROR = struct.Struct("=iii")
@@ -52,7 +52,7 @@ class ChildPlan:
     stdin_fd: int = -1
     stdout_fd: int = -1
     stderr_fd: int = -1
-    tty_fd: int = -1
+    tty_socket: int = -1
     become_root: bool = False
     hostname: str | None = None
     loopback_up: bool = False
@@ -98,7 +98,7 @@ class _CPlan:
         p.stdin_fd = plan.stdin_fd
         p.stdout_fd = plan.stdout_fd
         p.stderr_fd = plan.stderr_fd
-        p.tty_fd = plan.tty_fd
+        p.tty_socket = plan.tty_socket
         p.become_root = int(plan.become_root)
         p.hostname = self._str(plan.hostname)
         p.loopback_up = int(plan.loopback_up)

@@ -57,9 +57,23 @@ def is_alive(record: dict[str, Any]) -> bool:
     return pid > 0 and process_start_time(pid) == record.get("starttime")
 
 
-# Resource kinds register a cleaner: a function of the record that removes
-# what the record names (cgroups here, network devices in network.py).
-CLEANERS: dict[str, Callable[[dict[str, Any]], None]] = {}
+def _clean_cgroup(record: dict[str, Any]) -> None:
+    from .cgroups import remove_stale
+
+    remove_stale(int(record["cgroup"]["version"]), dict(record["cgroup"]["paths"]))
+
+
+def _clean_network(record: dict[str, Any]) -> None:
+    from .network import release_stale
+
+    release_stale(record["network"])
+
+
+# Each kind of resource a record may name, and the function that removes it.
+CLEANERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "cgroup": _clean_cgroup,
+    "network": _clean_network,
+}
 
 
 def collect_garbage() -> list[str]:
@@ -81,4 +95,8 @@ def collect_garbage() -> list[str]:
                 cleaner(record)
         path.unlink(missing_ok=True)
         removed.append(str(record.get("id", path.stem)))
+    if removed:
+        from .cgroups import prune_parents
+
+        prune_parents()
     return removed
