@@ -248,9 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             result = run_vm(spec, stdin=stdin, stdout=1, stderr=2, announce=True)
         else:
-            from .container.container import run
-
-            result = run(spec, stdin=stdin, stdout=1, stderr=2)
+            result = _run_container(spec, stdin)
     except CommandNotFoundError as e:
         _say(f"{e}")
         return e.exit_status
@@ -266,6 +264,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.reason == "timeout":
         _say(f"the command ran past its --timeout of {args.timeout}s and was killed")
     return result.shell_status
+
+
+def _run_container(spec: Any, stdin: Any) -> Any:
+    """Run a container with the terminal's fds; with a tty, relay it in raw mode."""
+    from .container.container import Container
+
+    box = Container(spec, stdin=stdin, stdout=1, stderr=2, cgroup=False)
+    if not spec.tty:
+        with box:
+            return box.wait()
+    import signal
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0) if os.isatty(0) else None
+    try:
+        if saved is not None:
+            tty.setraw(0)  # keystrokes go to the container's pty unchanged
+        with box:
+            signal.signal(signal.SIGWINCH, lambda *_: box.resize_tty(0))
+            return box.wait()
+    finally:
+        signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
 def cmd_rootfs(args: argparse.Namespace) -> int:

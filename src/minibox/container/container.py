@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import select
-import socket
 import signal as signal_mod
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import MiniboxError, SetupError, SpecError
+from ..errors import MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Mount, Spec
 from . import state as state_mod
@@ -357,9 +358,9 @@ class Container(Sandbox):
         plan.ops = mount_plan(rootfs, spec, in_userns=in_userns, extra=extra)
 
         if self._want_cgroup:
-            from .cgroups import Cgroup
-            self._cgroup = Cgroup.create(self.id, spec.limits)
-            self._cleanups.append(self._cgroup.remove)
+            self._cgroup = self._create_cgroup()
+            if self._cgroup is not None:
+                self._cleanups.append(self._cgroup.remove)
 
         to_close: list[int] = []
         child_ends: list[int] = []
@@ -432,6 +433,29 @@ class Container(Sandbox):
             for fd in to_close + child_ends:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def _create_cgroup(self) -> Any:
+        """The container's cgroup; None in rootless mode when only convenience asked for one.
+
+        An unprivileged caller can create cgroups only under a cgroup that was
+        delegated to it (owned by its uid).  Without one, limits cannot be
+        enforced, and minibox says so instead of silently ignoring them.
+        """
+        from .cgroups import Cgroup
+
+        try:
+            return Cgroup.create(self.id, self.spec.limits)
+        except SetupError as e:
+            if os.geteuid() == 0 or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            if self.spec.limits.is_empty():
+                return None  # rootless without limits: run without a cgroup
+            raise PreflightError(
+                "resource limits need a cgroup this user may write to, and there is none "
+                f"({e}); run as root, or ask the administrator to delegate a cgroup "
+                "(systemd: Delegate=yes) and point MINIBOX_CGROUP_PARENT at it; "
+                "'minibox preflight' explains what this host allows"
+            ) from e
 
     def _write_state(self) -> None:
         if self._cgroup is None and self._network is None:
