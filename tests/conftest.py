@@ -51,6 +51,21 @@ def host_mounts_mentioning(text: str) -> list[str]:
         return [line for line in f if text in line]
 
 
+class ChildList(list[int]):
+    """A list of pids whose repr shows each one's state and command line."""
+
+    def __repr__(self) -> str:
+        parts = []
+        for pid in self:
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
+                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                cmd, state = "?", "?"
+            parts.append(f"{pid} [{state}] {cmd!r}")
+        return "[" + ", ".join(parts) + "]"
+
+
 def child_pids() -> list[int]:
     """Our own children (zombies included), from /proc/PID/stat's ppid."""
     me = os.getpid()
@@ -66,4 +81,4 @@ def child_pids() -> list[int]:
         fields = data[data.rindex(b")") + 2:].split()
         if int(fields[1]) == me:
             kids.append(int(entry))
-    return kids
+    return ChildList(kids)

@@ -524,7 +524,7 @@ def host_marker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return marker
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def host_process() -> Iterator[int]:
     """A process of ours on the host, for the probe to try to ptrace."""
     proc = subprocess.Popen(["sleep", "600"])
