@@ -428,6 +428,18 @@ static void __attribute__((noreturn)) exec_command(const struct mb_plan *plan)
     fail(plan, MB_STEP_EXECVE, saved, -1);
 }
 
+/* Read one byte from the parent; EOF means it died: give up. */
+static void wait_for_parent(const struct mb_plan *plan)
+{
+    char go;
+    ssize_t n;
+    do {
+        n = read(plan->sync_fd, &go, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1)
+        fail(plan, MB_STEP_WAIT_PARENT, n == 0 ? EPIPE : errno, -1);
+}
+
 /* ---- the child: fixed, named steps ----------------------------------- */
 
 static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
@@ -435,18 +447,10 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     reset_signals();
     close_other_fds(plan);
 
-    /* Step: wait for the parent.  It writes uid/gid maps and attaches us to
-     * our cgroups, then sends one byte.  EOF means it died: give up. */
-    if (plan->sync_fd >= 0) {
-        char go;
-        ssize_t n;
-        do {
-            n = read(plan->sync_fd, &go, 1);
-        } while (n < 0 && errno == EINTR);
-        if (n != 1)
-            fail(plan, MB_STEP_WAIT_PARENT, n == 0 ? EPIPE : errno, -1);
-        close(plan->sync_fd);
-    }
+    /* Step: in a new user namespace, wait for the parent to write our
+     * uid/gid maps: nothing we create before that could be owned by anyone. */
+    if (plan->sync_early)
+        wait_for_parent(plan);
 
     /* Step: in a new user namespace we start as the overflow id until we
      * switch to a mapped one; files we create would fail with EOVERFLOW. */
@@ -494,6 +498,14 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
 
     if (plan->tty_socket >= 0)
         CHECK(plan, MB_STEP_PTY, open_pty(plan));
+
+    /* Step: wait for the parent's go.  Meanwhile it attached us to our
+     * cgroups (on cgroup v1 the first write to cgroup.procs waits out an
+     * RCU grace period, 8-19 ms) and plugged in the network; our own setup
+     * above ran in parallel with that wait.  Nothing of the command runs
+     * before it: rlimits, ids, capabilities and seccomp come next. */
+    if (plan->sync_fd >= 0)
+        wait_for_parent(plan);
 
     for (int i = 0; i < plan->n_rlimits; i++) {
         struct rlimit lim = { plan->rlimits[i].soft, plan->rlimits[i].hard };

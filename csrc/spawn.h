@@ -83,9 +83,12 @@ struct mb_plan {
     uint64_t clone_flags;      /* CLONE_NEW* */
     int cgroup_fd;             /* >= 0: clone3 CLONE_INTO_CGROUP (cgroup v2) */
 
-    /* synchronisation: the child reads one byte from sync_fd before setup;
-     * on failure it writes struct mb_error to error_fd (close-on-exec). */
+    /* synchronisation: the child reads one byte from sync_fd after its
+     * file-system setup and before the command's own steps (rlimits, ids,
+     * caps, seccomp, execve); with sync_early one more before any setup.
+     * On failure it writes struct mb_error to error_fd (close-on-exec). */
     int sync_fd;
+    int sync_early;            /* also read one byte before setup (user namespace: maps) */
     int error_fd;
 
     /* stdio: the child dup2()s these onto 0, 1, 2 (-1: /dev/null) */

@@ -322,19 +322,25 @@ static void mkdirs(const char *path)
 static void setup_root(void)
 {
     char target[4096];
-    unsigned long ro = root_readonly ? MS_RDONLY : 0;
 
-    if (mount(root_tag, "/newroot", "virtiofs", ro, NULL) < 0)
+    /* Mounted read-write first, so that missing mount points can be created
+     * (as runc does); made read-only once everything is mounted. */
+    if (root_tag[0] == 0) {
+        /* the rootfs was packed into the initramfs under /newroot: make it a
+         * mount point of its own so that it can be moved and made read-only */
+        if (mount("/newroot", "/newroot", NULL, MS_BIND | MS_REC, NULL) < 0)
+            fail(0, "mount", errno, "rootfs (initramfs)");
+    } else if (mount(root_tag, "/newroot", "virtiofs", 0, NULL) < 0) {
         fail(0, "mount", errno, "rootfs (virtiofs)");
+    }
     static const struct { const char *src, *dst, *type; unsigned long flags; } api[] = {
         { "proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC },
         { "sysfs", "/newroot/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC },
         { "devtmpfs", "/newroot/dev", "devtmpfs", MS_NOSUID },
     };
     for (size_t i = 0; i < sizeof api / sizeof api[0]; i++) {
-        if (!root_readonly)
-            mkdir(api[i].dst, 0755);
-        if (mount(api[i].src, api[i].dst, api[i].type, api[i].flags, NULL) < 0 && errno != ENOENT)
+        mkdir(api[i].dst, 0755);
+        if (mount(api[i].src, api[i].dst, api[i].type, api[i].flags, NULL) < 0)
             fail(0, "mount", errno, api[i].dst + 8);
     }
     for (int i = 0; i < nmounts; i++) {
@@ -372,6 +378,8 @@ static void setup_root(void)
                 fail(0, "mount", errno, m->target);
         }
     }
+    if (root_readonly && mount(NULL, "/newroot", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+        fail(0, "mount", errno, "rootfs read-only");
     /* switch_root: the shared directory becomes / for the agent and its children */
     if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0)
         fail(0, "switch_root", errno, NULL);

@@ -370,6 +370,7 @@ class Container(Sandbox):
             to_close += [error_r, sync_w]
             child_ends += [error_w, sync_r]
             plan.error_fd, plan.sync_fd = error_w, sync_r
+            plan.sync_early = in_userns
             tty_parent: socket.socket | None = None
             if spec.tty:
                 # The child allocates the pty inside its own devpts and sends
@@ -411,14 +412,24 @@ class Container(Sandbox):
                 os.close(fd)
             child_ends = []
 
-            if in_userns:
-                write_id_maps(self._pid, uid_map, gid_map)
-            if self._cgroup is not None and cgroup_fd is None:
-                self._cgroup.attach(self._pid)
-            if self._network is not None:
-                self._network.attach(self._pid)
-            self._write_state()
-            os.write(sync_w, b"G")
+            try:
+                if in_userns:
+                    write_id_maps(self._pid, uid_map, gid_map)
+                    os.write(sync_w, b"M")  # maps written: start the setup
+                # These run while the child sets up its mounts.
+                if self._cgroup is not None and cgroup_fd is None:
+                    self._cgroup.attach(self._pid)
+                if self._network is not None:
+                    self._network.attach(self._pid)
+                self._write_state()
+                os.write(sync_w, b"G")
+            except (OSError, MiniboxError) as e:
+                # A child that failed its setup meanwhile explains better.
+                if self._child_exited():
+                    failure = read_child_error(error_r, plan)
+                    if failure is not None:
+                        raise failure from e
+                raise
             os.close(sync_w)
             to_close.remove(sync_w)
             if tty_parent is not None:
@@ -456,6 +467,11 @@ class Container(Sandbox):
                 "(systemd: Delegate=yes) and point MINIBOX_CGROUP_PARENT at it; "
                 "'minibox preflight' explains what this host allows"
             ) from e
+
+    def _child_exited(self) -> bool:
+        if self._pidfd is None:
+            return False
+        return bool(select.select([self._pidfd], [], [], 0)[0])
 
     def _write_state(self) -> None:
         if self._cgroup is None and self._network is None:

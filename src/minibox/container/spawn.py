@@ -48,6 +48,7 @@ class ChildPlan:
     clone_flags: int = 0
     cgroup_fd: int = -1
     sync_fd: int = -1
+    sync_early: bool = False
     error_fd: int = -1
     stdin_fd: int = -1
     stdout_fd: int = -1
@@ -94,6 +95,7 @@ class _CPlan:
         p.clone_flags = plan.clone_flags
         p.cgroup_fd = plan.cgroup_fd
         p.sync_fd = plan.sync_fd
+        p.sync_early = int(plan.sync_early)
         p.error_fd = plan.error_fd
         p.stdin_fd = plan.stdin_fd
         p.stdout_fd = plan.stdout_fd
