@@ -11,6 +11,8 @@ import importlib
 
 DEMOS: dict[str, str] = {
     "namespaces": "pid 1, its own hostname, mounts, network and ids: one namespace at a time",
+    "cgroups": "an OOM kill, a fork bomb contained, half a CPU, pause and resume",
+    "hardening": "what root inside a default container may not do, and why",
 }
 
 
