@@ -18,11 +18,13 @@ The heavy parts (the C core, QEMU control) are imported lazily, so that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
 from .sandbox import Result, Sandbox, Stats, Usage
 from .spec import IdMap, Limits, Mount, Spec
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from .container.container import Container

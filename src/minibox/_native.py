@@ -7,12 +7,15 @@ package is installed.  Everything else in minibox imports ``ffi`` and
 
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import PreflightError
 
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
+
 try:
-    from ._minibox_native import ffi as _ffi, lib as _lib
+    from ._minibox_native import ffi as _ffi
+    from ._minibox_native import lib as _lib
 except ImportError as e:  # pragma: no cover - depends on the installation
     raise PreflightError(
         "minibox's C core is not built; install the package with 'pip install -e .' "

@@ -15,28 +15,38 @@ this to stay out of the host's directories).
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 
 
-def _user_dir(env_var: str, xdg_var: str, root_default: str, xdg_fallback: str) -> Path:
-    override = os.environ.get(env_var)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def state_dir_name() -> str:
+    """The state directory's path, not created (cheap: no pathlib, no syscalls)."""
+    override = os.environ.get("MINIBOX_STATE_DIR")
     if override:
-        return Path(override)
+        return override
     if os.geteuid() == 0:
-        return Path(root_default)
-    base = os.environ.get(xdg_var) or os.path.expanduser(xdg_fallback)
-    return Path(base) / "minibox"
+        return "/var/lib/minibox"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "minibox")
 
 
 def state_dir() -> Path:
     """Persistent state: rootfs, kernels, caches.  Created on demand."""
-    path = _user_dir("MINIBOX_STATE_DIR", "XDG_DATA_HOME", "/var/lib/minibox", "~/.local/share")
+    from pathlib import Path
+
+    path = Path(state_dir_name())
     path.mkdir(parents=True, exist_ok=True, mode=0o755)
     return path
 
 
 def runtime_dir() -> Path:
     """Per-boot state of live sandboxes.  Created on demand, mode 0700."""
+    from pathlib import Path
+
     fallback = f"/tmp/minibox-{os.geteuid()}"
     override = os.environ.get("MINIBOX_RUNTIME_DIR")
     if override:

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import abc
 import signal as _signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Sequence
 
 from .spec import Spec
 
-Reason = Literal["exited", "signaled", "timeout", "oom"]
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Literal, Self
+
+if TYPE_CHECKING:
+    Reason = Literal["exited", "signaled", "timeout", "oom"]
+else:
+    Reason = str  # the same values, unchecked at run time
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,7 @@ class Sandbox(abc.ABC):
     def kernel_release(self) -> str:
         """The release of the kernel the command runs on (host's or guest's)."""
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

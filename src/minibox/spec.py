@@ -22,11 +22,15 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from .errors import SpecError
 
-NetworkMode = Literal["none", "bridge", "host"]
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+if TYPE_CHECKING:
+    NetworkMode = Literal["none", "bridge", "host"]
 NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")
 
 #: Namespaces a container can ask for, by their /proc/self/ns names.

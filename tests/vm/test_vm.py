@@ -220,3 +220,12 @@ def test_exec_before_start_is_an_error(rootfs: str) -> None:
     with pytest.raises(MiniboxError):
         vm.exec(["true"])
     vm.close()
+
+
+def test_rootfs_packed_into_the_initramfs(rootfs: str) -> None:
+    """The alternative to virtiofs: a copy of the rootfs; guest writes stay in the guest."""
+    with VirtualMachine(sh(rootfs, "echo guest-only > /written-in-guest && cat /written-in-guest"),
+                        rootfs_sharing="initramfs") as vm:
+        result = vm.wait()
+    assert (result.exit_code, result.stdout) == (0, b"guest-only\n")
+    assert not os.path.exists(os.path.join(rootfs, "written-in-guest"))

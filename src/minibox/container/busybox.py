@@ -14,13 +14,13 @@ would trust.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 from ..errors import PreflightError, SpecError
-from ..paths import state_dir
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 # Directories every rootfs gets, including the mount points the container
@@ -54,12 +54,18 @@ def _is_static(path: str) -> bool:
 
 
 def _applets(busybox: str) -> list[str]:
+    import subprocess
+
     out = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True)
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 def build_busybox_rootfs(target: str | os.PathLike[str], *, busybox: str | None = None) -> Path:
     """Create a busybox rootfs at ``target`` (which must not exist or be empty)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     target_path = Path(target).absolute()
     if target_path.exists() and (not target_path.is_dir() or any(target_path.iterdir())):
         raise SpecError("DIR", f"{target_path} exists and is not an empty directory")
@@ -93,12 +99,16 @@ def build_busybox_rootfs(target: str | os.PathLike[str], *, busybox: str | None 
 
 def default_rootfs() -> str:
     """minibox's own busybox rootfs (``<state dir>/rootfs/busybox``), built on first use."""
-    path = state_dir() / "rootfs" / "busybox"
-    if not (path / "bin" / "busybox").exists():
+    from ..paths import state_dir_name
+
+    path = os.path.join(state_dir_name(), "rootfs", "busybox")
+    # the common case is one stat(): keep it free of pathlib and friends
+    if not os.path.exists(os.path.join(path, "bin", "busybox")):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             build_busybox_rootfs(path)
         except (SpecError, FileExistsError, OSError):
             # Another process may have built it concurrently: fine if it is complete.
-            if not (path / "bin" / "busybox").exists():
+            if not os.path.exists(os.path.join(path, "bin", "busybox")):
                 raise
-    return str(path)
+    return path

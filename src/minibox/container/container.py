@@ -29,22 +29,22 @@ import errno
 import os
 import select
 import signal as signal_mod
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Mount, Spec
-from . import state as state_mod
 from .busybox import default_rootfs
 from .namespaces import JOIN_ORDER, clone_flags
 from .rootfs import mount_plan
 from .spawn import ChildPlan, read_child_error, spawn
 from .userns import default_maps, write_id_maps
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _READ_CHUNK = 1 << 16
@@ -152,8 +152,10 @@ def _copy_window_size(source_fd: int, target_fd: int) -> None:
         pass  # not a terminal: the pty keeps its default size
 
 
-def _receive_fd(sock: socket.socket) -> int | None:
+def _receive_fd(sock: Any) -> int | None:
     """One fd sent with SCM_RIGHTS, or None when the peer closed without sending."""
+    import socket
+
     try:
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
     except OSError:
@@ -226,7 +228,7 @@ class Container(Sandbox):
         if not isinstance(spec, Spec):
             raise SpecError("spec", "expected a minibox.Spec")
         self.spec = spec
-        self.id = uuid.uuid4().hex[:12]
+        self.id = os.urandom(6).hex()
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
@@ -251,8 +253,9 @@ class Container(Sandbox):
 
     @staticmethod
     def _check_supported(spec: Spec) -> None:
-        if spec.network == "bridge":
-            raise SpecError("network", "'bridge' networking is not available yet; use 'none' or 'host'")
+        # Every network mode works here: "host" shares the host's namespace,
+        # "bridge" is checked by NetworkAttachment.prepare (root, --ip, -p).
+        return None
 
     # -- properties ---------------------------------------------------------------
 
@@ -270,6 +273,11 @@ class Container(Sandbox):
     def kernel_release(self) -> str:
         """A container runs on the host's kernel: this is the host's release."""
         return os.uname().release
+
+    @property
+    def cgroup_paths(self) -> dict[str, str]:
+        """Where this container's cgroup lives, per hierarchy (empty without one)."""
+        return dict(self._cgroup.paths) if self._cgroup is not None else {}
 
     @property
     def ip(self) -> str | None:
@@ -299,7 +307,7 @@ class Container(Sandbox):
 
     def _hardening(self, plan: ChildPlan) -> None:
         """Fill the plan's capability, no_new_privs, seccomp and rlimit fields."""
-        from . import capabilities, rlimits, seccomp
+        from . import capabilities, seccomp
 
         spec = self.spec
         masks = capabilities.capability_masks(spec)
@@ -311,7 +319,10 @@ class Container(Sandbox):
         plan.cap_ambient = masks.ambient
         plan.no_new_privs = spec.no_new_privileges
         plan.seccomp_filter = seccomp.compile_profile(spec.seccomp, caps=capabilities.capability_set(spec))
-        plan.rlimits = rlimits.parse_rlimits(spec.rlimits)
+        if spec.rlimits:  # importing the parser costs a little; most Specs set none
+            from .rlimits import parse_rlimits
+
+            plan.rlimits = parse_rlimits(spec.rlimits)
 
     def _base_plan(self, argv: Sequence[str]) -> ChildPlan:
         spec = self.spec
@@ -371,8 +382,10 @@ class Container(Sandbox):
             child_ends += [error_w, sync_r]
             plan.error_fd, plan.sync_fd = error_w, sync_r
             plan.sync_early = in_userns
-            tty_parent: socket.socket | None = None
+            tty_parent: Any = None
             if spec.tty:
+                import socket
+
                 # The child allocates the pty inside its own devpts and sends
                 # us the master over this socket pair.
                 tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -476,6 +489,8 @@ class Container(Sandbox):
     def _write_state(self) -> None:
         if self._cgroup is None and self._network is None:
             return  # nothing would outlive the processes: no state to keep
+        from . import state as state_mod
+
         assert self._pid is not None
         record: dict[str, Any] = {"id": self.id, "pid": self._pid,
                                   "starttime": state_mod.process_start_time(self._pid)}
@@ -733,6 +748,8 @@ class Container(Sandbox):
             except (OSError, MiniboxError) as e:
                 errors.append(e)
         if self._state_written and not errors:
+            from . import state as state_mod
+
             state_mod.remove_state(self.id)
             self._state_written = False
         if errors:

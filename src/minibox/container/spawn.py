@@ -20,11 +20,14 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .._native import ffi, lib
 from ..errors import CommandNotFoundError, SetupError
 from .rootfs import MountOp
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 # csrc/spawn.h enum mb_step, in order
 STEP_NAMES = {

@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from ..paths import runtime_dir
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 
 def state_path(container_id: str) -> Path:

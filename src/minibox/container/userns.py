@@ -15,8 +15,6 @@ newuidmap(1)/newgidmap(1).
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Sequence
 
 from ..errors import SetupError
@@ -62,6 +60,9 @@ def write_id_maps(pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) 
 
 
 def _write_with_helpers(pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) -> None:
+    import shutil
+    import subprocess
+
     for tool, maps in (("newuidmap", uid_map), ("newgidmap", gid_map)):
         path = shutil.which(tool)
         if path is None:

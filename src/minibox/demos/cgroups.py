@@ -29,7 +29,7 @@ def main() -> int:
     spec = Spec(argv=["sh", "-c", "echo allocating; x=$(head -c 104857600 /dev/zero | tr '\\0' a); echo done"],
                 limits=Limits(memory="32M"))
     with Container(spec) as box:
-        show("cgroup directories", ", ".join(sorted(box._cgroup.paths.values())) if box._cgroup else "-")
+        show("cgroup directories", ", ".join(sorted(set(box.cgroup_paths.values()))) or "-")
         result = box.wait(timeout=60)
     show("stdout", result.stdout.decode().strip())
     show("reason", f"{result.reason} -- {result.describe()}")

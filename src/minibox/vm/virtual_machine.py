@@ -1,0 +1,740 @@
+"""VirtualMachine: a Spec run under its own guest kernel, QEMU being the boundary.
+
+This is the hypervisor path's :class:`~minibox.sandbox.Sandbox`.  Where a
+Container asks the host kernel for namespaces and cgroups, a VirtualMachine
+
+1. resolves a guest kernel (kernel.py) and decides between KVM and TCG
+   (accel.py);
+2. writes an initramfs into a memfd (initramfs.py): the static guest agent
+   as ``/init``, the kernel modules it loads, the Spec as a config file;
+3. shares the Spec's rootfs (and every bind mount) with the guest through
+   virtiofs: one ``virtiofsd`` per directory, speaking vhost-user over an
+   inherited socket (docs/vm.md explains why virtiofs rather than 9p or
+   packing the rootfs into the initramfs);
+4. starts QEMU (machine.py) with every channel an inherited socketpair: QMP
+   (qmp.py), the serial console, and the agent's three virtio-serial ports;
+5. follows the agent's frames (agent.py) until the command exits, then
+   waits for the guest's poweroff to *pause* QEMU, drains every byte of
+   output and only then tells QEMU to ``quit``.
+
+Every host resource it creates (QEMU, virtiofsd, sockets, the memfd, a state
+file in ``runtime_dir()``) is released by :meth:`close`, which every exit
+path reaches: normal exit, timeout, kill, an exception in the caller's
+``with`` block, a failed boot, a guest kernel panic.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import importlib
+import itertools
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal as _signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
+from ..paths import runtime_dir
+from ..sandbox import Reason, Result, Sandbox, Stats, Usage
+from ..spec import Spec
+from . import accel as _accel
+from . import agent as _agent
+from . import initramfs, machine
+from .kernel import KernelInfo, ensure_kernel, modules_for
+from .qmp import Monitor
+
+#: Kernel modules the agent loads, in addition to their dependencies.
+GUEST_MODULES = ("virtio_mmio", "virtio_console", "virtiofs")
+#: How long a boot may take before minibox gives up (TCG boots take ~1-3 s here).
+BOOT_TIMEOUT = 120.0
+#: How long the guest may take to power off after its command ended.
+POWEROFF_TIMEOUT = 10.0
+VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
+CONSOLE_KEEP = 16 * 1024
+
+
+def find_qemu() -> str:
+    path = shutil.which("qemu-system-x86_64")
+    if path is None:
+        raise PreflightError("qemu-system-x86_64 not found: install QEMU (Debian: apt-get install qemu-system-x86)")
+    return path
+
+
+def find_virtiofsd() -> str:
+    for path in (*VIRTIOFSD_PATHS, shutil.which("virtiofsd")):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise PreflightError(
+        "virtiofsd not found: it shares the rootfs with the guest "
+        "(Debian 12: apt-get install qemu-system-common; later: apt-get install virtiofsd)"
+    )
+
+
+@lru_cache(maxsize=4)
+def qemu_version(qemu: str) -> str:
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
+    return out.split("\n", 1)[0].removeprefix("QEMU emulator version ").strip()
+
+
+def _default_rootfs() -> str:
+    """minibox's busybox rootfs, built by the container path on first use."""
+    for module in ("minibox.container.busybox", "minibox.container.rootfs"):
+        try:
+            build = getattr(importlib.import_module(module), "default_rootfs", None)
+        except ImportError:
+            continue
+        if build is not None:
+            return str(build())
+    raise PreflightError("no rootfs given and minibox's busybox rootfs is unavailable; "
+                         "pass Spec(rootfs=DIR) (build one: minibox rootfs busybox DIR)")
+
+
+def guest_initramfs(spec: Spec, agent_bin: Path, modules: Sequence[tuple[str, bytes]],
+                    mounts: Sequence[_agent.GuestMount], stdin: bytes | None,
+                    packed_root: str | None = None) -> bytes:
+    """The guest's whole first root: the agent as /init, its modules, the Spec, stdin.
+
+    With ``packed_root`` that directory is copied in as /newroot (the
+    "initramfs" rootfs sharing); otherwise the agent mounts the virtiofs tag
+    "rootfs" there.
+    """
+    entries = [initramfs.directory(d) for d in ("dev", "proc", "sys", "minibox", "minibox/modules")]
+    entries += initramfs.tree(packed_root, "newroot") if packed_root else [initramfs.directory("newroot")]
+    config = _agent.encode_config(spec, mounts, root_tag="" if packed_root else "rootfs",
+                                  has_stdin=stdin is not None)
+    entries += [
+        initramfs.chardev("dev/console", 5, 1),
+        initramfs.file("init", agent_bin.read_bytes(), 0o755),
+        initramfs.file("minibox/config", config, 0o600),
+    ]
+    entries += [initramfs.file(f"minibox/modules/{i:02d}-{name}.ko", data) for i, (name, data) in enumerate(modules)]
+    if stdin is not None:
+        entries.append(initramfs.file("minibox/stdin", stdin, 0o600))
+    return initramfs.build(entries)
+
+
+def kvm_probe(qemu: str, kernel: KernelInfo, agent_bin: Path) -> bool:
+    """Boot the agent in probe mode under KVM; True if it printed its marker in time."""
+    probe_spec = Spec(argv=["/probe"])
+    image = initramfs.build([
+        initramfs.directory("dev"), initramfs.directory("proc"), initramfs.directory("sys"),
+        initramfs.directory("minibox"), initramfs.chardev("dev/console", 5, 1),
+        initramfs.file("init", agent_bin.read_bytes(), 0o755),
+        initramfs.file("minibox/config", _agent.encode_config(probe_spec, [], probe=True)),
+    ])
+    memfd = os.memfd_create("minibox-probe", 0)
+    ours, theirs = socket.socketpair()
+    try:
+        os.write(memfd, image)
+        cfg = machine.MachineConfig(qemu=qemu, kernel=str(kernel.path), initrd=f"/dev/fd/{memfd}",
+                                    cmdline=machine.kernel_cmdline(), memory=128 << 20, accel="kvm",
+                                    console_fd=theirs.fileno())
+        return _accel.probe_boot(machine.qemu_argv(cfg), ours)
+    finally:
+        os.close(memfd)
+        ours.close()
+        theirs.close()
+
+
+@dataclass
+class _Exec:
+    """The host's view of one command started through the agent."""
+
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+    exit: tuple[int | None, int | None] | None = None
+    failure: tuple[str, int, str] | None = None
+
+
+def _proc_usage(pid: int) -> tuple[int | None, int | None, float | None]:
+    """(VmRSS, VmHWM, utime+stime seconds) of a live process, from /proc (proc(5))."""
+    rss = hwm = None
+    cpu = None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        pass
+    return rss, hwm, cpu
+
+
+class VirtualMachine(Sandbox):
+    """Run ``spec`` inside a microVM: same verbs and Result as a Container.
+
+    ``stdin`` is fed to the command (None: /dev/null).  ``stdout``/``stderr``
+    are file descriptors to copy its output to; None captures it into the
+    Result.  ``machine_type`` is QEMU's machine type: "microvm" (default), or
+    "q35"/"pc" as a fallback for kernels without virtio-mmio support.
+    ``rootfs_sharing`` is "virtiofs" (default: the guest sees the rootfs
+    directory itself, writes included) or "initramfs" (a copy of the rootfs
+    is packed into the initramfs: no virtiofsd, but writes stay in the guest
+    and the whole tree is read at every start; for small rootfs only).
+    """
+
+    def __init__(self, spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
+                 stderr: int | None = None, machine_type: str = "microvm",
+                 rootfs_sharing: str = "virtiofs") -> None:
+        if spec.network == "bridge":
+            raise SpecError("network",
+                            "bridge networking for VMs arrives with networking (minibox.vm.network); use 'none'")
+        if spec.network == "host":
+            raise SpecError("network", "a VM cannot share the host's network stack; use 'none'")
+        self.spec = spec
+        self._memory = machine.memory_bytes(spec)
+        self._stdin = stdin
+        self._out_fd, self._err_fd = stdout, stderr
+        self._machine = machine_type
+        if rootfs_sharing not in ("virtiofs", "initramfs"):
+            raise SpecError("rootfs_sharing", f"unknown mode {rootfs_sharing!r}; use 'virtiofs' or 'initramfs'")
+        self._sharing = rootfs_sharing
+        self._id = secrets.token_hex(6)
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        # host resources
+        self._qemu: subprocess.Popen[bytes] | None = None
+        self._helpers: list[subprocess.Popen[bytes]] = []
+        self._socks: list[socket.socket] = []
+        self._memfd: int | None = None
+        self._monitor: Monitor | None = None
+        self._io: threading.Thread | None = None
+        self._ctl: socket.socket | None = None
+        self._state_file: Path | None = None
+        # what we learned
+        self._accel = _accel.Verdict("tcg", "not started")
+        self._release = ""
+        self._console = bytearray()
+        self._qemu_err = bytearray()
+        self._stdout = bytearray()
+        self._stderr = bytearray()
+        self._started = False
+        self._running = False
+        self._paused = False
+        self._main_exit: tuple[int | None, int | None] | None = None
+        self._failure: tuple[str, int, str] | None = None
+        self._shutdown: dict[str, Any] | None = None
+        self._panicked = False
+        self._io_done = False
+        self._execs: dict[int, _Exec] = {}
+        self._ids = itertools.count(1)
+        self._t0 = 0.0
+        self._result: Result | None = None
+        self._usage = Usage()
+        self._closed = False
+
+    # ---- properties ---------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def pid(self) -> int | None:
+        """QEMU's pid while it runs."""
+        return self._qemu.pid if self._qemu is not None and self._qemu.returncode is None else None
+
+    @property
+    def accelerator(self) -> str:
+        """"kvm" or "tcg"."""
+        return self._accel.accelerator
+
+    @property
+    def accelerator_reason(self) -> str:
+        """Why that accelerator: one sentence for humans."""
+        return self._accel.reason
+
+    @property
+    def kernel_release(self) -> str:
+        """The guest kernel's release, as the agent's uname(2) reported it."""
+        return self._release
+
+    # ---- start ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            raise MiniboxError("this VirtualMachine was already started")
+        self._started = True
+        self._t0 = time.monotonic()
+        try:
+            self._boot()
+        except BaseException:
+            self.close()
+            raise
+
+    def _boot(self) -> None:
+        spec = self.spec
+        qemu = find_qemu()
+        needs_virtiofs = self._sharing == "virtiofs" or any(m.kind == "bind" for m in spec.mounts)
+        virtiofsd = find_virtiofsd() if needs_virtiofs else ""
+        if needs_virtiofs and os.geteuid() != 0:
+            raise PreflightError("virtiofsd needs root here: run VMs as root (or rootfs_sharing='initramfs')")
+        kernel = ensure_kernel(spec.kernel)
+        rootfs = spec.rootfs or _default_rootfs()
+        agent_bin = _agent.build_agent()
+        modules = modules_for(kernel, GUEST_MODULES if needs_virtiofs else ("virtio_mmio", "virtio_console"))
+        self._accel = _accel.choose(kernel, qemu_version(qemu), lambda: kvm_probe(qemu, kernel, agent_bin))
+
+        shares = [("rootfs", rootfs)] if self._sharing == "virtiofs" else []
+        guest_mounts: list[_agent.GuestMount] = []
+        for i, m in enumerate(spec.mounts):
+            if m.kind == "tmpfs":
+                guest_mounts.append(_agent.GuestMount("tmpfs", "", "", m.target, m.readonly,
+                                                      "" if m.size is None else str(m.size)))
+                continue
+            assert m.source is not None
+            tag = f"mount{i}"
+            if os.path.isdir(m.source):
+                shares.append((tag, m.source))
+                guest_mounts.append(_agent.GuestMount("dir", tag, "", m.target, m.readonly, ""))
+            else:
+                parent, name = os.path.split(m.source)
+                shares.append((tag, parent))
+                guest_mounts.append(_agent.GuestMount("file", tag, name, m.target, m.readonly, ""))
+
+        image = guest_initramfs(spec, agent_bin, modules, guest_mounts, self._stdin,
+                                packed_root=rootfs if self._sharing == "initramfs" else None)
+        self._memfd = os.memfd_create(f"minibox-initramfs-{self._id}", 0)
+        os.write(self._memfd, image)
+
+        child_fds: list[int] = [self._memfd]
+        virtiofs_fds = []
+        for tag, directory in shares:
+            listener, qemu_end = self._virtiofs_socket()
+            self._helpers.append(subprocess.Popen(
+                [virtiofsd, f"--fd={listener.fileno()}", "-o", f"source={directory}",
+                 "-o", "cache=auto", "-o", "log_level=err"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(listener.fileno(),), start_new_session=True))
+            listener.close()
+            virtiofs_fds.append((tag, qemu_end.fileno()))
+            child_fds.append(qemu_end.fileno())
+
+        # One socketpair per channel: we keep one end, QEMU inherits the other.
+        ours: list[socket.socket] = []
+        theirs: list[socket.socket] = []
+        for _ in range(5):
+            a, b = socket.socketpair()
+            self._socks += [a, b]
+            ours.append(a)
+            theirs.append(b)
+            child_fds.append(b.fileno())
+        qmp_sock, console, ctl, out, err = ours
+        self._ctl = ctl
+        cfg = machine.MachineConfig(
+            qemu=qemu, kernel=str(kernel.path), initrd=f"/dev/fd/{self._memfd}",
+            cmdline=machine.kernel_cmdline(), memory=self._memory, cpus=machine.vcpus(spec),
+            accel=self._accel.accelerator, machine=self._machine,
+            qmp_fd=theirs[0].fileno(), console_fd=theirs[1].fileno(),
+            port_fds=[(name, t.fileno()) for name, t in zip(machine.PORTS, theirs[2:], strict=True)],
+            virtiofs_fds=virtiofs_fds,
+        )
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._qemu = subprocess.Popen(machine.qemu_argv(cfg), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=err_w,
+                                          pass_fds=child_fds, start_new_session=True)
+        except OSError as e:
+            os.close(err_r)
+            raise PreflightError(f"cannot start {qemu}: {e.strerror}") from e
+        finally:
+            os.close(err_w)
+        self._write_state_file()
+        # QEMU holds its ends now; ours must go, or EOF would never come.
+        for sock in list(self._socks):
+            if sock.fileno() in child_fds:
+                self._socks.remove(sock)
+                sock.close()
+        os.close(self._memfd)
+        self._memfd = None
+
+        self._io = threading.Thread(target=self._pump_io, args=(console, out, err, ctl, err_r),
+                                    name=f"vm-{self._id}-io", daemon=True)
+        self._io.start()
+        try:
+            self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
+        except Exception as e:
+            raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._qemu_error()}") from e
+
+        boot_deadline = BOOT_TIMEOUT
+        if spec.timeout is not None:
+            boot_deadline = min(boot_deadline, spec.timeout)
+        with self._cond:
+            self._cond.wait_for(lambda: self._running or self._ended(), boot_deadline)
+            failure, ended = self._failure, self._ended()
+        if self._running:
+            return
+        if failure is not None:
+            raise self._failure_error(failure)
+        if not ended and spec.timeout is not None and spec.timeout <= BOOT_TIMEOUT:
+            self._result = self._timeout_result()
+            return
+        raise SetupError("boot", None, self._why_it_died("the guest never started the command"))
+
+    def _virtiofs_socket(self) -> tuple[socket.socket, socket.socket]:
+        """A listening vhost-user socket for virtiofsd and QEMU's connected end.
+
+        virtiofsd ``--fd`` wants a *listening* socket (it calls accept(2)),
+        so a socketpair will not do.  An autobound abstract-namespace address
+        (unix(7)) has no file to leak, and connecting before virtiofsd even
+        starts makes ours the first connection it accepts.
+        """
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind("")  # autobind: a unique abstract address
+        listener.listen(1)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(listener.getsockname())
+        self._socks.append(client)
+        return listener, client
+
+    def _write_state_file(self) -> None:
+        """Record our processes so that `minibox gc` can find them if this process dies."""
+        assert self._qemu is not None
+        state = {"kind": "vm", "id": self._id, "owner": os.getpid(), "qemu": self._qemu.pid,
+                 "helpers": [p.pid for p in self._helpers], "started": time.time()}
+        path = runtime_dir() / f"vm-{self._id}.json"
+        path.write_text(json.dumps(state))
+        self._state_file = path
+
+    # ---- the I/O thread and QMP events ------------------------------------------
+
+    def _pump_io(self, console: socket.socket, out: socket.socket, err: socket.socket,
+                 ctl: socket.socket, qemu_err: int) -> None:
+        """Copy every channel until QEMU closes them all; runs in its own thread."""
+        reader = _agent.FrameReader()
+        sinks: dict[int, Callable[[bytes], None]] = {
+            console.fileno(): lambda b: self._keep(self._console, b),
+            out.fileno(): self._sink(self._out_fd, self._stdout),
+            err.fileno(): self._sink(self._err_fd, self._stderr),
+            ctl.fileno(): lambda b: self._frames(reader, b),
+            qemu_err: lambda b: self._keep(self._qemu_err, b),
+        }
+        sel = selectors.DefaultSelector()
+        try:
+            for fd in sinks:
+                sel.register(fd, selectors.EVENT_READ)
+            while sinks:
+                for key, _ in sel.select():
+                    fd = int(key.fd)
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except OSError:
+                        data = b""
+                    if data:
+                        sinks[fd](data)
+                    else:
+                        sel.unregister(fd)
+                        del sinks[fd]
+        finally:
+            sel.close()
+            os.close(qemu_err)
+            with self._cond:
+                self._io_done = True
+                self._cond.notify_all()
+
+    @staticmethod
+    def _keep(buf: bytearray, data: bytes) -> None:
+        buf += data
+        del buf[:-CONSOLE_KEEP]
+
+    @staticmethod
+    def _sink(fd: int | None, buf: bytearray) -> Callable[[bytes], None]:
+        if fd is None:
+            return buf.extend
+
+        def write(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except OSError:
+                    return  # the caller closed its fd: drop, as a closed pipe would
+        return write
+
+    def _frames(self, reader: _agent.FrameReader, data: bytes) -> None:
+        for kind, ident, payload in reader.feed(data):
+            with self._cond:
+                if kind == _agent.HELLO:
+                    self._release = payload.decode(errors="replace")
+                elif kind == _agent.STARTED and ident == 0:
+                    self._running = True
+                elif kind in (_agent.STDOUT, _agent.STDERR) and ident in self._execs:
+                    ex = self._execs[ident]
+                    (ex.out if kind == _agent.STDOUT else ex.err).extend(payload)
+                elif kind == _agent.EXIT:
+                    if ident == 0:
+                        self._main_exit = _agent.parse_exit(payload)
+                    elif ident in self._execs:
+                        self._execs[ident].exit = _agent.parse_exit(payload)
+                elif kind == _agent.FAIL:
+                    if ident == 0:
+                        self._failure = _agent.parse_failure(payload)
+                    elif ident in self._execs:
+                        self._execs[ident].failure = _agent.parse_failure(payload)
+                self._cond.notify_all()
+
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
+        with self._cond:
+            if name == "SHUTDOWN":
+                self._shutdown = data
+            elif name == "STOP":
+                self._paused = True
+            elif name == "RESUME":
+                self._paused = False
+            elif name == "GUEST_PANICKED":
+                self._panicked = True
+            self._cond.notify_all()
+
+    def _ended(self) -> bool:
+        """The guest is gone or going: exited, failed, shut down, or QEMU died."""
+        return (self._main_exit is not None or self._failure is not None
+                or self._shutdown is not None or self._panicked or self._io_done)
+
+    # ---- ending ---------------------------------------------------------------
+
+    def _console_tail(self, lines: int = 15) -> str:
+        text = self._console.decode(errors="replace").replace("\r", "")
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _qemu_error(self) -> str:
+        return self._qemu_err.decode(errors="replace").strip() or "(QEMU printed nothing)"
+
+    def _why_it_died(self, what: str) -> str:
+        tail = self._console_tail()
+        qemu_err = self._qemu_err.decode(errors="replace").strip()
+        parts = [what]
+        console = self._console.decode(errors="replace").replace("\r", "")
+        panic = [line for line in console.splitlines() if "Kernel panic" in line]
+        if panic:
+            parts = ["the guest kernel panicked: " + panic[-1].split("Kernel panic - ", 1)[-1]]
+        elif self._panicked:
+            parts = ["the guest kernel panicked"]
+        if tail:
+            parts.append("last console lines:\n" + tail)
+        if qemu_err:
+            parts.append("QEMU said: " + qemu_err)
+        return "; ".join(parts)
+
+    def _failure_error(self, failure: tuple[str, int, str]) -> SetupError:
+        step, err, detail = failure
+        if step == "execve" and err in (_errno.ENOENT, _errno.EACCES):
+            return CommandNotFoundError(step, err, detail)
+        return SetupError(step, err or None, detail or None)
+
+    def _read_usage(self) -> None:
+        if self._qemu is not None and self._qemu.returncode is None:
+            _, hwm, cpu = _proc_usage(self._qemu.pid)
+            self._usage = Usage(memory_peak_bytes=hwm, cpu_seconds=cpu)
+
+    def _captured(self) -> tuple[bytes, bytes]:
+        return bytes(self._stdout), bytes(self._stderr)
+
+    def _timeout_result(self) -> Result:
+        self._read_usage()
+        self._stop_qemu()
+        out, err = self._captured()
+        return Result(None, int(_signal.SIGKILL), "timeout", out, err,
+                      time.monotonic() - self._t0, self._usage)
+
+    def _stop_qemu(self, graceful: bool = False) -> None:
+        """End QEMU: ``quit`` over QMP when graceful, SIGKILL otherwise; then drain the output."""
+        qemu = self._qemu
+        if qemu is None:
+            return
+        if graceful and qemu.returncode is None and self._monitor is not None:
+            try:
+                self._monitor.execute("quit", timeout=5)
+            except SetupError:
+                pass  # QEMU closes QMP as it quits; the wait below decides
+            try:
+                qemu.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if qemu.poll() is None:
+            qemu.kill()  # our own child, by pid
+        qemu.wait()
+        if self._io is not None:
+            self._io.join()
+
+    def wait(self, timeout: float | None = None) -> Result:
+        if not self._started:
+            self.start()
+        if self._result is not None:
+            self.close()
+            return self._result
+        if timeout is None and self.spec.timeout is not None:
+            timeout = max(0.0, self.spec.timeout - (time.monotonic() - self._t0))
+        with self._cond:
+            self._cond.wait_for(self._ended, timeout)
+            main_exit, failure = self._main_exit, self._failure
+        try:
+            if main_exit is not None:
+                with self._cond:  # the agent powers off right after reporting
+                    self._cond.wait_for(lambda: self._shutdown is not None or self._io_done, POWEROFF_TIMEOUT)
+                self._read_usage()
+                self._stop_qemu(graceful=True)
+                code, sig = main_exit
+                reason: Reason = "exited" if sig is None else "signaled"
+                out, err = self._captured()
+                self._result = Result(code, sig, reason, out, err, time.monotonic() - self._t0, self._usage)
+            elif failure is not None:
+                self._stop_qemu()
+                raise self._failure_error(failure)
+            elif not self._ended():
+                self._result = self._timeout_result()
+            else:
+                self._stop_qemu()
+                raise SetupError("guest", None, self._why_it_died("the VM stopped before the command ended"))
+        finally:
+            self.close()
+        return self._result
+
+    # ---- verbs while it runs ----------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self._ctl is None:
+            raise MiniboxError("the VM is not running")
+        with self._send_lock:
+            try:
+                self._ctl.sendall(data)
+            except OSError as e:
+                raise SetupError("control", e.errno, "the guest agent's port") from e
+
+    def _require_running(self) -> None:
+        with self._cond:
+            if not self._running or self._ended() or self._closed:
+                raise MiniboxError("the VM is not running (start() it first, or it has ended)")
+
+    def exec(self, argv: Sequence[str], timeout: float | None = None) -> Result:
+        """Run ``argv`` in the running guest, with the Spec's env, cwd and user."""
+        if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise SpecError("argv", "expected a non-empty list of strings")
+        self._require_running()
+        ident = next(self._ids)
+        ex = self._execs[ident] = _Exec()
+        t0 = time.monotonic()
+        self._send(_agent.exec_frame(ident, argv))
+        reason: Reason = "exited"
+
+        def finished() -> bool:
+            return ex.exit is not None or ex.failure is not None or self._ended()
+
+        with self._cond:
+            if not self._cond.wait_for(finished, timeout):
+                reason = "timeout"
+        if reason == "timeout":
+            self._send(_agent.kill_frame(ident, _signal.SIGKILL))
+            with self._cond:
+                self._cond.wait_for(finished, POWEROFF_TIMEOUT)
+        with self._cond:
+            del self._execs[ident]
+        if ex.failure is not None:
+            raise self._failure_error(ex.failure)
+        code: int | None
+        sig: int | None
+        if ex.exit is None:
+            if reason != "timeout":
+                raise MiniboxError("the VM ended while the exec'd command ran")
+            code, sig = None, int(_signal.SIGKILL)
+        else:
+            code, sig = ex.exit
+            if reason != "timeout":
+                reason = "exited" if sig is None else "signaled"
+        return Result(code, sig, reason, bytes(ex.out), bytes(ex.err), time.monotonic() - t0)
+
+    def kill(self, sig: int = _signal.SIGKILL) -> None:
+        """Send ``sig`` to the command's process group in the guest (through the agent)."""
+        with self._cond:
+            alive = self._running and not self._ended() and not self._closed
+        if alive:
+            self._send(_agent.kill_frame(0, int(sig)))
+
+    def pause(self) -> None:
+        """Stop the vCPUs (QMP ``stop``): the whole guest freezes, clocks included."""
+        self._require_running()
+        assert self._monitor is not None
+        self._monitor.execute("stop")
+
+    def resume(self) -> None:
+        """Restart the vCPUs (QMP ``cont``)."""
+        if self._monitor is None:
+            raise MiniboxError("the VM is not running")
+        self._monitor.execute("cont")
+
+    @property
+    def paused(self) -> bool:
+        """Whether QEMU reported the guest stopped (QMP STOP/RESUME events)."""
+        if self._monitor is not None:
+            status = self._monitor.execute("query-status")
+            return str(status.get("status")) == "paused"
+        return False
+
+    def stats(self) -> Stats:
+        """QEMU's resident memory (peak included) and CPU time, from /proc.
+
+        That is what the VM costs the host; the guest's own view of memory
+        is :meth:`guest_memory_bytes`.  ``pids`` is None: the guest's
+        processes are not the host's to count.
+        """
+        if self._qemu is None or self._qemu.returncode is not None:
+            raise MiniboxError("the VM is not running")
+        rss, hwm, cpu = _proc_usage(self._qemu.pid)
+        return Stats(memory_bytes=rss, memory_peak_bytes=hwm, cpu_seconds=cpu, pids=None)
+
+    def guest_memory_bytes(self) -> int:
+        """The guest's RAM as QEMU configured it (QMP ``query-memory-size-summary``)."""
+        if self._monitor is None:
+            raise MiniboxError("the VM is not running")
+        summary = self._monitor.execute("query-memory-size-summary")
+        return int(summary["base-memory"]) + int(summary.get("plugged-memory", 0))
+
+    # ---- cleanup --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill QEMU and virtiofsd if they still run and release every host resource."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_qemu()
+        if self._monitor is not None:
+            self._monitor.close()
+        for helper in self._helpers:  # virtiofsd exits when QEMU hangs up; make sure
+            try:
+                helper.wait(2)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
+        if self._io is not None and self._io.is_alive():
+            self._io.join()
+        for s in self._socks:
+            s.close()
+        self._socks.clear()
+        if self._memfd is not None:
+            os.close(self._memfd)
+            self._memfd = None
+        if self._state_file is not None:
+            self._state_file.unlink(missing_ok=True)
+        with self._cond:
+            self._cond.notify_all()
+
+    def __del__(self) -> None:
+        if getattr(self, "_qemu", None) is not None and not getattr(self, "_closed", True):
+            print(f"minibox: VirtualMachine {self._id} was not closed; killing QEMU", file=sys.stderr)
+            self.close()
