@@ -47,6 +47,7 @@ enum mb_step {
     MB_STEP_BECOME_ROOT,
     MB_STEP_LOOPBACK,
     MB_STEP_PTY,
+    MB_STEP_JOIN_CGROUP,
 };
 
 /* One file-system operation of the mount steps, run before pivot_root.
@@ -82,6 +83,13 @@ struct mb_plan {
     /* clone */
     uint64_t clone_flags;      /* CLONE_NEW* */
     int cgroup_fd;             /* >= 0: clone3 CLONE_INTO_CGROUP (cgroup v2) */
+    int use_vfork;             /* CLONE_VM|CLONE_VFORK: no page-table copy; the
+                                * caller's thread sleeps until execve, so the
+                                * child must need nothing from it (no id maps,
+                                * no network plumbing): it joins its cgroups
+                                * itself through cgroup_procs_fds */
+    const int *cgroup_procs_fds;
+    int n_cgroup_procs_fds;
 
     /* synchronisation: the child reads one byte from sync_fd after its
      * file-system setup and before the command's own steps (rlimits, ids,

@@ -414,10 +414,24 @@ class Container(Sandbox):
                     plan.stdout_fd = fd
                 else:
                     plan.stderr_fd = fd
-            cgroup_fd = self._cgroup.clone_into_fd() if self._cgroup is not None else None
-            if cgroup_fd is not None:
-                child_ends.append(cgroup_fd)
-                plan.cgroup_fd = cgroup_fd
+            # vfork mode (see csrc/spawn.c) when the child needs nothing from
+            # us before execve: no id maps to write, no veth to move in.  It
+            # then joins its cgroups itself, through these cgroup.procs fds.
+            plan.use_vfork = not in_userns and self._network is None and "time" not in namespaces
+            cgroup_fd = None
+            if self._cgroup is not None and plan.use_vfork:
+                plan.cgroup_procs_fds = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                                         for d in dict.fromkeys(self._cgroup.paths.values())]
+                child_ends += plan.cgroup_procs_fds
+            elif self._cgroup is not None:
+                cgroup_fd = self._cgroup.clone_into_fd()
+                if cgroup_fd is not None:
+                    child_ends.append(cgroup_fd)
+                    plan.cgroup_fd = cgroup_fd
+            if plan.use_vfork:
+                child_ends.remove(sync_r)
+                os.close(sync_r)
+                plan.sync_fd = -1
 
             self._started_at = time.monotonic()
             self._pid, self._pidfd = spawn(plan)
@@ -430,12 +444,13 @@ class Container(Sandbox):
                     write_id_maps(self._pid, uid_map, gid_map)
                     os.write(sync_w, b"M")  # maps written: start the setup
                 # These run while the child sets up its mounts.
-                if self._cgroup is not None and cgroup_fd is None:
+                if self._cgroup is not None and cgroup_fd is None and not plan.use_vfork:
                     self._cgroup.attach(self._pid)
                 if self._network is not None:
                     self._network.attach(self._pid)
                 self._write_state()
-                os.write(sync_w, b"G")
+                if not plan.use_vfork:
+                    os.write(sync_w, b"G")
             except (OSError, MiniboxError) as e:
                 # A child that failed its setup meanwhile explains better.
                 if self._child_exited():

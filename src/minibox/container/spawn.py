@@ -36,7 +36,7 @@ STEP_NAMES = {
     10: "seal rootfs (nodev, read-only)", 11: "pivot_root", 12: "detach old root", 13: "chdir",
     14: "setrlimit", 15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities",
     19: "no_new_privs", 20: "seccomp", 21: "execve", 22: "close fds", 23: "setns", 24: "fork",
-    25: "become root in the user namespace", 26: "loopback up", 27: "allocate a pty",
+    25: "become root in the user namespace", 26: "loopback up", 27: "allocate a pty", 28: "join cgroup",
 }
 STEP_EXECVE = 21
 _ERROR = struct.Struct("=iii")
@@ -50,6 +50,8 @@ class ChildPlan:
     envp: Sequence[str]
     clone_flags: int = 0
     cgroup_fd: int = -1
+    use_vfork: bool = False
+    cgroup_procs_fds: Sequence[int] = ()
     sync_fd: int = -1
     sync_early: bool = False
     error_fd: int = -1
@@ -97,6 +99,11 @@ class _CPlan:
         self.c = p
         p.clone_flags = plan.clone_flags
         p.cgroup_fd = plan.cgroup_fd
+        p.use_vfork = int(plan.use_vfork)
+        procs = ffi.new("int[]", list(plan.cgroup_procs_fds) or [0])
+        self._keep.append(procs)
+        p.cgroup_procs_fds = procs
+        p.n_cgroup_procs_fds = len(plan.cgroup_procs_fds)
         p.sync_fd = plan.sync_fd
         p.sync_early = int(plan.sync_early)
         p.error_fd = plan.error_fd
