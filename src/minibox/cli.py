@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 EXIT_SETUP_FAILED = 125
@@ -98,6 +98,14 @@ def _number(flag: str, kind: type, text: str | None) -> Any:
         raise UsageError(f"{flag} {text!r}: expected a {'number' if kind is float else 'whole number'}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad flag; ``minibox run`` promises 125 like ``docker run``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SETUP_FAILED, f"minibox: {message}\n")
+
+
 class _Formatter(argparse.HelpFormatter):
     """argparse's formatter with the width from $COLUMNS: argparse would import
     shutil to ask the terminal, once for every argument added."""
@@ -108,14 +116,14 @@ class _Formatter(argparse.HelpFormatter):
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that subcommand's (building all costs ms)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         formatter_class=_Formatter,
         prog="minibox",
         description="Run commands in containers (namespaces + cgroups) or microVMs (QEMU), and compare the two.",
         epilog="See 'minibox COMMAND --help'. Docs: docs/README.md in the source tree.",
     )
     parser.add_argument("--version", action="version", version="minibox 0.1.0")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def wanted(name: str) -> bool:
         return only is None or only == name

@@ -26,6 +26,7 @@ model; crun closes that race with openat2(RESOLVE_IN_ROOT).)
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from ..spec import Mount, Spec
@@ -160,9 +161,13 @@ def _user_mount(root: str, index: int, mount: Mount) -> list[MountOp]:
         else:
             ops.append(MountOp(OP_TOUCH, target, mode=0o644))
         ops.append(MountOp(OP_MOUNT, target, source=mount.source, flags=MS_BIND | MS_REC))
-        # nodev: a device node created in a bind-mounted host directory
-        # must not open a host device (see the seal step in csrc/spawn.c)
-        ops.append(MountOp(OP_REMOUNT, target, flags=MS_NODEV | (MS_RDONLY if mount.readonly else 0)))
+        # nodev: a device node created in a bind-mounted host directory must
+        # not open a host device (see the seal step in csrc/spawn.c).  A bind
+        # of a device node itself is a deliberate grant and keeps working.
+        is_device = stat.S_ISCHR(os.stat(mount.source).st_mode) or stat.S_ISBLK(os.stat(mount.source).st_mode)
+        flags = (0 if is_device else MS_NODEV) | (MS_RDONLY if mount.readonly else 0)
+        if flags:
+            ops.append(MountOp(OP_REMOUNT, target, flags=flags))
     else:
         mode = "1777" if mount.target == "/tmp" else "755"
         data = f"mode={mode}"
