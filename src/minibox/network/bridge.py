@@ -108,7 +108,11 @@ def netlink_socket(netns_path: str, protocol: int = socket.NETLINK_ROUTE) -> soc
 
 
 def iproute(netns_path: str | None = None) -> Any:
-    """A pyroute2 ``IPRoute``, in this namespace or the one at ``netns_path``. Close it after use."""
+    """A pyroute2 ``IPRoute``, in this namespace or the one at ``netns_path``. Close it after use.
+
+    Use it from the thread that made it: pyroute2 keeps its transport per
+    thread, and would rebuild the socket in another one.
+    """
     from pyroute2 import IPRoute
 
     if netns_path is None:
