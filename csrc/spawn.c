@@ -130,6 +130,7 @@ static void close_other_fds(const struct mb_plan *plan)
     n = keep_fd(keep, n, plan->stdout_fd);
     n = keep_fd(keep, n, plan->stderr_fd);
     n = keep_fd(keep, n, plan->tty_socket);
+    n = keep_fd(keep, n, plan->init_fd);
     for (int i = 0; i < plan->n_setns_fds; i++)
         n = keep_fd(keep, n, plan->setns_fds[i]);
     for (int i = 0; i < plan->n_cgroup_procs_fds; i++)
@@ -395,6 +396,15 @@ static void __attribute__((noreturn)) exec_command(const struct mb_plan *plan)
     const char *file = plan->argv[0];
     char *const *argv = (char *const *)plan->argv;
     char *const *envp = (char *const *)plan->envp;
+
+    if (plan->init_fd >= 0) {
+        /* minibox-init reports the command's exec failure on error_fd */
+        int flags = fcntl(plan->error_fd, F_GETFD);
+        if (flags < 0 || fcntl(plan->error_fd, F_SETFD, flags & ~FD_CLOEXEC) < 0)
+            fail(plan, MB_STEP_EXECVE, errno, -1);
+        syscall(SYS_execveat, plan->init_fd, "", argv, envp, AT_EMPTY_PATH);
+        fail(plan, MB_STEP_EXECVE, errno, -1);
+    }
 
     for (const char *p = file; *p; p++) {
         if (*p == '/') {

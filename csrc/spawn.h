@@ -123,6 +123,10 @@ struct mb_plan {
     const char *const *argv;
     const char *const *envp;
     const char *path_env;      /* PATH used to search argv[0], or NULL */
+    int init_fd;               /* >= 0: execveat() this fd (minibox-init) instead
+                                * of searching argv[0]; argv is then
+                                * {"minibox-init", "<error_fd>", "--", cmd...}
+                                * and error_fd stays open across the exec */
     uint32_t uid;
     uint32_t gid;
     int set_ids;               /* call setgid/setuid */

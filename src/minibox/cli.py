@@ -189,6 +189,8 @@ def _add_run_parser(sub: Any) -> None:
                      help="seccomp profile")
     run.add_argument("--kernel", metavar="PATH", help="guest kernel (vm isolation)")
     run.add_argument("-t", "--tty", action="store_true", help="give the command a new pseudo-terminal")
+    run.add_argument("--init", action="store_true",
+                     help="run a minimal pid 1 that forwards signals and reaps zombies")
     run.add_argument("-i", "--interactive", action="store_true", help="pass minibox's stdin to the command")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD...", help="the command and its arguments")
 
@@ -244,6 +246,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         cap_drop=args.cap_drop,
         seccomp=seccomp,
         tty=args.tty,
+        init=args.init,
         kernel=os.path.abspath(args.kernel) if args.kernel else None,
         ports=[_parse_port(p) for p in args.publish],
         ip=args.ip,

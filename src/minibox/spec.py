@@ -253,6 +253,7 @@ class Spec:
     seccomp: str | Mapping[str, Any] = "default"
     rlimits: Mapping[str, int | tuple[int, int]] = field(default_factory=dict)
     tty: bool = False
+    init: bool = False
     # VM path
     kernel: str | None = None
     # Networking

@@ -374,3 +374,34 @@ def test_cli_rootfs_builder(tmp_path: Path) -> None:
     assert result.stdout == b"works\n"
     again = cli("rootfs", "busybox", str(target))
     assert again.returncode == 125 and b"not an empty directory" in again.stderr
+
+
+# -- an init as pid 1 ---------------------------------------------------------------------
+
+def test_init_forwards_sigterm_and_reports_128_plus_n() -> None:
+    with Container(Spec(argv=["sleep", "60"], init=True)) as box:
+        ps = box.exec(["ps", "-o", "pid,comm"]).stdout.decode().split("\n")
+        assert "minibox-i" in ps[1] and ps[2].split() == ["2", "sleep"]
+        box.kill(signal.SIGTERM)  # without init, pid 1 would ignore this
+        result = box.wait(timeout=10)
+    assert result.reason == "exited" and result.exit_code == 128 + signal.SIGTERM
+
+
+def test_init_reaps_orphans_and_passes_the_exit_code() -> None:
+    result = sh("for i in 1 2 3; do (sleep 0.05 &); done; sleep 0.2; "
+                "grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l; exit 5", init=True)
+    assert result.exit_code == 5
+    assert result.stdout.strip() == b"0"  # no zombie left by the orphans
+
+
+def test_init_reports_a_missing_command_like_without_it() -> None:
+    with pytest.raises(CommandNotFoundError) as info:
+        minibox.run(Spec(argv=["no-such-command"], init=True))
+    assert info.value.errno == errno.ENOENT and "no-such-command" in str(info.value)
+
+
+def test_init_binary_cannot_be_overwritten_from_inside() -> None:
+    # CVE-2019-5736 (runc): root in the container rewriting /proc/1/exe
+    result = sh("echo evil > /proc/1/exe && echo WROTE || echo refused; "
+                "(exec 3>>/proc/1/exe; echo evil >&3) && echo APPENDED || echo refused", init=True)
+    assert result.stdout.split() == [b"refused", b"refused"]

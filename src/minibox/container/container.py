@@ -381,6 +381,11 @@ class Container(Sandbox):
             to_close += [error_r, sync_w]
             child_ends += [error_w, sync_r]
             plan.error_fd, plan.sync_fd = error_w, sync_r
+            if spec.init:
+                from .init import init_fd
+
+                plan.init_fd = init_fd()
+                plan.argv = ["minibox-init", str(error_w), "--", *spec.argv]
             plan.sync_early = in_userns
             tty_parent: Any = None
             if spec.tty:

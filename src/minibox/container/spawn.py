@@ -67,6 +67,7 @@ class ChildPlan:
     readonly_rootfs: bool = False
     cwd: str | None = None
     path_env: str | None = None
+    init_fd: int = -1
     uid: int = 0
     gid: int = 0
     set_ids: bool = False
@@ -135,6 +136,7 @@ class _CPlan:
         p.argv = self._strv(plan.argv)
         p.envp = self._strv(plan.envp)
         p.path_env = self._str(plan.path_env)
+        p.init_fd = plan.init_fd
         p.uid = plan.uid
         p.gid = plan.gid
         p.set_ids = int(plan.set_ids)
@@ -214,8 +216,8 @@ def read_child_error(error_fd: int, plan: ChildPlan) -> SetupError | None:
     name = STEP_NAMES.get(step, f"step {step}")
     if step == STEP_EXECVE:
         if err in (errno_mod.ENOENT, errno_mod.EACCES, errno_mod.ENOEXEC, errno_mod.ENOTDIR):
-            return CommandNotFoundError(name, err, detail=plan.argv[0])
-        return SetupError(name, err, detail=plan.argv[0])
+            return CommandNotFoundError(name, err, detail=plan.cmd or plan.argv[0])
+        return SetupError(name, err, detail=plan.cmd or plan.argv[0])
     if 0 <= index < len(plan.ops):
         return SetupError(name, err, detail=plan.ops[index].describe())
     return SetupError(name, err)

@@ -6,7 +6,9 @@ cut of the Python process) nobody removes them.  Each container that owns
 such resources gets a small JSON state file in ``runtime_dir()/containers``
 naming its init pid (with the pid's start time, so a recycled pid is not
 mistaken for it) and its resources.  ``minibox gc`` reads them and removes
-what belongs to containers whose init is gone.
+what belongs to containers whose init is gone, and (through
+``minibox.vm.leftovers``) the QEMU and virtiofsd processes of VMs whose
+owner is gone.
 """
 
 from __future__ import annotations
@@ -80,11 +82,14 @@ CLEANERS: dict[str, Callable[[dict[str, Any]], None]] = {
 
 
 def collect_garbage() -> list[str]:
-    """Remove the leftovers of every dead container; return their ids."""
+    """Remove the leftovers of every dead container and VM; return their ids ("vm-<id>" for VMs)."""
+    from ..vm.leftovers import collect_dead_vms
+
+    vms = [f"vm-{vm_id}" for vm_id in collect_dead_vms()]
     directory = runtime_dir() / "containers"
     removed: list[str] = []
     if not directory.is_dir():
-        return removed
+        return vms
     for path in sorted(directory.glob("*.json")):
         try:
             record = json.loads(path.read_text())
@@ -102,4 +107,4 @@ def collect_garbage() -> list[str]:
         from .cgroups import prune_parents
 
         prune_parents()
-    return removed
+    return vms + removed

@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno as _errno
 import importlib
 import itertools
-import json
 import os
 import secrets
 import selectors
@@ -46,12 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
-from ..paths import runtime_dir
 from ..sandbox import Reason, Result, Sandbox, Stats, Usage
 from ..spec import Spec
 from . import accel as _accel
 from . import agent as _agent
-from . import initramfs, machine
+from . import initramfs, leftovers, machine
 from .kernel import KernelInfo, ensure_kernel, modules_for
 from .qmp import Monitor
 
@@ -406,11 +404,7 @@ class VirtualMachine(Sandbox):
     def _write_state_file(self) -> None:
         """Record our processes so that `minibox gc` can find them if this process dies."""
         assert self._qemu is not None
-        state = {"kind": "vm", "id": self._id, "owner": os.getpid(), "qemu": self._qemu.pid,
-                 "helpers": [p.pid for p in self._helpers], "started": time.time()}
-        path = runtime_dir() / f"vm-{self._id}.json"
-        path.write_text(json.dumps(state))
-        self._state_file = path
+        self._state_file = leftovers.write_record(self._id, self._qemu.pid, [p.pid for p in self._helpers])
 
     # ---- the I/O thread and QMP events ------------------------------------------
 

@@ -1,0 +1,69 @@
+"""Small static helper programs minibox builds from csrc/ on first use.
+
+Two programs run where minibox's Python cannot: the guest agent (pid 1 of a
+microVM, csrc/agent/agent.c) and minibox-init (an optional pid 1 for
+containers, csrc/init/init.c).  Both must be static: they run inside a
+rootfs or an initramfs that has no C library of the host's version.  They
+are compiled once per source version with ``cc -static -O2`` into the state
+directory, under a name carrying a hash of the source.
+
+The sources are found in the package (``minibox/_csrc/``, copied there by
+setup.py for a regular install) or in the repository (an editable install).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import PreflightError
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def source_path(relative: str) -> Path:
+    """``relative`` (e.g. "init/init.c") from the package data or the repository's csrc/."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_csrc" / relative, here.parents[1] / "csrc" / relative):
+        if candidate.is_file():
+            return candidate
+    raise PreflightError(f"csrc/{relative} is missing from this minibox installation; reinstall minibox")
+
+
+def build_static(relative: str, name: str) -> Path:
+    """Compile csrc/``relative`` into ``<state dir>/<name>-<hash>`` unless already built."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    from .paths import state_dir
+
+    source = source_path(relative)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    binary = state_dir() / f"{name}-{digest}"
+    if binary.is_file():
+        return binary
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise PreflightError(f"no C compiler to build {name}: install gcc and libc6-dev")
+    fd, tmp = tempfile.mkstemp(dir=state_dir(), prefix=f".{name}-")
+    os.close(fd)
+    try:
+        built = subprocess.run([compiler, "-static", "-O2", "-o", tmp, str(source)],
+                               capture_output=True, text=True, check=False)
+        if built.returncode != 0:
+            raise PreflightError(f"could not build the static {name} (is libc6-dev installed?):\n"
+                                 + built.stderr.strip())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, binary)
+        for stale in state_dir().glob(f"{name}-*"):  # builds of older sources
+            if stale != binary:
+                stale.unlink(missing_ok=True)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return binary
