@@ -40,6 +40,7 @@ from .busybox import default_rootfs
 from .namespaces import JOIN_ORDER, clone_flags
 from .rootfs import mount_plan
 from .spawn import ChildPlan, read_child_error, spawn
+from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
 from .userns import default_maps, write_id_maps
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
@@ -47,170 +48,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_READ_CHUNK = 1 << 16
-
-
-def _fd_for_child(fd: int | None, target: int, to_close: list[int]) -> int:
-    """An fd the child may dup2() onto ``target`` without clobbering another std fd."""
-    if fd is None:
-        return -1
-    if fd < 3 and fd != target:
-        fd = os.dup(fd)  # >= 3, close-on-exec; the child's dup2 clears that
-        to_close.append(fd)
-    return fd
 
 
 def _maps_root(maps: Sequence[Any]) -> bool:
     return any(m.inside <= 0 < m.inside + m.count for m in maps)
-
-
-class _Pipes:
-    """The parent's ends of the child's stdio pipes."""
-
-    def __init__(self) -> None:
-        self.stdin_w: int | None = None
-        self.stdout_r: int | None = None
-        self.stderr_r: int | None = None
-
-    def close(self) -> None:
-        for name in ("stdin_w", "stdout_r", "stderr_r"):
-            fd = getattr(self, name)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                setattr(self, name, None)
-
-
-def _communicate(pidfd: int, pipes: _Pipes, stdin_data: bytes | None, deadline: float | None,
-                 out: list[bytes], err: list[bytes]) -> bool:
-    """Feed stdin, drain stdout/stderr, until the process exits and the pipes close.
-
-    Returns False when ``deadline`` (a time.monotonic() value) passed first.
-    Draining while waiting means a child writing megabytes never blocks on a
-    full pipe (the deadlock subprocess.communicate() also avoids).
-    """
-    poller = select.poll()
-    targets: dict[int, list[bytes]] = {}
-    if pipes.stdout_r is not None:
-        poller.register(pipes.stdout_r, select.POLLIN)
-        targets[pipes.stdout_r] = out
-    if pipes.stderr_r is not None:
-        poller.register(pipes.stderr_r, select.POLLIN)
-        targets[pipes.stderr_r] = err
-    pending = memoryview(stdin_data or b"")
-    if pipes.stdin_w is not None:
-        if pending:
-            os.set_blocking(pipes.stdin_w, False)
-            poller.register(pipes.stdin_w, select.POLLOUT)
-        else:
-            os.close(pipes.stdin_w)
-            pipes.stdin_w = None
-    poller.register(pidfd, select.POLLIN)
-    exited = False
-    while targets or not exited:
-        timeout_ms: float | None = None
-        if deadline is not None:
-            timeout_ms = max(0.0, (deadline - time.monotonic()) * 1000)
-        events = poller.poll(timeout_ms)
-        if not events and deadline is not None and time.monotonic() >= deadline:
-            return False
-        for fd, mask in events:
-            if fd == pidfd:
-                exited = True
-                poller.unregister(pidfd)
-            elif fd == pipes.stdin_w:
-                try:
-                    written = os.write(fd, pending[:_READ_CHUNK])
-                    pending = pending[written:]
-                except BlockingIOError:
-                    continue
-                except BrokenPipeError:
-                    pending = pending[:0]
-                if not pending:
-                    poller.unregister(fd)
-                    os.close(fd)
-                    pipes.stdin_w = None
-            elif fd in targets:
-                data = os.read(fd, _READ_CHUNK) if mask & (select.POLLIN | select.POLLHUP) else b""
-                if data:
-                    targets[fd].append(data)
-                else:
-                    poller.unregister(fd)
-                    del targets[fd]
-    return True
-
-
-def _copy_window_size(source_fd: int, target_fd: int) -> None:
-    """TIOCGWINSZ from ``source_fd`` (when it is a terminal), TIOCSWINSZ onto ``target_fd``."""
-    import fcntl
-    import termios
-
-    try:
-        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
-    except OSError:
-        pass  # not a terminal: the pty keeps its default size
-
-
-def _receive_fd(sock: Any) -> int | None:
-    """One fd sent with SCM_RIGHTS, or None when the peer closed without sending."""
-    import socket
-
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
-    except OSError:
-        return None
-    return fds[0] if fds else None
-
-
-def _relay_tty(pidfd: int, master: int, stdin: object, stdout: int | None, deadline: float | None,
-               out: list[bytes]) -> bool:
-    """Shuttle bytes between the caller and the container's pty until the command exits.
-
-    Input comes from ``stdin`` when it is an fd (the caller's terminal) or
-    bytes; output goes to ``stdout`` when it is an fd, else into ``out``.
-    Reading the master fails with EIO once every slave fd is closed.
-    """
-    poller = select.poll()
-    poller.register(master, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    in_fd = stdin if isinstance(stdin, int) else None
-    if in_fd is not None:
-        poller.register(in_fd, select.POLLIN)
-    elif isinstance(stdin, (bytes, bytearray)):
-        os.write(master, bytes(stdin))
-    exited = False
-    while True:
-        timeout_ms = None if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
-        if exited:
-            timeout_ms = 0 if timeout_ms is None else min(timeout_ms, 0)
-        events = poller.poll(timeout_ms)
-        if not events:
-            if exited:
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        for fd, _mask in events:
-            if fd == pidfd:
-                exited = True
-                poller.unregister(pidfd)
-            elif fd == master:
-                try:
-                    data = os.read(master, _READ_CHUNK)
-                except OSError:  # EIO: the slave side is gone
-                    data = b""
-                if not data:
-                    return True
-                if stdout is not None:
-                    os.write(stdout, data)
-                else:
-                    out.append(data)
-            elif fd == in_fd:
-                data = os.read(fd, _READ_CHUNK)
-                if data:
-                    os.write(master, data)
-                else:
-                    poller.unregister(fd)
 
 
 class Container(Sandbox):
@@ -236,7 +77,7 @@ class Container(Sandbox):
         self._lock = threading.RLock()
         self._pid: int | None = None
         self._pidfd: int | None = None
-        self._pipes = _Pipes()
+        self._pipes = Pipes()
         self._pty_master: int | None = None
         self._cgroup: Any = None
         self._network: Any = None
@@ -287,7 +128,7 @@ class Container(Sandbox):
     def resize_tty(self, from_fd: int = 0) -> None:
         """Copy the window size of terminal ``from_fd`` to the container's pty (on SIGWINCH)."""
         if self._pty_master is not None:
-            _copy_window_size(from_fd, self._pty_master)
+            copy_window_size(from_fd, self._pty_master)
 
     @property
     def running(self) -> bool:
@@ -404,7 +245,7 @@ class Container(Sandbox):
                 child_ends.append(r)
                 plan.stdin_fd = r
             else:
-                plan.stdin_fd = _fd_for_child(self._stdin, 0, child_ends)
+                plan.stdin_fd = fd_for_child(self._stdin, 0, child_ends)
             for target, given, attr in ((1, self._stdout, "stdout_r"), (2, self._stderr, "stderr_r")):
                 if spec.tty:
                     continue
@@ -414,7 +255,7 @@ class Container(Sandbox):
                     child_ends.append(w)
                     fd = w
                 else:
-                    fd = _fd_for_child(given, target, child_ends)
+                    fd = fd_for_child(given, target, child_ends)
                 if target == 1:
                     plan.stdout_fd = fd
                 else:
@@ -466,10 +307,10 @@ class Container(Sandbox):
             os.close(sync_w)
             to_close.remove(sync_w)
             if tty_parent is not None:
-                self._pty_master = _receive_fd(tty_parent)
+                self._pty_master = receive_fd(tty_parent)
                 tty_parent.close()
                 if self._pty_master is not None:
-                    _copy_window_size(0, self._pty_master)
+                    copy_window_size(0, self._pty_master)
             failure = read_child_error(error_r, plan)
             if failure is not None:
                 raise failure
@@ -539,13 +380,13 @@ class Container(Sandbox):
             err: list[bytes] = []
             stdin_data = bytes(self._stdin) if isinstance(self._stdin, (bytes, bytearray, memoryview)) else None
             if self._pty_master is not None:
-                finished = _relay_tty(self._pidfd, self._pty_master, self._stdin, self._stdout, deadline, out)
+                finished = relay_tty(self._pidfd, self._pty_master, self._stdin, self._stdout, deadline, out)
             else:
-                finished = _communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err)
+                finished = communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err)
             timed_out = not finished
             if timed_out:
                 self._kill_all()
-                _communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, err)
+                communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, err)
             self._reap()
             self._result = self._make_result(b"".join(out), b"".join(err), timed_out)
             self._teardown()
@@ -659,7 +500,7 @@ class Container(Sandbox):
         started = time.monotonic()
         fds: list[int] = []
         child_ends: list[int] = []
-        pipes = _Pipes()
+        pipes = Pipes()
         pidfd: int | None = None
         grandchild: int | None = None
         try:
@@ -703,11 +544,11 @@ class Container(Sandbox):
             deadline = None if timeout is None else time.monotonic() + timeout
             out: list[bytes] = []
             err: list[bytes] = []
-            finished = _communicate(pidfd, pipes, stdin, deadline, out, err)
+            finished = communicate(pidfd, pipes, stdin, deadline, out, err)
             if not finished:
                 with contextlib.suppress(ProcessLookupError):
                     signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
-                _communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
+                communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
             _, status, ru = os.wait4(grandchild, 0)
             grandchild = None
             code = os.waitstatus_to_exitcode(status)
@@ -740,7 +581,7 @@ class Container(Sandbox):
                 with contextlib.suppress(OSError):
                     out: list[bytes] = []
                     if self._pidfd is not None:
-                        _communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, out)
+                        communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, out)
                 self._reap()
             self._teardown()
             self._closed = True
