@@ -1,0 +1,107 @@
+"""`minibox gc` after the Python process that started a VM was SIGKILLed.
+
+A caller killed with SIGKILL never reaches ``VirtualMachine.close()``: its
+QEMU keeps running (QEMU does not exit when its QMP peer goes away) with a
+virtiofsd per shared directory, and its state file stays in
+``runtime_dir()``.  ``minibox gc`` must kill exactly those processes (pid
+and start time verified) and remove the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from minibox.paths import runtime_dir
+from minibox.vm import leftovers
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="virtiofsd needs root"),
+]
+
+OWNER = textwrap.dedent("""
+    import json, os, signal, sys
+    from minibox import Spec
+    from minibox.vm import VirtualMachine
+    vm = VirtualMachine(Spec(argv=["sleep", "1000"], rootfs=sys.argv[1]))
+    vm.start()
+    print(json.dumps({"id": vm.id, "qemu": vm.pid, "helpers": [p.pid for p in vm._helpers]}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def _gone(proc: leftovers.ProcessRecord) -> bool:
+    """Exited (a zombie waiting for its new parent, init, to reap it counts) or never this process."""
+    return not leftovers.is_running(proc)
+
+
+def test_gc_kills_the_qemu_and_virtiofsd_of_a_killed_caller(rootfs: str) -> None:
+    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs], capture_output=True, timeout=300)
+    assert owner.returncode == -9, owner.stderr.decode(errors="replace")
+    started = json.loads(owner.stdout)
+    qemu = leftovers.identify(started["qemu"])
+    helpers = [leftovers.identify(pid) for pid in started["helpers"]]
+    record = runtime_dir() / f"vm-{started['id']}.json"
+    try:
+        # What the killed caller left: a running QEMU, its virtiofsd, the record naming them.
+        assert qemu["starttime"] is not None, "QEMU died with its owner"
+        assert Path(f"/proc/{qemu['pid']}/comm").read_text().startswith("qemu-system")
+        assert helpers and all(h["starttime"] is not None for h in helpers)
+        saved = json.loads(record.read_text())
+        assert saved["qemu"] == qemu and saved["helpers"] == helpers
+        assert saved["owner"]["pid"] != os.getpid()
+
+        gc = subprocess.run([sys.executable, "-m", "minibox.cli", "gc"], capture_output=True, text=True, timeout=120)
+        assert gc.returncode == 0, gc.stderr
+        assert f"vm-{started['id']}" in gc.stdout
+
+        assert _gone(qemu)
+        deadline = time.monotonic() + 30  # virtiofsd exits once QEMU has hung up
+        while not all(_gone(h) for h in helpers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(h) for h in helpers)
+        assert not record.exists()
+    finally:
+        for proc in (qemu, *helpers):  # only what this test's own child started, identity verified
+            leftovers.kill_verified(proc)
+        record.unlink(missing_ok=True)
+
+
+def test_gc_leaves_a_live_callers_vm_alone(rootfs: str, no_leaks: None) -> None:
+    from minibox import Spec
+    from minibox.vm import VirtualMachine
+
+    with VirtualMachine(Spec(argv=["sleep", "1000"], rootfs=rootfs)) as vm:  # started by `with`
+        qemu = leftovers.identify(vm.pid or 0)
+        assert vm.id not in leftovers.collect_dead_vms()
+        assert leftovers.is_running(qemu)
+        assert (runtime_dir() / f"vm-{vm.id}.json").exists()
+        vm.kill()
+
+
+def test_gc_does_not_kill_a_process_that_reused_a_recorded_pid(tmp_path: Path) -> None:
+    """A record whose pids now belong to other processes: the record goes, the processes stay."""
+    bystander = subprocess.Popen(["sleep", "1000"])
+    try:
+        me = leftovers.identify(bystander.pid)
+        assert me["starttime"] is not None
+        stale = {"kind": "vm", "id": "gc-test-reused", "owner": {"pid": 2 ** 22 + 1, "starttime": 1},
+                 "qemu": {"pid": bystander.pid, "starttime": me["starttime"] - 1},
+                 "helpers": [{"pid": os.getpid(), "starttime": 12345}], "started": 0}
+        path = runtime_dir() / "vm-gc-test-reused.json"
+        path.write_text(json.dumps(stale))
+        assert "gc-test-reused" in leftovers.collect_dead_vms()
+        assert not path.exists()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
