@@ -89,7 +89,8 @@ def test_pause_stops_a_counter_and_resume_continues_it(tmp_path: object) -> None
 
 
 def test_stats_report_growing_memory() -> None:
-    script = "a=''; for i in 1 2 3 4 5 6; do a=\"$a$(head -c 2000000 /dev/zero | tr '\\0' x)\"; sleep 0.3; done; sleep 5"
+    script = ("a=''; for i in 1 2 3 4 5 6; do a=\"$a$(head -c 2000000 /dev/zero | tr '\\0' x)\"; sleep 0.3; done; "
+              "sleep 5")
     with Container(Spec(argv=["sh", "-c", script], limits=Limits(memory="128M"))) as box:
         samples = []
         for _ in range(5):

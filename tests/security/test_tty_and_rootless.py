@@ -131,10 +131,11 @@ def as_nobody(home: str, work: Callable[[], Any]) -> Any:
     """Run ``work`` in a forked child that dropped to uid/gid 65534; return its JSON result."""
     # Import lazily-loaded modules before forking: the child may not read /root.
     import encodings.ascii  # noqa: F401
-    import minibox.container.capabilities  # noqa: F401
-    import minibox.container.cgroups  # noqa: F401
-    import minibox.container.container  # noqa: F401
-    import minibox.container.rlimits  # noqa: F401
+
+    import minibox.container.capabilities
+    import minibox.container.cgroups
+    import minibox.container.container
+    import minibox.container.rlimits
     import minibox.container.seccomp  # noqa: F401
 
     read_end, write_end = os.pipe()
