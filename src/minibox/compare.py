@@ -528,7 +528,7 @@ def measure_density(kind: str, requested: int, progress: Progress) -> tuple[Cell
     if kind == "container":
         mem = Cell(med, "bytes", f"{_fmt_bytes(med)} (cgroup)",
                    note=f"median over {len(memory)} idle containers (sleep) of the memory their cgroup is "
-                        "charged (memory.usage_in_bytes / memory.current); no runtime process stays behind")
+                        f"charged ({_memory_counter()}); no runtime process stays behind")
     else:
         extra_note = ""
         if qemu_pss:
@@ -543,6 +543,20 @@ def measure_density(kind: str, requested: int, progress: Progress) -> tuple[Cell
                    extra={"virtiofsd_rss_bytes_per_vm": fs_rss * 1024 // max(len(boxes), 1),
                           "qemu_pss_bytes": int(statistics.median(qemu_pss) * 1024) if qemu_pss else None})
     return density, mem
+
+
+def _memory_counter() -> str:
+    """Which file the container's memory figure comes from, with its caveat."""
+    try:
+        from .container.cgroups import detect_layout
+
+        version = detect_layout().version
+    except (MiniboxError, OSError):
+        return "memory.usage_in_bytes or memory.current"
+    if version == 1:
+        return ("cgroup v1 memory.usage_in_bytes, charged in per-CPU batches, a 'fuzz value' "
+                "per the kernel's cgroup-v1/memory.rst 5.5")
+    return "cgroup v2 memory.current"
 
 
 def _guest_memory(spec: Spec) -> int:
@@ -720,11 +734,15 @@ def _footnotes(report: Report, columns: Sequence[Column]) -> tuple[dict[tuple[st
     return marks, lines
 
 
+def _fmt_ratio(r: float) -> str:
+    return f"{r:,.0f}{TIMES}" if r >= 10 else f"{r:.2f}{TIMES}"
+
+
 def _ratio_text(report: Report, metric: str) -> str:
     r = ratio(report, metric)
-    if r is not None and metric == "density":
-        return f"{r:,.0f}{TIMES} per start" if r >= 10 else f"{r:.1f}{TIMES} per start"
-    return "" if r is None else f"{r:,.0f}{TIMES}" if r >= 10 else f"{r:.1f}{TIMES}"
+    if r is None:
+        return ""
+    return _fmt_ratio(r) + (" per start" if metric == "density" else "")
 
 
 def table_rows(report: Report) -> tuple[list[str], list[list[str]], list[str]]:
@@ -753,7 +771,7 @@ def peer_rows(report: Report) -> list[list[str]]:
         if cell.measured and isinstance(cell.value, float):
             times = ""
             if ref is not None and ref.measured and isinstance(ref.value, float) and ref.value > 0:
-                times = f"{cell.value / ref.value:.2f}{TIMES}"
+                times = _fmt_ratio(cell.value / ref.value)
             rows.append([column.label, f"{_fmt_ms(cell.value)} ms", times, cell.note])
         else:
             rows.append([column.label, "not measured", "", cell.reason or ""])

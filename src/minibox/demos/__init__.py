@@ -13,6 +13,9 @@ DEMOS: dict[str, str] = {
     "namespaces": "pid 1, its own hostname, mounts, network and ids: one namespace at a time",
     "cgroups": "an OOM kill, a fork bomb contained, half a CPU, pause and resume",
     "hardening": "what root inside a default container may not do, and why",
+    "microvm": "a microVM boot: accelerator probe, guest kernel, initramfs, QEMU argv, QMP events, agent",
+    "compare": "containers vs microVMs measured on this machine, and what the numbers mean",
+    "networking": "a container and a VM talking over one bridge: a veth into a namespace, a tap into a guest",
 }
 
 
