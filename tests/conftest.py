@@ -6,6 +6,7 @@ are skipped with the reason printed elsewhere, never faked.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -14,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
-# Keep the tests' runtime state out of the host's /run/minibox.
-os.environ.setdefault("MINIBOX_RUNTIME_DIR", tempfile.mkdtemp(prefix="minibox-test-run-"))
+# Keep the tests' runtime state out of the host's /run/minibox, in a
+# directory removed again when the test process exits.
+if "MINIBOX_RUNTIME_DIR" not in os.environ:
+    _runtime_dir = tempfile.mkdtemp(prefix="minibox-test-run-")
+    os.environ["MINIBOX_RUNTIME_DIR"] = _runtime_dir
+    atexit.register(shutil.rmtree, _runtime_dir, True)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts, cgroups)")
 
