@@ -21,7 +21,10 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import Row
 
 from minibox.spec import Spec
 from minibox.vm import agent, machine
@@ -80,42 +83,70 @@ def run_by_hand(spec: Spec, rootfs: str, workdir: Path, initrd: Path) -> tuple[f
     return elapsed, rusage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-n", type=int, default=10, help="runs per side (default 10)")
-    parser.add_argument("--rootfs", help="rootfs directory (default: minibox's busybox rootfs)")
-    args = parser.parse_args()
-    rootfs = args.rootfs or _default_rootfs()
+@dataclass
+class VmTimings:
+    """Interleaved boot-to-exit samples of both sides, in seconds, and peak RSS in bytes."""
+
+    kernel: str
+    initramfs_bytes: int
+    mine: list[float]
+    hand: list[float]
+    rss_mine: list[int]
+    rss_hand: list[int]
+
+
+def measure(runs: int, rootfs: str | None = None) -> VmTimings:
+    """Warm up once, then ``runs`` interleaved boots of each side."""
+    rootfs = rootfs or _default_rootfs()
     spec = Spec(argv=["/bin/true"], rootfs=rootfs)
     kernel = ensure_kernel()
     image = guest_initramfs(spec, agent.build_agent(), modules_for(kernel, GUEST_MODULES), [], None)
     workdir = Path(tempfile.mkdtemp(prefix="minibox-bench-"))
+    timings = VmTimings(f"{kernel.release} ({'PVH vmlinux' if kernel.pvh else 'bzImage'})", len(image),
+                        [], [], [], [])
     try:
         initrd = workdir / "initrd.cpio"
         initrd.write_bytes(image)
         run_minibox(spec)  # warm up: agent build, kernel, accelerator verdict, page cache
         run_by_hand(spec, rootfs, workdir, initrd)
-        mine: list[float] = []
-        hand: list[float] = []
-        rss_mine: list[int] = []
-        rss_hand: list[int] = []
-        for _ in range(args.n):  # interleaved, so drift hits both sides alike
+        for _ in range(runs):  # interleaved, so drift hits both sides alike
             t, rss = run_minibox(spec)
-            mine.append(t)
-            rss_mine.append(rss)
+            timings.mine.append(t)
+            timings.rss_mine.append(rss)
             t, rss = run_by_hand(spec, rootfs, workdir, initrd)
-            hand.append(t)
-            rss_hand.append(rss)
+            timings.hand.append(t)
+            timings.rss_hand.append(rss)
     finally:
         shutil.rmtree(workdir)
-    m, h = statistics.median(mine), statistics.median(hand)
-    print(f"kernel {kernel.release} ({'PVH vmlinux' if kernel.pvh else 'bzImage'}), "
-          f"initramfs {len(image) / 2**20:.1f} MiB, {args.n} runs each, TCG")
+    return timings
+
+
+def rows(runs: int) -> list[Row]:
+    """The VM rows of bench/run.py's table (capped at 5 boots a side: each takes a second)."""
+    t = measure(max(1, min(runs, 5)))
+    m, h = statistics.median(t.mine), statistics.median(t.hand)
+    return [
+        Row("VirtualMachine boot-to-exit", m * 1000, key="vm:minibox", samples_ms=[x * 1000 for x in t.mine],
+            notes=f"TCG, {t.kernel}; {m / h:.2f}x hand-written; peak RSS "
+                  f"{statistics.median(t.rss_mine) / 2**20:.0f} MiB"),
+        Row("hand-written qemu boot-to-exit", h * 1000, key="vm:hand", samples_ms=[x * 1000 for x in t.hand],
+            notes=f"same kernel + initramfs; peak RSS {statistics.median(t.rss_hand) / 2**20:.0f} MiB"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=10, help="runs per side (default 10)")
+    parser.add_argument("--rootfs", help="rootfs directory (default: minibox's busybox rootfs)")
+    args = parser.parse_args()
+    t = measure(args.n, args.rootfs)
+    m, h = statistics.median(t.mine), statistics.median(t.hand)
+    print(f"kernel {t.kernel}, initramfs {t.initramfs_bytes / 2**20:.1f} MiB, {args.n} runs each, TCG")
     print(f"{'':28}{'median':>10}{'min':>10}{'max':>10}{'peak RSS':>12}")
-    print(f"{'minibox VirtualMachine':28}{m:>9.3f}s{min(mine):>9.3f}s{max(mine):>9.3f}s"
-          f"{statistics.median(rss_mine) / 2**20:>9.0f} MiB")
-    print(f"{'hand-written qemu':28}{h:>9.3f}s{min(hand):>9.3f}s{max(hand):>9.3f}s"
-          f"{statistics.median(rss_hand) / 2**20:>9.0f} MiB")
+    print(f"{'minibox VirtualMachine':28}{m:>9.3f}s{min(t.mine):>9.3f}s{max(t.mine):>9.3f}s"
+          f"{statistics.median(t.rss_mine) / 2**20:>9.0f} MiB")
+    print(f"{'hand-written qemu':28}{h:>9.3f}s{min(t.hand):>9.3f}s{max(t.hand):>9.3f}s"
+          f"{statistics.median(t.rss_hand) / 2**20:>9.0f} MiB")
     print(f"ratio minibox / hand-written: {m / h:.2f}x")
 
 

@@ -88,6 +88,8 @@ TARGETS = (
     Target(f"minibox CLI ≤ 1.5{TIMES} crun run", "minibox_cli", "crun", 1.5, "issue 2"),
     Target(f"minibox.run with memory+pids limits ≤ 0.7{TIMES} crun with the same limits", "minibox_limits",
            "crun_limits", 0.7, "issue 3"),
+    Target(f"VirtualMachine boot-to-exit ≤ 1.1{TIMES} a hand-written QEMU command line", "vm:minibox", "vm:hand",
+           1.1, "issue 5"),
 )
 
 
