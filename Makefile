@@ -21,6 +21,7 @@ STAMP := $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/minibox demo namespaces
+	$(VENV)/bin/minibox demo compare
 
 
 test: setup
