@@ -11,6 +11,9 @@
  *   2. loads the kernel modules in the order the host chose (finit_module(2))
  *   3. opens the virtio-serial ports named minibox.control, minibox.stdout
  *      and minibox.stderr                    (Documentation: virtio_console)
+ *      brings lo up and, for network="bridge", gives the virtio-net NIC the
+ *      address and default route the host leased it (netdevice(7), route(4):
+ *      SIOCSIFADDR, SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT; no tools needed)
  *   4. mounts the Spec's rootfs, shared by the host through virtiofs, and the
  *      Spec's extra mounts, then makes it the root   (MS_MOVE + chroot, as
  *      switch_root(8) does)
@@ -52,6 +55,13 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
+/* the network: netdevice(7) and route(4) ioctls on an AF_INET socket */
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #define MAX_ARGS 256
 #define MAX_ENV 256
@@ -81,6 +91,12 @@ static gid_t gid_;
 static int root_readonly, probe_mode, have_stdin;
 static struct mount_req mounts[MAX_MOUNTS];
 static int nmounts;
+/* record N: the NIC to configure (bridge mode); NULL ifname = no NIC */
+static const char *net_ifname, *net_address, *net_prefixlen, *net_gateway;
+/* records B: files of the initramfs bind-mounted read-only over rootfs files */
+#define MAX_BINDS 8
+static struct { const char *source, *target; } binds[MAX_BINDS];
+static int nbinds;
 
 /* ---- state ------------------------------------------------------------- */
 
@@ -238,6 +254,22 @@ static int load_config(void)
             m->readonly = ro[0] == '1';
             break;
         }
+        case 'N':
+            net_ifname = s;
+            net_address = next_str(&p, end);
+            net_prefixlen = next_str(&p, end);
+            net_gateway = next_str(&p, end);
+            if (!net_address || !net_prefixlen || !net_gateway)
+                return -1;
+            break;
+        case 'B':
+            if (nbinds >= MAX_BINDS)
+                return -1;
+            binds[nbinds].source = s;
+            binds[nbinds].target = next_str(&p, end);
+            if (!binds[nbinds++].target)
+                return -1;
+            break;
         default: return -1;
         }
     }
@@ -378,6 +410,19 @@ static void setup_root(void)
                 fail(0, "mount", errno, m->target);
         }
     }
+    /* the generated /etc files of a bridged VM: bound over the rootfs's own
+     * inside the guest only (the shared directory on the host is not written);
+     * a rootfs without such a file (or with a symlink there) keeps its own */
+    for (int i = 0; i < nbinds; i++) {
+        struct stat st;
+        snprintf(target, sizeof target, "/newroot%s", binds[i].target);
+        if (lstat(target, &st) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (mount(binds[i].source, target, NULL, MS_BIND, NULL) < 0 ||
+            mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  NULL) < 0)
+            fail(0, "mount", errno, binds[i].target);
+    }
     if (root_readonly && mount(NULL, "/newroot", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
         fail(0, "mount", errno, "rootfs read-only");
     /* switch_root: the shared directory becomes / for the agent and its children */
@@ -387,6 +432,94 @@ static void setup_root(void)
         fail(0, "chroot", errno, NULL);
     if (sethostname(hostname_, strlen(hostname_)) < 0)
         fail(0, "sethostname", errno, hostname_);
+}
+
+/* ---- the network ------------------------------------------------------ */
+
+static int set_up(int sock, const char *name)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+    if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
+        return -1;
+    ifr.ifr_flags |= IFF_UP;
+    return ioctl(sock, SIOCSIFFLAGS, &ifr);
+}
+
+static void set_inet(struct sockaddr *sa, in_addr_t addr)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = addr };
+    memcpy(sa, &sin, sizeof sin);
+}
+
+/* lo up (every VM, as every container's namespace has it); for the bridge:
+ * the NIC's address, netmask, link up, and "default via gateway" -- what
+ * `ip addr add; ip link set up; ip route add default via` do, with the
+ * classic ioctls instead of rtnetlink. */
+static void setup_network(void)
+{
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0 || set_up(sock, "lo") < 0) {
+        if (net_ifname)
+            fail(0, "network", errno, "lo");
+        console("minibox-agent: lo: %s", strerror(errno));
+        if (sock >= 0)
+            close(sock);
+        return;
+    }
+    if (!net_ifname) {
+        close(sock);
+        return;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", net_ifname);
+    /* the NIC appears when virtio_net has probed the virtio-mmio device */
+    int tries = 0;
+    while (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) {
+        if (errno != ENODEV || tries++ >= 2000)
+            fail(0, "network", errno, net_ifname);
+        usleep(5000);
+    }
+    struct in_addr addr, gateway;
+    long prefix = strtol(net_prefixlen, NULL, 10);
+    if (inet_pton(AF_INET, net_address, &addr) != 1 || inet_pton(AF_INET, net_gateway, &gateway) != 1 ||
+        prefix < 1 || prefix > 32)
+        fail(0, "network", EINVAL, net_address);
+    set_inet(&ifr.ifr_addr, addr.s_addr);
+    if (ioctl(sock, SIOCSIFADDR, &ifr) < 0)
+        fail(0, "network", errno, "SIOCSIFADDR");
+    set_inet(&ifr.ifr_netmask, htonl(~0u << (32 - prefix)));
+    if (ioctl(sock, SIOCSIFNETMASK, &ifr) < 0)
+        fail(0, "network", errno, "SIOCSIFNETMASK");
+    if (set_up(sock, net_ifname) < 0)
+        fail(0, "network", errno, "SIOCSIFFLAGS");
+    struct rtentry rt;
+    memset(&rt, 0, sizeof rt);
+    set_inet(&rt.rt_dst, INADDR_ANY);
+    set_inet(&rt.rt_genmask, INADDR_ANY);
+    set_inet(&rt.rt_gateway, gateway.s_addr);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    if (ioctl(sock, SIOCADDRT, &rt) < 0)
+        fail(0, "network", errno, "SIOCADDRT default route");
+    close(sock);
+    /* virtio-net reports its link a moment after the probe: wait (briefly)
+     * for the carrier, so that the command's first packet is not dropped.
+     * Not for operstate "up": the kernel's linkwatch sets that up to a
+     * second later, while the link already carries frames. */
+    char path[128], state[4];
+    snprintf(path, sizeof path, "/sys/class/net/%s/carrier", net_ifname);
+    for (int i = 0; i < 600; i++) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd < 0 ? -1 : read(fd, state, sizeof state - 1);
+        if (fd >= 0)
+            close(fd);
+        if (n >= 1 && state[0] == '1')
+            return;
+        usleep(5000);
+    }
+    console("minibox-agent: %s: no carrier yet", net_ifname);
 }
 
 /* ---- running commands ------------------------------------------------- */
@@ -627,6 +760,7 @@ int main(void)
     struct utsname u;
     uname(&u);
     send_text('H', 0, "%s", u.release);
+    setup_network();
 
     int in_fd = open(have_stdin ? "/minibox/stdin" : "/dev/null", O_RDONLY | O_CLOEXEC);
     setup_root();

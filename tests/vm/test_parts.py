@@ -89,3 +89,18 @@ def test_qemu_command_line_follows_the_spec() -> None:
     assert not any("netdev" in a for a in argv)  # network "none": no NIC at all
     cmdline = argv[argv.index("-append") + 1]
     assert "quiet" in cmdline and "cryptomgr.notests" in cmdline and "panic=-1" in cmdline
+
+
+def test_a_bridged_vm_gets_a_tap_netdev_and_a_network_record() -> None:
+    from minibox.vm.network import GuestNetwork, guest_mac, tap_name
+
+    cfg = machine.MachineConfig(qemu="qemu", kernel="k", initrd="/dev/fd/3", cmdline="", memory=256 << 20,
+                                tap_fd=7, mac=guest_mac("0123456789ab"))
+    argv = machine.qemu_argv(cfg)
+    assert argv[argv.index("-netdev") + 1] == "tap,id=n0,fd=7"  # an inherited fd: QEMU makes no tap
+    assert "virtio-net-device,netdev=n0,mac=02:01:23:45:67:89" in argv  # virtio-mmio on microvm
+    assert tap_name("0123456789ab") == "mbtap0123456789"
+    config = agent.encode_config(Spec(argv=["true"]), [], network=GuestNetwork("eth0", "10.88.0.7", 24, "10.88.0.1"),
+                                 files=[("/minibox/etc/hosts", "/etc/hosts")])
+    assert b"Neth0\x0010.88.0.7\x0024\x0010.88.0.1\x00" in config
+    assert config.endswith(b"B/minibox/etc/hosts\x00/etc/hosts\x00")

@@ -10,6 +10,7 @@ path; :func:`run_vm` is ``minibox.run(spec, isolation="vm")``;
 * initramfs.py   -- the cpio newc archive the kernel boots into
 * accel.py       -- KVM or TCG, decided by a probe boot
 * agent.py       -- the guest agent: build, config, framed protocol
+* network.py     -- network="bridge": a lease, a tap on the bridge, published ports
 * virtual_machine.py -- VirtualMachine itself
 """
 

@@ -32,6 +32,10 @@ from ..errors import PreflightError
 from ..paths import state_dir
 from ..spec import Spec
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .network import GuestNetwork
+
 HEADER = struct.Struct("<IBI")  # length, type, id
 
 # Guest -> host
@@ -96,8 +100,17 @@ class GuestMount:
 
 
 def encode_config(spec: Spec, mounts: Sequence[GuestMount], *, root_tag: str = "rootfs",
-                  has_stdin: bool = False, probe: bool = False) -> bytes:
-    """The agent's /minibox/config for ``spec``."""
+                  has_stdin: bool = False, probe: bool = False, network: GuestNetwork | None = None,
+                  files: Sequence[tuple[str, str]] = ()) -> bytes:
+    """The agent's /minibox/config for ``spec``.
+
+    ``network`` (bridge mode) becomes record ``N ifname address prefixlen
+    gateway``: the agent addresses that NIC, brings it and ``lo`` up and adds
+    the default route.  Each of ``files`` -- ``(path in the initramfs, path in
+    the rootfs)`` -- becomes record ``B source target``: the agent bind-mounts
+    it read-only over the target, when the target is a regular file (the
+    generated /etc/hosts, /etc/resolv.conf, /etc/hostname of a bridged VM).
+    """
     def rec(tag: str, *values: str) -> bytes:
         return tag.encode() + b"".join(v.encode() + b"\0" for v in values)
 
@@ -113,6 +126,10 @@ def encode_config(spec: Spec, mounts: Sequence[GuestMount], *, root_tag: str = "
         out.append(rec("P", ""))
     for m in mounts:
         out.append(rec("M", m.kind, m.tag, m.name, m.target, "1" if m.readonly else "0", m.size))
+    if network is not None:
+        out.append(rec("N", network.ifname, network.address, str(network.prefixlen), network.gateway))
+    for source, target in files:
+        out.append(rec("B", source, target))
     return b"".join(out)
 
 

@@ -23,6 +23,7 @@ record.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -54,9 +55,14 @@ def record_path(vm_id: str) -> Path:
     return runtime_dir() / f"vm-{vm_id}.json"
 
 
-def write_record(vm_id: str, qemu_pid: int, helper_pids: Sequence[int]) -> Path:
-    """Write (atomically) the state file of VM ``vm_id``, owned by this process; return its path."""
-    record = {
+def write_record(vm_id: str, qemu_pid: int, helper_pids: Sequence[int],
+                 network: dict[str, Any] | None = None) -> Path:
+    """Write (atomically) the state file of VM ``vm_id``, owned by this process; return its path.
+
+    ``network`` is :meth:`minibox.vm.network.VmNetwork.record` of a bridged
+    VM: its lease, tap and port rules, released by gc once QEMU is dead.
+    """
+    record: dict[str, Any] = {
         "kind": "vm",
         "id": vm_id,
         "owner": identify(os.getpid()),
@@ -64,6 +70,8 @@ def write_record(vm_id: str, qemu_pid: int, helper_pids: Sequence[int]) -> Path:
         "helpers": [identify(pid) for pid in helper_pids],
         "started": time.time(),
     }
+    if network is not None:
+        record["network"] = network
     path = record_path(vm_id)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record))
@@ -150,6 +158,16 @@ def collect_dead_vms() -> list[str]:
             proc = _as_process(value)
             if proc is not None:
                 kill_verified(proc)
+        if isinstance(record.get("network"), dict):
+            # QEMU is gone, and its tap with it: give back the lease and the port rules.
+            from .network import release_stale
+
+            try:
+                release_stale(record["network"])
+            except Exception as e:  # keep the record: the next gc tries again
+                logging.getLogger("minibox.vm").warning("minibox gc: VM %s: network not released: %s",
+                                                        record.get("id"), e)
+                continue
         path.unlink(missing_ok=True)
         cleaned.append(str(record.get("id", path.stem.removeprefix("vm-"))))
     return cleaned

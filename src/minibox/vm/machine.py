@@ -106,6 +106,8 @@ class MachineConfig:
     console_fd: int | None = None
     port_fds: Sequence[tuple[str, int]] = ()      # (port name, fd)
     virtiofs_fds: Sequence[tuple[str, int]] = ()  # (tag, fd)
+    tap_fd: int | None = None                     # a tap on the minibox bridge (vm/network.py)
+    mac: str = ""                                 # the guest NIC's MAC address
     extra: list[str] = field(default_factory=list)
 
 
@@ -147,4 +149,11 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
     for i, (tag, fd) in enumerate(cfg.virtiofs_fds):
         argv += ["-chardev", f"socket,id=fs{i},fd={fd}",
                  "-device", f"{fs_dev},chardev=fs{i},tag={tag},queue-size=1024"]
+    if cfg.tap_fd is not None:
+        # QEMU's -netdev tap with an inherited fd (QEMU docs, "-netdev tap"):
+        # QEMU neither creates nor configures the tap, it only moves frames.
+        # microvm has no PCI: the NIC is a virtio-mmio device.
+        nic = "virtio-net-device" if cfg.machine == "microvm" else "virtio-net-pci"
+        argv += ["-netdev", f"tap,id=n0,fd={cfg.tap_fd}",
+                 "-device", f"{nic},netdev=n0" + (f",mac={cfg.mac}" if cfg.mac else "")]
     return argv + cfg.extra

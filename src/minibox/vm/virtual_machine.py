@@ -50,6 +50,7 @@ from ..spec import Spec
 from . import accel as _accel
 from . import agent as _agent
 from . import initramfs, leftovers, machine
+from . import network as _network
 from .kernel import KernelInfo, ensure_kernel, modules_for
 from .qmp import Monitor
 
@@ -101,17 +102,27 @@ def _default_rootfs() -> str:
 
 def guest_initramfs(spec: Spec, agent_bin: Path, modules: Sequence[tuple[str, bytes]],
                     mounts: Sequence[_agent.GuestMount], stdin: bytes | None,
-                    packed_root: str | None = None) -> bytes:
+                    packed_root: str | None = None, network: _network.VmNetwork | None = None) -> bytes:
     """The guest's whole first root: the agent as /init, its modules, the Spec, stdin.
 
     With ``packed_root`` that directory is copied in as /newroot (the
     "initramfs" rootfs sharing); otherwise the agent mounts the virtiofs tag
-    "rootfs" there.
+    "rootfs" there.  With ``network`` (bridge mode) the agent is told the
+    NIC's address, and the generated /etc files go to /minibox/etc for it to
+    bind-mount over the rootfs's own.
     """
     entries = [initramfs.directory(d) for d in ("dev", "proc", "sys", "minibox", "minibox/modules")]
     entries += initramfs.tree(packed_root, "newroot") if packed_root else [initramfs.directory("newroot")]
+    etc_binds: list[tuple[str, str]] = []
+    if network is not None:
+        entries.append(initramfs.directory("minibox/etc"))
+        for name, text in network.etc_files().items():
+            entries.append(initramfs.file(f"minibox/etc/{name}", text.encode(), 0o644))
+            etc_binds.append((f"/minibox/etc/{name}", f"/etc/{name}"))
     config = _agent.encode_config(spec, mounts, root_tag="" if packed_root else "rootfs",
-                                  has_stdin=stdin is not None)
+                                  has_stdin=stdin is not None,
+                                  network=network.guest_config() if network is not None else None,
+                                  files=etc_binds)
     entries += [
         initramfs.chardev("dev/console", 5, 1),
         initramfs.file("init", agent_bin.read_bytes(), 0o755),
@@ -189,11 +200,8 @@ class VirtualMachine(Sandbox):
     def __init__(self, spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
                  stderr: int | None = None, machine_type: str = "microvm",
                  rootfs_sharing: str = "virtiofs") -> None:
-        if spec.network == "bridge":
-            raise SpecError("network",
-                            "bridge networking for VMs arrives with networking (minibox.vm.network); use 'none'")
         if spec.network == "host":
-            raise SpecError("network", "a VM cannot share the host's network stack; use 'none'")
+            raise SpecError("network", "a VM cannot share the host's network stack; use 'none' or 'bridge'")
         self.spec = spec
         self._memory = machine.memory_bytes(spec)
         self._stdin = stdin
@@ -215,6 +223,8 @@ class VirtualMachine(Sandbox):
         self._io: threading.Thread | None = None
         self._ctl: socket.socket | None = None
         self._state_file: Path | None = None
+        self._net: _network.VmNetwork | None = None  # network="bridge": lease, ports (vm/network.py)
+        self._tap_fd: int | None = None  # our copy of the tap's fd, until QEMU holds its own
         # what we learned
         self._accel = _accel.Verdict("tcg", "not started")
         self._release = ""
@@ -263,6 +273,11 @@ class VirtualMachine(Sandbox):
         """The guest kernel's release, as the agent's uname(2) reported it."""
         return self._release
 
+    @property
+    def ip(self) -> str | None:
+        """The guest's address on the bridge (network="bridge"), else None."""
+        return None if self._net is None else self._net.address
+
     # ---- start ----------------------------------------------------------------
 
     def start(self) -> None:
@@ -286,7 +301,10 @@ class VirtualMachine(Sandbox):
         kernel = ensure_kernel(spec.kernel)
         rootfs = spec.rootfs or _default_rootfs()
         agent_bin = _agent.build_agent()
-        modules = modules_for(kernel, GUEST_MODULES if needs_virtiofs else ("virtio_mmio", "virtio_console"))
+        wanted: tuple[str, ...] = GUEST_MODULES if needs_virtiofs else ("virtio_mmio", "virtio_console")
+        if spec.network == "bridge":
+            wanted += _network.GUEST_MODULES
+        modules = modules_for(kernel, wanted)
         self._accel = _accel.choose(kernel, qemu_version(qemu), lambda: kvm_probe(qemu, kernel, agent_bin))
 
         shares = [("rootfs", rootfs)] if self._sharing == "virtiofs" else []
@@ -306,8 +324,12 @@ class VirtualMachine(Sandbox):
                 shares.append((tag, parent))
                 guest_mounts.append(_agent.GuestMount("file", tag, name, m.target, m.readonly, ""))
 
+        if spec.network == "bridge":
+            # the lease (and published ports) before anything else exists; close() gives them back
+            self._net = _network.VmNetwork.prepare(self._id, spec)
         image = guest_initramfs(spec, agent_bin, modules, guest_mounts, self._stdin,
-                                packed_root=rootfs if self._sharing == "initramfs" else None)
+                                packed_root=rootfs if self._sharing == "initramfs" else None,
+                                network=self._net)
         self._memfd = os.memfd_create(f"minibox-initramfs-{self._id}", 0)
         os.write(self._memfd, image)
 
@@ -343,6 +365,12 @@ class VirtualMachine(Sandbox):
             port_fds=[(name, t.fileno()) for name, t in zip(machine.PORTS, theirs[2:], strict=True)],
             virtiofs_fds=virtiofs_fds,
         )
+        if self._net is not None:
+            # A tap is a NIC whose wire is an fd; QEMU inherits it (-netdev tap,fd=N).
+            # Made here, in the thread that starts QEMU (see VmNetwork.open_tap).
+            self._tap_fd = self._net.open_tap()
+            child_fds.append(self._tap_fd)
+            cfg.tap_fd, cfg.mac = self._tap_fd, self._net.mac
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             self._qemu = subprocess.Popen(machine.qemu_argv(cfg), stdin=subprocess.DEVNULL,
@@ -353,7 +381,13 @@ class VirtualMachine(Sandbox):
             raise PreflightError(f"cannot start {qemu}: {e.strerror}") from e
         finally:
             os.close(err_w)
+        if self._net is not None:
+            # QEMU holds the tap now: with our copy closed it lives exactly as long as QEMU.
+            _network.close_fd(self._tap_fd)
+            self._tap_fd = None
         self._write_state_file()
+        if self._net is not None:
+            self._net.started(self._qemu.pid)  # the lease now names QEMU
         # QEMU holds its ends now; ours must go, or EOF would never come.
         for sock in list(self._socks):
             if sock.fileno() in child_fds:
@@ -404,7 +438,8 @@ class VirtualMachine(Sandbox):
     def _write_state_file(self) -> None:
         """Record our processes so that `minibox gc` can find them if this process dies."""
         assert self._qemu is not None
-        self._state_file = leftovers.write_record(self._id, self._qemu.pid, [p.pid for p in self._helpers])
+        self._state_file = leftovers.write_record(self._id, self._qemu.pid, [p.pid for p in self._helpers],
+                                                  network=self._net.record() if self._net is not None else None)
 
     # ---- the I/O thread and QMP events ------------------------------------------
 
@@ -723,10 +758,21 @@ class VirtualMachine(Sandbox):
         if self._memfd is not None:
             os.close(self._memfd)
             self._memfd = None
-        if self._state_file is not None:
+        # The tap went with QEMU; the port rules and the lease are given back here.
+        _network.close_fd(self._tap_fd)
+        self._tap_fd = None
+        net_error: BaseException | None = None
+        if self._net is not None:
+            try:
+                self._net.release()
+            except (OSError, MiniboxError) as e:
+                net_error = e  # the state file stays, so `minibox gc` can finish the job
+        if self._state_file is not None and net_error is None:
             self._state_file.unlink(missing_ok=True)
         with self._cond:
             self._cond.notify_all()
+        if net_error is not None:
+            raise net_error
 
     def __del__(self) -> None:
         if getattr(self, "_qemu", None) is not None and not getattr(self, "_closed", True):

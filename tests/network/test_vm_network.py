@@ -1,0 +1,306 @@
+"""VM networking: a tap on the minibox bridge, virtio-net and eth0 in the guest.
+
+The point of the design: a container (a veth into a network namespace of
+the host kernel) and a VM (a tap whose other end is QEMU's virtio-net, in
+front of a guest kernel) are ports of the same bridge and talk like two
+containers do.
+
+Safety: like test_container_network.py, every test uses a bridge, subnet
+and nft table of its own (MINIBOX_BRIDGE, MINIBOX_SUBNET, MINIBOX_NFT_TABLE,
+clear of the host's routes), and the only traffic is between interfaces the
+tests create: taps, veths, and the test bridge's own address.  A module
+fixture checks that no tap, veth, bridge, lease, nft table or VM state file
+is left.  The guests boot under TCG here (a few seconds each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from minibox import Container, Mount, PreflightError, Spec, SpecError
+from minibox.container.network import veth_name
+from minibox.network import bridge as br
+from minibox.network import ipam, network_dir, ports
+from minibox.paths import runtime_dir
+from minibox.vm import VirtualMachine
+from minibox.vm import network as vmnet
+
+from ..conftest import needs_root
+
+pytestmark = needs_root
+
+BRIDGE = f"mbn{os.getpid() % 100000}"
+TABLE = f"minibox_vmt{os.getpid() % 100000}"
+
+
+def _free_test_subnet() -> ipaddress.IPv4Network:
+    """A /24 of 10.214.0.0/16 that no host route overlaps (reading routes only)."""
+    with br.opened() as ipr:
+        routes = br.host_routes(ipr)
+    subnet, _ = br.choose_subnet(None, routes, pool=ipaddress.IPv4Network("10.214.0.0/16"))
+    return subnet
+
+
+def _links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def _nft_tables() -> set[str]:
+    out = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    return {f"{t['table']['family']} {t['table']['name']}" for t in json.loads(out)["nftables"] if "table" in t}
+
+
+def _vm_records() -> set[str]:
+    return {p.name for p in runtime_dir().glob("vm-*.json")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def test_network() -> Iterator[ipaddress.IPv4Network]:
+    """Point minibox at a test bridge/subnet/table; afterwards, check nothing is left."""
+    subnet = _free_test_subnet()
+    saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
+    tables_before = _nft_tables()
+    os.environ.update(MINIBOX_BRIDGE=BRIDGE, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=TABLE)
+    try:
+        yield subnet
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert BRIDGE not in _links(), "the test bridge was left behind"
+    assert set(PORT_NAMES) & _links() == set(), "interfaces left behind"
+    assert _nft_tables() == tables_before, "nft tables left behind"
+    assert list(network_dir().glob("*.json")) == [], "lease files left behind"
+
+
+#: Every sandbox a test made here (other sessions may run sandboxes on this host at the same time).
+MADE: list[Container | VirtualMachine] = []
+#: The veth and tap names of every sandbox of this module, the gc test's too.
+PORT_NAMES: list[str] = []
+
+
+def _port_name(box: Container | VirtualMachine) -> str:
+    return vmnet.tap_name(box.id) if isinstance(box, VirtualMachine) else veth_name(box.id)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_per_test() -> Iterator[None]:
+    records_before = _vm_records()
+    MADE.clear()
+    yield
+    PORT_NAMES.extend(map(_port_name, MADE))
+    left = [name for name in map(_port_name, MADE) if name in _links()]
+    assert left == [], "tap or veth left behind"
+    assert BRIDGE not in _links(), "the bridge outlived its last sandbox"
+    assert not ports.table_exists(TABLE)
+    assert ipam.leases(BRIDGE) == {}
+    assert _vm_records() - records_before == set(), "VM state file left behind"
+
+
+def vm(busybox_rootfs: str, script: str, **kw: Any) -> VirtualMachine:
+    box = VirtualMachine(Spec(argv=["/bin/sh", "-c", script], rootfs=busybox_rootfs, network="bridge", **kw))
+    MADE.append(box)
+    return box
+
+
+def bridged(script: str, **kw: Any) -> Container:
+    box = Container(Spec(argv=["/bin/sh", "-c", script], network="bridge", **kw))
+    MADE.append(box)
+    return box
+
+
+@contextlib.contextmanager
+def running_vm(box: VirtualMachine) -> Iterator[VirtualMachine]:
+    with box:
+        yield box
+
+
+@contextlib.contextmanager
+def running(box: Container) -> Iterator[Container]:
+    with box:
+        yield box
+
+
+def gateway_of(subnet: ipaddress.IPv4Network) -> str:
+    return str(subnet.network_address + 1)
+
+
+# -- the guest's side ------------------------------------------------------------------
+
+def test_a_vm_gets_its_leased_address_eth0_up_and_etc_files(test_network: ipaddress.IPv4Network,
+                                                            busybox_rootfs: str) -> None:
+    hosts_before = open(f"{busybox_rootfs}/etc/hosts", "rb").read()
+    script = ("ls /sys/class/net; ip -o -4 addr show eth0; ip -o link show eth0; ip route; "
+              "cat /etc/hosts /etc/hostname; echo x > /etc/hosts 2>/dev/null || echo read-only")
+    with running_vm(vm(busybox_rootfs, script, hostname="vmbox")) as box:
+        ip = box.ip
+        # the host's end: a tap, a port of the test bridge, named after the VM
+        with br.opened() as ipr:
+            tap = br.link_index(ipr, vmnet.tap_name(box.id))
+            assert tap is not None and br.link_kind(ipr, tap) == "tun"
+            assert ipr.get_links(tap)[0].get("IFLA_MASTER") == br.link_index(ipr, BRIDGE)
+        result = box.wait(120)
+    out = result.stdout.decode()
+    assert result.exit_code == 0, (out, result.stderr)
+    assert ip is not None and ipaddress.IPv4Address(ip) in test_network
+    assert out.split()[:2] == ["eth0", "lo"]
+    assert f"inet {ip}/{test_network.prefixlen}" in out
+    link = next(line for line in out.splitlines() if ": eth0: <" in line)
+    assert ",UP," in link and "LOWER_UP" in link
+    assert vmnet.guest_mac(box.id) in link
+    assert f"default via {gateway_of(test_network)} dev eth0" in out
+    assert f"{ip}\tvmbox" in out and "\nvmbox\n" in out
+    assert out.rstrip().endswith("read-only")
+    assert open(f"{busybox_rootfs}/etc/hosts", "rb").read() == hosts_before  # the shared rootfs is untouched
+    assert vmnet.tap_name(box.id) not in _links()  # gone with QEMU
+
+
+def test_host_networking_is_still_refused_for_a_vm(busybox_rootfs: str) -> None:
+    with pytest.raises(SpecError, match="host's network stack"):
+        VirtualMachine(Spec(argv=["true"], rootfs=busybox_rootfs, network="host"))
+
+
+# -- a container and a VM on one bridge ---------------------------------------------------
+
+CONNECT = "for i in $(seq 150); do echo {msg} | nc {ip} 8080 && exit 0; sleep 0.2; done; exit 1"
+# The listener's stdin stays open (busybox nc stops at its own stdin's EOF,
+# possibly before the peer's bytes arrive); then it stays alive for exec.
+LISTEN = "sleep 60 | nc -l -p 8080 > /tmp/got; exec sleep 60"
+
+
+def _received(box: Container | VirtualMachine, timeout: float = 20) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = box.exec(["cat", "/tmp/got"], timeout=30).stdout
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_a_container_and_a_vm_exchange_tcp_both_ways(busybox_rootfs: str) -> None:
+    # The VM's /tmp is a tmpfs: its rootfs is the host's directory (virtiofs).
+    guest = vm(busybox_rootfs, LISTEN, mounts=[Mount.tmpfs("/tmp")])
+    with running(bridged(LISTEN, mounts=[Mount.tmpfs("/tmp")])) as box, running_vm(guest) as machine:
+        assert box.ip and machine.ip and box.ip != machine.ip
+        container_to_vm = box.exec(["/bin/sh", "-c", CONNECT.format(msg="from-container", ip=machine.ip)],
+                                   timeout=60)
+        vm_to_container = machine.exec(["/bin/sh", "-c", CONNECT.format(msg="from-vm", ip=box.ip)], timeout=60)
+        assert container_to_vm.exit_code == 0, container_to_vm
+        assert vm_to_container.exit_code == 0, vm_to_container
+        assert _received(machine) == b"from-container\n"
+        assert _received(box) == b"from-vm\n"
+        box.kill()
+        machine.kill()
+
+
+# -- published ports --------------------------------------------------------------------
+
+def _read_from(host: str, port: int, timeout: float = 60) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2) as conn:
+                conn.sendall(b"ping\n")
+                conn.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := conn.recv(4096):
+                    data += chunk
+                if data:
+                    return data
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing answered on {host}:{port}")
+        time.sleep(0.1)
+
+
+def test_a_published_port_reaches_a_server_in_the_vm(test_network: ipaddress.IPv4Network,
+                                                     busybox_rootfs: str) -> None:
+    with running_vm(vm(busybox_rootfs, "echo served-from-vm | nc -l -p 80", ports=[(18190, 80)])) as box:
+        rule = ports.rules(TABLE)[0]
+        assert (rule.owner, rule.host_port, rule.address, rule.port) == (box.id, 18190, box.ip, 80)
+        assert _read_from(gateway_of(test_network), 18190) == b"served-from-vm\n"
+        assert box.wait(60).stdout == b"ping\n"
+    assert not ports.table_exists(TABLE)
+
+
+# -- failures half way, and gc ----------------------------------------------------------------
+
+def test_a_host_port_taken_by_a_container_is_refused_and_the_vm_leaves_nothing(busybox_rootfs: str) -> None:
+    with running(bridged("sleep 30", ports=[(18191, 80)])) as first:
+        second = vm(busybox_rootfs, "true", ports=[(18191, 80)])
+        with pytest.raises(SpecError) as err:
+            second.start()
+        second.close()
+        assert err.value.field == "ports[0]"
+        assert [r.owner for r in ports.rules(TABLE)] == [first.id]
+        assert len(ipam.leases(BRIDGE)) == 1
+        first.kill()
+
+
+def test_a_failure_after_the_tap_exists_leaves_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                       busybox_rootfs: str) -> None:
+    seen: list[str] = []
+    real_popen = subprocess.Popen
+
+    def qemu_fails(argv: list[str], *args: Any, **kw: Any) -> Any:
+        if "-kernel" not in argv:  # virtiofsd, qemu --version: the real thing
+            return real_popen(argv, *args, **kw)
+        seen.extend(name for name in _links() if name.startswith("mbtap"))
+        raise OSError(errno.ENOEXEC, "simulated")
+
+    monkeypatch.setattr(subprocess, "Popen", qemu_fails)  # the module virtual_machine uses
+    box = vm(busybox_rootfs, "true", ports=[(18192, 80)])
+    with pytest.raises(PreflightError, match="simulated"):
+        box.start()
+    box.close()
+    assert seen == [vmnet.tap_name(box.id)]  # it existed; the per-test fixture checks it is gone
+
+
+OWNER = """
+import json, os, signal, sys
+from minibox import Spec
+from minibox.vm import VirtualMachine
+vm = VirtualMachine(Spec(argv=["sleep", "1000"], rootfs=sys.argv[1], network="bridge", ports=[(18193, 80)]))
+vm.start()
+print(json.dumps({"id": vm.id, "qemu": vm.pid}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_gc_releases_the_network_of_a_killed_callers_vm(busybox_rootfs: str) -> None:
+    owner = subprocess.run([sys.executable, "-c", OWNER, busybox_rootfs], capture_output=True, timeout=300,
+                           env=os.environ.copy(), check=False)
+    assert owner.returncode == -signal.SIGKILL, owner.stderr.decode(errors="replace")
+    started = json.loads(owner.stdout)
+    qemu = started["qemu"]
+    try:
+        # what the killed caller left: QEMU (so the tap), the lease, the port rule
+        assert vmnet.tap_name(started["id"]) in _links()
+        assert ports.table_exists(TABLE) and len(ipam.leases(BRIDGE)) == 1
+        from minibox.container.state import collect_garbage
+
+        assert f"vm-{started['id']}" in collect_garbage()
+        assert vmnet.tap_name(started["id"]) not in _links()  # gone with the QEMU gc killed
+        PORT_NAMES.append(vmnet.tap_name(started["id"]))
+    finally:
+        # only if gc failed: the QEMU this test's own child started, by pid
+        with contextlib.suppress(OSError):
+            if open(f"/proc/{qemu}/comm").read().startswith("qemu-system"):
+                os.kill(qemu, signal.SIGKILL)
+    # the per-test fixture checks that tap, bridge, table, lease and record are gone
