@@ -18,18 +18,11 @@ Host -> guest: ``x`` exec (argv), ``k`` kill (signal number).
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 import struct
-import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PreflightError
-from ..paths import state_dir
 from ..spec import Spec
 
 TYPE_CHECKING = False
@@ -44,47 +37,11 @@ HELLO, STARTED, STDOUT, STDERR, EXIT, FAIL = b"H", b"S", b"O", b"E", b"X", b"F"
 EXEC, KILL = b"x", b"k"
 
 
-def agent_source() -> Path:
-    """agent.c: package data when installed, else the repository's csrc/agent/."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parent / "_agent_src" / "agent.c", here.parents[3] / "csrc" / "agent" / "agent.c"):
-        if candidate.is_file():
-            return candidate
-    raise PreflightError(
-        "the guest agent source (csrc/agent/agent.c) is missing from this minibox installation"
-    )
-
-
 def build_agent() -> Path:
-    """Compile the guest agent once per source version and return the binary's path."""
-    source = agent_source()
-    text = source.read_bytes()
-    digest = hashlib.sha256(text).hexdigest()[:16]
-    binary = state_dir() / f"agent-{digest}"
-    if binary.is_file():
-        return binary
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise PreflightError("no C compiler to build the guest agent: "
-                             "install gcc and libc6-dev (apt-get install build-essential)")
-    fd, tmp = tempfile.mkstemp(dir=state_dir(), prefix=".agent-")
-    os.close(fd)
-    try:
-        built = subprocess.run([compiler, "-static", "-O2", "-o", tmp, str(source)],
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            raise PreflightError(
-                "could not build the static guest agent (is libc6-dev installed?):\n" + built.stderr.strip()
-            )
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, binary)
-        for stale in state_dir().glob("agent-*"):  # builds of older sources
-            if stale != binary:
-                stale.unlink(missing_ok=True)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return binary
+    """Compile the guest agent (csrc/agent/agent.c) once per source version; its path."""
+    from .._static import build_static
+
+    return build_static("agent/agent.c", "agent")
 
 
 @dataclass(frozen=True)

@@ -371,9 +371,10 @@ class VirtualMachine(Sandbox):
             self._tap_fd = self._net.open_tap()
             child_fds.append(self._tap_fd)
             cfg.tap_fd, cfg.mac = self._tap_fd, self._net.mac
+        argv = machine.qemu_argv(cfg)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            self._qemu = subprocess.Popen(machine.qemu_argv(cfg), stdin=subprocess.DEVNULL,
+            self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=err_w,
                                           pass_fds=child_fds, start_new_session=True)
         except OSError as e:
@@ -744,17 +745,19 @@ class VirtualMachine(Sandbox):
         self._stop_qemu()
         if self._monitor is not None:
             self._monitor.close()
-        for helper in self._helpers:  # virtiofsd exits when QEMU hangs up; make sure
+        if self._io is not None and self._io.is_alive():
+            self._io.join()  # QEMU is gone: the reader sees EOF on every channel
+        # Then our ends of the sockets: a virtiofsd whose QEMU never started
+        # is still connected to us, and exits as soon as we hang up.
+        for s in self._socks:
+            s.close()
+        self._socks.clear()
+        for helper in self._helpers:  # virtiofsd exits when its peer hangs up; make sure
             try:
                 helper.wait(2)
             except subprocess.TimeoutExpired:
                 helper.kill()
                 helper.wait()
-        if self._io is not None and self._io.is_alive():
-            self._io.join()
-        for s in self._socks:
-            s.close()
-        self._socks.clear()
         if self._memfd is not None:
             os.close(self._memfd)
             self._memfd = None
