@@ -87,7 +87,8 @@ def test_the_v2_backend_passes_its_real_tests_in_a_cgroup2_only_guest(tmp_path: 
             "MINIBOX_RUNTIME_DIR": "/tmp/minibox-run",
         },
         limits=Limits(memory="512M"),  # pytest, a 100 MiB allocation to OOM-kill, and the guest kernel
-        mounts=[*_host_python_mounts(), Mount.tmpfs("/tmp")],
+        # tmpfs first: the repository itself may live under /tmp (CI clones do)
+        mounts=[Mount.tmpfs("/tmp"), *_host_python_mounts()],
         timeout=900,
     )
     with VirtualMachine(spec) as vm:
