@@ -261,15 +261,19 @@ def test_old_kernels_without_the_oom_kill_counter_use_failcnt(fake: FakeCgroup1,
     assert cg.oom_killed() is True
 
 
-def test_remove_removes_every_directory_but_not_the_parent(fake: FakeCgroup1, tmp_path: Path) -> None:
+def test_remove_removes_every_directory_and_the_parent_with_its_last_user(fake: FakeCgroup1,
+                                                                          tmp_path: Path) -> None:
     layout = layout_for(fake, tmp_path)
-    cg = Cgroup.create("c1", FULL, layout=layout)
-    cg.remove()
-    cg.remove()  # idempotent
-    assert not any(os.path.exists(d) for d in cg.paths.values())
+    first = Cgroup.create("c1", FULL, layout=layout)
+    second = Cgroup.create("c2", FULL, layout=layout)
     parents = cgroups.parent_dirs(layout=layout)
-    assert all(os.path.isdir(d) for d in parents.values())
-    assert sorted(cgroups.prune_parents(layout=layout)) == sorted(set(parents.values()))
+    first.remove()
+    first.remove()  # idempotent
+    assert not any(os.path.exists(d) for d in first.paths.values())
+    assert all(os.path.isdir(d) for d in parents.values())  # c2 still uses them
+    second.remove()
+    assert not any(os.path.exists(d) for d in set(parents.values()))
+    assert cgroups.prune_parents(layout=layout) == []
 
 
 def test_remove_of_a_busy_cgroup_is_bounded_ebusy(fake: FakeCgroup1, tmp_path: Path) -> None:

@@ -241,14 +241,16 @@ def test_kill_all_uses_cgroup_kill(fake: FakeCgroup2, tmp_path: Path) -> None:
     assert cg.procs() == []
 
 
-def test_remove_leaves_the_shared_parent_and_is_idempotent(fake: FakeCgroup2, tmp_path: Path) -> None:
-    cg = Cgroup.create("c1", Limits(), layout=layout_for(fake, tmp_path))
-    cg.remove()
-    cg.remove()
-    assert not Path(cg.paths["unified"]).exists()
-    assert (fake.root / "user.slice/app.scope/minibox").is_dir()
-    assert cgroups.prune_parents(layout=layout_for(fake, tmp_path)) == [
-        str(fake.root / "user.slice/app.scope/minibox")]
+def test_remove_keeps_the_shared_parent_while_used_and_is_idempotent(fake: FakeCgroup2, tmp_path: Path) -> None:
+    first = Cgroup.create("c1", Limits(), layout=layout_for(fake, tmp_path))
+    second = Cgroup.create("c2", Limits(), layout=layout_for(fake, tmp_path))
+    first.remove()
+    first.remove()
+    assert not Path(first.paths["unified"]).exists()
+    assert (fake.root / "user.slice/app.scope/minibox").is_dir()  # c2 still uses it
+    second.remove()
+    assert not (fake.root / "user.slice/app.scope/minibox").exists()  # gone with its last user
+    assert cgroups.prune_parents(layout=layout_for(fake, tmp_path)) == []
 
 
 def test_remove_of_a_busy_cgroup_is_bounded_ebusy(fake: FakeCgroup2, tmp_path: Path) -> None:

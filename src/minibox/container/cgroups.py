@@ -414,6 +414,16 @@ class Cgroup:
         if first is not None:
             raise SetupError("cgroup remove", first.errno, detail=failed) from first
         self._removed = True
+        # The shared minibox parent goes too once it is empty: left behind, it
+        # would keep the caller's own cgroup (on v1 often a per-command memory
+        # cgroup) from being removed.  rmdir refuses a parent another
+        # container still uses (EBUSY), and create() remakes a parent that
+        # disappears under it.
+        for parent in _unique(os.path.dirname(d) for d in self.paths.values()):
+            try:
+                _rmdir(parent)
+            except OSError:
+                pass
 
 
 def _unique(dirs: Iterable[str]) -> list[str]:
@@ -913,6 +923,46 @@ def prune_parents(parent: str | None = None, layout: CgroupLayout | None = None)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
                 raise SetupError("cgroup remove", e.errno, detail=directory) from e
+    return removed
+
+
+def remove_empty_orphans(min_age: float = 60.0, parent: str | None = None,
+                         layout: CgroupLayout | None = None) -> list[str]:
+    """For ``minibox gc``: remove container cgroups that hold no process any more.
+
+    A caller killed between creating a cgroup and recording it in a state
+    file leaves a cgroup nobody knows about.  A live container's cgroup
+    always holds its init, so an *empty* one is dead -- unless it is being
+    set up right now, which ``min_age`` (seconds since the directory was
+    made) rules out.  Returns the names removed.
+    """
+    import time
+
+    now = time.time()
+    by_name: dict[str, list[str]] = {}
+    for directory in _unique(parent_dirs(parent, layout).values()):
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                by_name.setdefault(name, []).append(path)
+    removed = []
+    for name, paths in sorted(by_name.items()):
+        try:
+            if any(now - os.stat(p).st_mtime < min_age or _read(os.path.join(p, "cgroup.procs")).strip()
+                   for p in paths):
+                continue
+        except OSError:
+            continue  # vanished meanwhile, or not a cgroup: leave it
+        for p in paths:
+            try:
+                _rmdir(p)
+            except OSError:
+                pass
+        removed.append(name)
     return removed
 
 

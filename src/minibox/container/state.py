@@ -84,13 +84,13 @@ CLEANERS: dict[str, Callable[[dict[str, Any]], None]] = {
 def collect_garbage() -> list[str]:
     """Remove the leftovers of every dead container and VM; return their ids ("vm-<id>" for VMs)."""
     from ..vm.leftovers import collect_dead_vms
+    from .cgroups import prune_parents, remove_empty_orphans
 
     vms = [f"vm-{vm_id}" for vm_id in collect_dead_vms()]
     directory = runtime_dir() / "containers"
     removed: list[str] = []
-    if not directory.is_dir():
-        return vms
-    for path in sorted(directory.glob("*.json")):
+    paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    for path in paths:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -103,8 +103,8 @@ def collect_garbage() -> list[str]:
                 cleaner(record)
         path.unlink(missing_ok=True)
         removed.append(str(record.get("id", path.stem)))
+    # cgroups of callers killed before they wrote a state file
+    removed += [f"{name} (unrecorded)" for name in remove_empty_orphans()]
     if removed:
-        from .cgroups import prune_parents
-
         prune_parents()
     return vms + removed
