@@ -148,6 +148,16 @@ def test_exec_timeout(running: VirtualMachine) -> None:
     assert result.reason == "timeout" and result.exit_code is None
 
 
+def test_qemu_confines_itself(running: VirtualMachine) -> None:
+    # -runas nobody and -sandbox on: a guest that breaks the device model
+    # finds an unprivileged process under a seccomp filter, not root.
+    assert running.pid is not None
+    with open(f"/proc/{running.pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    assert status["Uid"].split()[:2] == ["65534", "65534"]
+    assert status["Seccomp"].strip() == "2"
+
+
 def test_pause_and_resume_through_qmp(running: VirtualMachine) -> None:
     running.pause()
     assert running.paused

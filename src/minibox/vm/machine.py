@@ -113,6 +113,15 @@ class MachineConfig:
     extra: list[str] = field(default_factory=list)
 
 
+#: QEMU confines itself once it has opened what it needs (qemu(1), "-sandbox"
+#: and "-runas"): a seccomp filter refusing obsolete system calls, spawning
+#: programs and resource-control calls, and a switch to the unprivileged user
+#: nobody, so that a guest that breaks the device model does not find root
+#: there.  ``elevateprivileges=deny`` would also refuse set*uid, but QEMU
+#: installs the filter before it drops to ``-runas``, and then dies of it.
+SANDBOX_ARGS: list[str] = ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", "nobody"]
+
+
 def qemu_argv(cfg: MachineConfig) -> list[str]:
     """The QEMU command line for ``cfg``."""
     mib = cfg.memory >> 20
@@ -137,6 +146,7 @@ def qemu_argv(cfg: MachineConfig) -> list[str]:
     # A poweroff pauses QEMU instead of ending it, so that the host drains
     # every byte of output before it says `quit`; a reboot (panic=-1) is a shutdown.
     argv += ["-action", "reboot=shutdown,shutdown=pause"]
+    argv += SANDBOX_ARGS
     if cfg.qmp_fd is not None:
         argv += ["-chardev", f"socket,id=qmp,fd={cfg.qmp_fd}", "-mon", "chardev=qmp,mode=control"]
     if cfg.console_fd is not None:
