@@ -1,10 +1,10 @@
-"""`minibox gc` after the Python process that started a VM was SIGKILLed.
+"""A VM whose owner was SIGKILLed: the keeper ends it, `minibox gc` cleans up.
 
-A caller killed with SIGKILL never reaches ``VirtualMachine.close()``: its
-QEMU keeps running (QEMU does not exit when its QMP peer goes away) with a
-virtiofsd per shared directory, and its state file stays in
-``runtime_dir()``.  ``minibox gc`` must kill exactly those processes (pid
-and start time verified) and remove the record.
+A caller killed with SIGKILL never reaches ``VirtualMachine.close()``.
+QEMU does not exit when its QMP peer goes away, so each VM has a watchdog
+(minibox-keeper) that kills QEMU and virtiofsd when the owner's pipe
+closes.  If the keeper died too, ``minibox gc`` must kill exactly those
+processes (pid and start time verified) and remove the record.
 """
 
 from __future__ import annotations
@@ -35,8 +35,32 @@ OWNER = textwrap.dedent("""
     vm = VirtualMachine(Spec(argv=["sleep", "1000"], rootfs=sys.argv[1]))
     vm.start()
     print(json.dumps({"id": vm.id, "qemu": vm.pid, "helpers": [p.pid for p in vm._helpers]}), flush=True)
+    if sys.argv[2] == "keeper-too":
+        os.kill(vm._keeper.pid, signal.SIGKILL)  # as if the OOM killer took both
+        os.waitpid(vm._keeper.pid, 0)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
+
+
+def test_the_keeper_ends_the_vm_of_a_killed_caller(rootfs: str) -> None:
+    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs, "keeper-only"], capture_output=True, timeout=300)
+    assert owner.returncode == -9, owner.stderr.decode(errors="replace")
+    started = json.loads(owner.stdout)
+    qemu = leftovers.identify(started["qemu"])
+    helpers = [leftovers.identify(pid) for pid in started["helpers"]]
+    record = runtime_dir() / f"vm-{started['id']}.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not all(_gone(p) for p in (qemu, *helpers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(p) for p in (qemu, *helpers)), "QEMU outlived its owner"
+        gc = subprocess.run([sys.executable, "-m", "minibox.cli", "gc"], capture_output=True, text=True, timeout=120)
+        assert gc.returncode == 0, gc.stderr
+        assert not record.exists()
+    finally:
+        for proc in (qemu, *helpers):
+            leftovers.kill_verified(proc)
+        record.unlink(missing_ok=True)
 
 
 def _gone(proc: leftovers.ProcessRecord) -> bool:
@@ -44,8 +68,8 @@ def _gone(proc: leftovers.ProcessRecord) -> bool:
     return not leftovers.is_running(proc)
 
 
-def test_gc_kills_the_qemu_and_virtiofsd_of_a_killed_caller(rootfs: str) -> None:
-    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs], capture_output=True, timeout=300)
+def test_gc_kills_what_a_killed_caller_and_its_keeper_left(rootfs: str) -> None:
+    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs, "keeper-too"], capture_output=True, timeout=300)
     assert owner.returncode == -9, owner.stderr.decode(errors="replace")
     started = json.loads(owner.stdout)
     qemu = leftovers.identify(started["qemu"])

@@ -51,6 +51,7 @@ from . import accel as _accel
 from . import agent as _agent
 from . import initramfs, leftovers, machine
 from . import network as _network
+from .keeper import Keeper
 from .kernel import KernelInfo, ensure_kernel, modules_for
 from .qmp import Monitor
 
@@ -217,6 +218,7 @@ class VirtualMachine(Sandbox):
         # host resources
         self._qemu: subprocess.Popen[bytes] | None = None
         self._helpers: list[subprocess.Popen[bytes]] = []
+        self._keeper: Keeper | None = None
         self._socks: list[socket.socket] = []
         self._memfd: int | None = None
         self._monitor: Monitor | None = None
@@ -387,6 +389,8 @@ class VirtualMachine(Sandbox):
             _network.close_fd(self._tap_fd)
             self._tap_fd = None
         self._write_state_file()
+        # If this process dies without close(), the keeper ends QEMU and virtiofsd.
+        self._keeper = Keeper([self._qemu.pid, *(helper.pid for helper in self._helpers)])
         if self._net is not None:
             self._net.started(self._qemu.pid)  # the lease now names QEMU
         # QEMU holds its ends now; ours must go, or EOF would never come.
@@ -758,6 +762,9 @@ class VirtualMachine(Sandbox):
             except subprocess.TimeoutExpired:
                 helper.kill()
                 helper.wait()
+        if self._keeper is not None:
+            self._keeper.release()
+            self._keeper = None
         if self._memfd is not None:
             os.close(self._memfd)
             self._memfd = None
