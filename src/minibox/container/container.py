@@ -148,7 +148,7 @@ class Container(Sandbox):
 
     def _hardening(self, plan: ChildPlan) -> None:
         """Fill the plan's capability, no_new_privs, seccomp and rlimit fields."""
-        from . import capabilities, seccomp
+        from . import capabilities
 
         spec = self.spec
         masks = capabilities.capability_masks(spec)
@@ -159,7 +159,15 @@ class Container(Sandbox):
         plan.cap_inheritable = masks.inheritable
         plan.cap_ambient = masks.ambient
         plan.no_new_privs = spec.no_new_privileges
-        plan.seccomp_filter = seccomp.compile_profile(spec.seccomp, caps=capabilities.capability_set(spec))
+        caps = capabilities.capability_set(spec)
+        if spec.seccomp == "default":  # the common case: cached on disk, no compiler to import
+            from .seccomp_cache import default_program
+
+            plan.seccomp_filter = default_program(caps)
+        else:
+            from .seccomp import compile_profile
+
+            plan.seccomp_filter = compile_profile(spec.seccomp, caps=caps)
         if spec.rlimits:  # importing the parser costs a little; most Specs set none
             from .rlimits import parse_rlimits
 

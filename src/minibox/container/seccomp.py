@@ -515,40 +515,8 @@ def compile_bpf(profile: Profile) -> bytes:
 
 @functools.lru_cache(maxsize=32)
 def _compile_default(caps: frozenset[str]) -> bytes:
-    """The default profile's program, cached in memory and on disk.
-
-    Compiling it (about 150 libseccomp rules) costs a few milliseconds, a
-    large share of a ``minibox run`` from the shell.  The program depends
-    only on the capability set, this module's source, the kernel version
-    and the machine, so it is cached in the state directory under a hash of
-    all four.  The directory is the caller's own (root's for root): nothing
-    inside a container can reach it.
-    """
-    import zlib  # hashlib would cost 2 ms of imports; two 32-bit checksums suffice for a cache key
-
-    from ..paths import state_dir_name
-
-    with open(__file__, "rb") as f:
-        material = f.read() + repr((sorted(caps), _kernel_version(), os.uname().machine)).encode()
-    key = f"{zlib.crc32(material):08x}{zlib.adler32(material):08x}{len(material):x}"
-    path = os.path.join(state_dir_name(), "cache", f"seccomp-{key}.bpf")
-    try:
-        with open(path, "rb") as f:
-            program = f.read()
-        if program and len(program) % SOCK_FILTER_SIZE == 0:
-            return program
-    except OSError:
-        pass
-    program = compile_bpf(default_profile(caps))
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(program)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only state directory only costs the compile next time
-    return program
+    """The default profile's program for a capability set (see seccomp_cache.py for the disk cache)."""
+    return compile_bpf(default_profile(caps))
 
 
 def compile_profile(spec_seccomp: str | Mapping[str, Any], *, caps: frozenset[str]) -> bytes | None:
