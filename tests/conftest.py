@@ -87,3 +87,45 @@ def child_pids() -> list[int]:
         if int(fields[1]) == me:
             kids.append(int(entry))
     return ChildList(kids)
+
+
+# -- the whole suite leaves nothing behind --------------------------------------------
+
+def _leftover_snapshot() -> dict[str, set[str]]:
+    """What minibox can leave on a host: cgroups, mounts, processes, links, nft tables, state."""
+    import glob
+    import shutil as _shutil
+    import subprocess as _subprocess
+
+    snap: dict[str, set[str]] = {
+        "cgroups": {p for pattern in ("/sys/fs/cgroup/*/minibox/*/", "/sys/fs/cgroup/*/*/*/minibox/*/",
+                                      "/sys/fs/cgroup/unified/**/minibox/*/")
+                    for p in glob.glob(pattern, recursive=True)},
+        "mounts": set(host_mounts_mentioning("minibox")),
+        "children": {f"{pid} {open(f'/proc/{pid}/comm').read().strip()}" for pid in child_pids()
+                     if os.path.exists(f"/proc/{pid}/comm")},
+        "links": {name for name in os.listdir("/sys/class/net") if name.startswith(("mbv", "mbtap", "mbt", "minibox"))},
+        "state": set(glob.glob(os.path.join(os.environ["MINIBOX_RUNTIME_DIR"], "**", "*.json"), recursive=True)),
+    }
+    if _shutil.which("nft") and os.geteuid() == 0:
+        out = _subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+        snap["nft tables"] = {line for line in out.splitlines() if "minibox" in line or " mbt" in line}
+    return snap
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole suite: no cgroup, mount, process, link, nft table or state file of ours remains."""
+    before = _leftover_snapshot()
+    yield
+    import time
+
+    deadline = time.monotonic() + 10  # a process or link may take a moment to go
+    while True:
+        after = _leftover_snapshot()
+        leaked = {kind: sorted(after[kind] - before.get(kind, set())) for kind in after}
+        leaked = {kind: items for kind, items in leaked.items() if items}
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not leaked, f"the test suite left these behind: {leaked}"
