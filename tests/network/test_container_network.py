@@ -243,17 +243,22 @@ def test_twenty_containers_started_from_threads_get_twenty_addresses() -> None:
 
 
 def test_leases_from_several_processes_never_collide() -> None:
+    # Each process keeps running until all have taken their leases: a lease
+    # whose holder has exited is stale, and may rightly be handed out again.
     code = ("import sys; from minibox.network import config_from_env, ipam;"
             "c = config_from_env();"
             "print(' '.join(str(ipam.acquire(f'p{sys.argv[1]}-{i}', c, kind='test').address.ip)"
-            " for i in range(5)))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, env=os.environ.copy())
+            " for i in range(5)), flush=True); sys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env=os.environ.copy())
              for n in range(4)]
-    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
-    addresses = [a for out in outputs for a in out]
     try:
+        outputs = [p.stdout.readline().split() if p.stdout else [] for p in procs]
+        addresses = [a for out in outputs for a in out]
         assert len(addresses) == 20 and len(set(addresses)) == 20
     finally:
+        for p in procs:
+            p.communicate(timeout=120)
         for n in range(4):
             for i in range(5):
                 ipam.release(BRIDGE, f"p{n}-{i}")
