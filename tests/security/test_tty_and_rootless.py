@@ -5,9 +5,10 @@ instance, in a new session; the CLI relays the caller's terminal to it and
 forwards the window size.
 
 Rootless: an unprivileged user runs containers through a user namespace
-that maps its own uid to root inside.  The tests fork, drop to ``nobody``
-in the child (so the already-imported minibox is used and no file under
-/root needs to be readable), run minibox there and send the outcome back.
+that maps its own uid to root inside.  The tests create a system user for
+the purpose (removed afterwards), fork, drop to it in the child (so the
+already-imported minibox is used and no file under /root needs to be
+readable), run minibox there and send the outcome back.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..conftest import child_pids, needs_root
 
 pytestmark = needs_root
 
-NOBODY = 65534
+ROOTLESS_USER = f"mbx-rootless-{os.getpid()}"
 
 
 # -- TTY ----------------------------------------------------------------------------
@@ -112,23 +113,39 @@ def test_callers_terminal_passed_as_stdin_is_not_a_controlling_tty() -> None:
 # -- rootless ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def nobody_home() -> Iterator[str]:
-    """A directory ``nobody`` owns, holding a rootfs and minibox's state."""
+def rootless_user() -> Iterator[tuple[int, int]]:
+    """A fresh unprivileged system user: (uid, gid).  Removed after the module."""
+    import pwd
+
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ROOTLESS_USER],
+                   check=True, capture_output=True)
+    try:
+        entry = pwd.getpwnam(ROOTLESS_USER)
+        yield entry.pw_uid, entry.pw_gid
+    finally:
+        subprocess.run(["userdel", ROOTLESS_USER], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def rootless_home(rootless_user: tuple[int, int]) -> Iterator[str]:
+    """A directory the rootless user owns, holding a rootfs and minibox's state."""
+    uid, gid = rootless_user
     home = tempfile.mkdtemp(prefix="minibox-rootless-")
     os.chmod(home, 0o755)
     rootfs = build_busybox_rootfs(os.path.join(home, "rootfs"))
     for directory, dirs, files in os.walk(rootfs):  # a rootless user owns its rootfs
         for name in [directory, *(os.path.join(directory, n) for n in dirs + files)]:
-            os.lchown(name, NOBODY, NOBODY)
+            os.lchown(name, uid, gid)
     for sub in ("state", "run"):
         os.mkdir(os.path.join(home, sub))
-        os.chown(os.path.join(home, sub), NOBODY, NOBODY)
+        os.chown(os.path.join(home, sub), uid, gid)
     yield home
     shutil.rmtree(home, ignore_errors=True)
 
 
-def as_nobody(home: str, work: Callable[[], Any]) -> Any:
-    """Run ``work`` in a forked child that dropped to uid/gid 65534; return its JSON result."""
+def as_user(user: tuple[int, int], home: str, work: Callable[[], Any]) -> Any:
+    """Run ``work`` in a forked child that dropped to ``user`` (uid, gid); return its JSON result."""
+    uid, gid = user
     # Import lazily-loaded modules before forking: the child may not read /root.
     import encodings.ascii  # noqa: F401
 
@@ -145,11 +162,11 @@ def as_nobody(home: str, work: Callable[[], Any]) -> Any:
         try:
             os.close(read_end)
             os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
             # Changing uid made this process non-dumpable, which makes the
             # /proc files of its children root-owned; a user who logged in
-            # as nobody would be dumpable, so restore that.
+            # as that user would be dumpable, so restore that.
             import prctl
 
             prctl.set_dumpable(True)
@@ -171,8 +188,8 @@ def as_nobody(home: str, work: Callable[[], Any]) -> Any:
     return json.loads(data)
 
 
-def test_rootless_user_gets_the_same_isolation(nobody_home: str) -> None:
-    rootfs = os.path.join(nobody_home, "rootfs")
+def test_rootless_user_gets_the_same_isolation(rootless_home: str, rootless_user: tuple[int, int]) -> None:
+    rootfs = os.path.join(rootless_home, "rootfs")
 
     def work() -> Any:
         r = minibox.run(Spec(argv=["sh", "-c", "echo $$; hostname; id -u; cat /proc/self/uid_map; "
@@ -181,38 +198,39 @@ def test_rootless_user_gets_the_same_isolation(nobody_home: str) -> None:
                              rootfs=rootfs, hostname="rootless"))
         return {"out": r.stdout.decode(), "err": r.stderr.decode(), "code": r.exit_code, "uid": os.geteuid()}
 
-    got = as_nobody(nobody_home, work)
+    got = as_user(rootless_user, rootless_home, work)
     assert "ok" in got, got
-    assert got["ok"]["uid"] == NOBODY
+    assert got["ok"]["uid"] == rootless_user[0]
     lines = got["ok"]["out"].split("\n")
     assert lines[0] == "1" and lines[1] == "rootless" and lines[2] == "0"
-    assert lines[3].split() == ["0", str(NOBODY), "1"]  # root inside is nobody outside
+    assert lines[3].split() == ["0", str(rootless_user[0]), "1"]  # root inside is the user outside
     assert lines[4] == "lo"
     assert lines[5].split()[1] == "00000000a80425fb"  # the default set, in its own user namespace
     assert "No such file" in lines[6]  # host files stay unreachable
     assert child_pids() == []
 
 
-def test_rootless_limits_fail_clearly_instead_of_being_ignored(nobody_home: str) -> None:
-    rootfs = os.path.join(nobody_home, "rootfs")
+def test_rootless_limits_fail_clearly_instead_of_being_ignored(rootless_home: str,
+                                                              rootless_user: tuple[int, int]) -> None:
+    rootfs = os.path.join(rootless_home, "rootfs")
 
     def work() -> Any:
         return minibox.run(Spec(argv=["true"], rootfs=rootfs, limits=Limits(memory="64M"))).exit_code
 
-    got = as_nobody(nobody_home, work)
+    got = as_user(rootless_user, rootless_home, work)
     assert got.get("error") == "PreflightError", got
     assert "cgroup" in got["message"] and "delegate" in got["message"]
 
 
-def test_rootless_cannot_reach_host_root_files(nobody_home: str) -> None:
-    rootfs = os.path.join(nobody_home, "rootfs")
+def test_rootless_cannot_reach_host_root_files(rootless_home: str, rootless_user: tuple[int, int]) -> None:
+    rootfs = os.path.join(rootless_home, "rootfs")
 
     def work() -> Any:
-        # root inside may not read what nobody outside may not read
+        # root inside may not read what the user outside may not read
         r = minibox.run(Spec(argv=["sh", "-c", "cat /secret/shadow 2>&1; echo rc=$?"], rootfs=rootfs,
                              mounts=[minibox.Mount.bind("/etc", "/secret", readonly=True)]))
         return r.stdout.decode()
 
-    got = as_nobody(nobody_home, work)
+    got = as_user(rootless_user, rootless_home, work)
     assert "ok" in got, got
     assert "Permission denied" in got["ok"] and "rc=1" in got["ok"]
