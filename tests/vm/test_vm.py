@@ -238,3 +238,25 @@ def test_rootfs_packed_into_the_initramfs(rootfs: str) -> None:
         result = vm.wait()
     assert (result.exit_code, result.stdout) == (0, b"guest-only\n")
     assert not os.path.exists(os.path.join(rootfs, "written-in-guest"))
+
+
+def test_the_shared_default_rootfs_is_read_only_at_the_host(tmp_path: os.PathLike[str]) -> None:
+    # Read-only inside the guest is no boundary (its root can remount);
+    # virtiofsd itself must refuse the writes.
+    from minibox.container.busybox import default_rootfs
+
+    marker = os.path.join(default_rootfs(), "bin", "written-by-a-guest")
+    result = run_vm(Spec(argv=["sh", "-c", "mount -o remount,rw / ; touch /bin/written-by-a-guest; echo rc=$?; "
+                                           "echo scratch > /tmp/x && cat /tmp/x"]))
+    assert b"rc=1" in result.stdout and b"Read-only file system" in result.stderr
+    assert b"scratch" in result.stdout  # a private, writable /tmp
+    assert not os.path.exists(marker)
+
+
+def test_a_readonly_bind_mount_is_read_only_at_the_host(rootfs: str, tmp_path: os.PathLike[str]) -> None:
+    shared = os.path.join(tmp_path, "shared")
+    os.mkdir(shared)
+    script = "mount -o remount,rw /data; touch /data/new; echo rc=$?"
+    result = run_vm(Spec(argv=["sh", "-c", script], rootfs=rootfs, mounts=[Mount.bind(shared, "/data", readonly=True)]))
+    assert b"rc=1" in result.stdout
+    assert os.listdir(shared) == []

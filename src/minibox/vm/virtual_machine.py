@@ -25,6 +25,7 @@ path reaches: normal exit, timeout, kill, an exception in the caller's
 
 from __future__ import annotations
 
+import dataclasses
 import errno as _errno
 import importlib
 import itertools
@@ -46,7 +47,7 @@ from typing import Any
 
 from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Reason, Result, Sandbox, Stats, Usage
-from ..spec import Spec
+from ..spec import Mount, Spec
 from . import accel as _accel
 from . import agent as _agent
 from . import initramfs, leftovers, machine
@@ -86,6 +87,29 @@ def find_virtiofsd() -> str:
 def qemu_version(qemu: str) -> str:
     out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
     return out.split("\n", 1)[0].removeprefix("QEMU emulator version ").strip()
+
+
+def _make_mount_points(rootfs: str, mounts: Sequence[Mount]) -> None:
+    """Create missing mount points in ``rootfs`` on the host side.
+
+    A read-only rootfs is read-only at virtiofsd (see ``_boot``), so the
+    guest agent cannot create them; a container creates its own the same
+    way, in the host directory, before the read-only remount.
+    """
+    from ..container.rootfs import resolve_in_root
+
+    for m in mounts:
+        target = resolve_in_root(rootfs, m.target)
+        if os.path.lexists(target):
+            continue
+        try:
+            if m.kind == "bind" and m.source is not None and not os.path.isdir(m.source):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                open(target, "a").close()
+            else:
+                os.makedirs(target, exist_ok=True)
+        except OSError as e:
+            raise SetupError("mount point", e.errno, detail=f"{m.target} in {rootfs}") from e
 
 
 def _default_rootfs() -> str:
@@ -295,6 +319,14 @@ class VirtualMachine(Sandbox):
 
     def _boot(self) -> None:
         spec = self.spec
+        if spec.rootfs is None:
+            # minibox's own rootfs is shared by every sandbox that does not
+            # name one: read-only (enforced on virtiofsd's side, below), with
+            # a private /tmp, as for containers.
+            mounts = tuple(spec.mounts)
+            if not any(m.target == "/tmp" for m in mounts):
+                mounts += (Mount.tmpfs("/tmp"),)
+            spec = dataclasses.replace(spec, readonly_rootfs=True, mounts=mounts)
         qemu = find_qemu()
         needs_virtiofs = self._sharing == "virtiofs" or any(m.kind == "bind" for m in spec.mounts)
         virtiofsd = find_virtiofsd() if needs_virtiofs else ""
@@ -309,7 +341,11 @@ class VirtualMachine(Sandbox):
         modules = modules_for(kernel, wanted)
         self._accel = _accel.choose(kernel, qemu_version(qemu), lambda: kvm_probe(qemu, kernel, agent_bin))
 
-        shares = [("rootfs", rootfs)] if self._sharing == "virtiofs" else []
+        if spec.readonly_rootfs and self._sharing == "virtiofs":
+            _make_mount_points(rootfs, spec.mounts)
+        # (tag, host directory, read-only at the host)
+        shares: list[tuple[str, str, bool]] = [("rootfs", rootfs, spec.readonly_rootfs)] \
+            if self._sharing == "virtiofs" else []
         guest_mounts: list[_agent.GuestMount] = []
         for i, m in enumerate(spec.mounts):
             if m.kind == "tmpfs":
@@ -319,11 +355,11 @@ class VirtualMachine(Sandbox):
             assert m.source is not None
             tag = f"mount{i}"
             if os.path.isdir(m.source):
-                shares.append((tag, m.source))
+                shares.append((tag, m.source, m.readonly))
                 guest_mounts.append(_agent.GuestMount("dir", tag, "", m.target, m.readonly, ""))
             else:
                 parent, name = os.path.split(m.source)
-                shares.append((tag, parent))
+                shares.append((tag, parent, m.readonly))
                 guest_mounts.append(_agent.GuestMount("file", tag, name, m.target, m.readonly, ""))
 
         if spec.network == "bridge":
@@ -337,12 +373,19 @@ class VirtualMachine(Sandbox):
 
         child_fds: list[int] = [self._memfd]
         virtiofs_fds = []
-        for tag, directory in shares:
+        for tag, directory, readonly in shares:
             listener, qemu_end = self._virtiofs_socket()
+            command = [virtiofsd, f"--fd={listener.fileno()}", "-o", f"source={directory}",
+                       "-o", "cache=auto", "-o", "log_level=err"]
+            if readonly:
+                # Read-only in the guest is not a boundary (the guest's root can
+                # remount), and this virtiofsd has no read-only option: give it a
+                # private mount namespace in which its source is a read-only bind
+                # mount.  unshare(1) and sh exec in place, so the pid is virtiofsd's.
+                command = ["unshare", "--mount", "--propagation", "private", "--",
+                           "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', directory, *command]
             self._helpers.append(subprocess.Popen(
-                [virtiofsd, f"--fd={listener.fileno()}", "-o", f"source={directory}",
-                 "-o", "cache=auto", "-o", "log_level=err"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 pass_fds=(listener.fileno(),), start_new_session=True))
             listener.close()
             virtiofs_fds.append((tag, qemu_end.fileno()))
