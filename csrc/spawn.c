@@ -487,6 +487,12 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     if (plan->rootfs) {
         /* Step: stop mount events from flowing back to the host. */
         CHECK(plan, MB_STEP_MOUNT_PRIVATE, mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+        /* Step: a writable layer over a shared, read-only image, when asked:
+         * a tmpfs for the changes and an overlay mount that is the root. */
+        for (int i = 0; i < plan->n_root_ops; i++) {
+            if (run_op(&plan->root_ops[i]) < 0 && !plan->root_ops[i].optional)
+                fail(plan, MB_STEP_ROOT_LAYER, errno, i);
+        }
         /* Step: pivot_root needs the new root to be a mount point. */
         CHECK(plan, MB_STEP_BIND_ROOTFS,
               mount(plan->rootfs, plan->rootfs, NULL, MS_BIND | MS_REC, NULL));

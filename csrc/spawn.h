@@ -48,6 +48,7 @@ enum mb_step {
     MB_STEP_LOOPBACK,
     MB_STEP_PTY,
     MB_STEP_JOIN_CGROUP,
+    MB_STEP_ROOT_LAYER,      /* one of plan->root_ops; index says which */
 };
 
 /* One file-system operation of the mount steps, run before pivot_root.
@@ -113,6 +114,9 @@ struct mb_plan {
     int loopback_up;           /* new network namespace: bring "lo" up */
 
     /* mounts */
+    const struct mb_op *root_ops;  /* build the root first (e.g. an overlay over a
+                                    * shared image); run before the rootfs bind */
+    int n_root_ops;
     const char *rootfs;        /* NULL: no pivot_root (exec path) */
     const struct mb_op *ops;
     int n_ops;

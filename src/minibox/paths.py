@@ -43,18 +43,21 @@ def state_dir() -> Path:
     return path
 
 
+def runtime_dir_name() -> str:
+    """The runtime directory's path, not created (cheap: no pathlib)."""
+    override = os.environ.get("MINIBOX_RUNTIME_DIR")
+    if override:
+        return override
+    if os.geteuid() == 0:
+        return "/run/minibox"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(xdg, "minibox") if xdg else f"/tmp/minibox-{os.geteuid()}"
+
+
 def runtime_dir() -> Path:
     """Per-boot state of live sandboxes.  Created on demand, mode 0700."""
     from pathlib import Path
 
-    fallback = f"/tmp/minibox-{os.geteuid()}"
-    override = os.environ.get("MINIBOX_RUNTIME_DIR")
-    if override:
-        path = Path(override)
-    elif os.geteuid() == 0:
-        path = Path("/run/minibox")
-    else:
-        xdg = os.environ.get("XDG_RUNTIME_DIR")
-        path = Path(xdg) / "minibox" if xdg else Path(fallback)
+    path = Path(runtime_dir_name())
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path

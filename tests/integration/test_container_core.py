@@ -405,3 +405,17 @@ def test_init_binary_cannot_be_overwritten_from_inside() -> None:
     result = sh("echo evil > /proc/1/exe && echo WROTE || echo refused; "
                 "(exec 3>>/proc/1/exe; echo evil >&3) && echo APPENDED || echo refused", init=True)
     assert result.stdout.split() == [b"refused", b"refused"]
+
+
+def test_the_shared_rootfs_gets_a_private_writable_layer() -> None:
+    from minibox.container.busybox import default_rootfs
+
+    image = default_rootfs()
+    before = sorted(os.listdir(image))
+    first = sh("echo mine > /etc/motd-test && cat /etc/motd-test; mkdir /newdir && echo made",
+               mounts=[Mount.tmpfs("/brand-new-mount-point")])
+    assert first.stdout.split() == [b"mine", b"made"], first.stderr
+    second = sh("cat /etc/motd-test 2>&1; ls -d /newdir 2>&1")
+    assert b"No such file" in second.stdout  # nothing leaks from one container to the next
+    assert sorted(os.listdir(image)) == before  # not even the mount point reached the image
+    assert not os.path.exists(os.path.join(image, "etc", "motd-test"))

@@ -38,7 +38,7 @@ from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Mount, Spec
 from .busybox import default_rootfs
 from .namespaces import JOIN_ORDER, clone_flags
-from .rootfs import mount_plan
+from .rootfs import mount_plan, overlay_root
 from .spawn import ChildPlan, read_child_error, spawn
 from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
 from .userns import default_maps, write_id_maps
@@ -48,6 +48,40 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+_scratch: str | None = None
+
+
+_overlayfs: bool | None = None
+
+
+def _overlayfs_available() -> bool:
+    """Whether this kernel has overlayfs loaded (/proc/filesystems; filesystems(5))."""
+    global _overlayfs
+    if _overlayfs is None:
+        with open("/proc/filesystems") as f:
+            _overlayfs = any(line.split()[-1] == "overlay" for line in f if line.strip())
+    return _overlayfs
+
+
+def _overlay_scratch() -> str:
+    """An empty host directory every child may mount its private overlay tmpfs on.
+
+    Mounts made there live in each child's own mount namespace: on the host
+    the directory stays empty, and many containers share it at once.  It
+    sits beside the image in the state directory (mode 0755), because a
+    child in a user namespace is an unprivileged uid on the host and must
+    still be able to reach it.
+    """
+    global _scratch
+    if _scratch is None:
+        from ..paths import state_dir_name
+
+        path = os.path.join(state_dir_name(), "overlay")
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _scratch = path
+    return _scratch
 
 
 def _maps_root(maps: Sequence[Any]) -> bool:
@@ -200,22 +234,29 @@ class Container(Sandbox):
         uid_map, gid_map = default_maps(spec) if in_userns else ((), ())
         rootfs = spec.rootfs or default_rootfs()
         # minibox's own rootfs is shared by every container that does not
-        # name one: it is mounted read-only, with a private tmpfs on /tmp,
-        # so no container can change what the next one starts from.
-        shared_rootfs = spec.rootfs is None
+        # name one: each gets a private, writable overlay over it (as docker
+        # gives a container layer), so none can change what the next starts
+        # from.  A rootfs the Spec names is used in place.
+        root = rootfs
+        readonly = spec.readonly_rootfs
+        if spec.rootfs is None and _overlayfs_available():
+            plan.root_ops, root = overlay_root(rootfs, _overlay_scratch())
+        elif spec.rootfs is None:
+            # A kernel without overlayfs: the shared image read-only, a private /tmp.
+            readonly = True
+            if not any(m.target == "/tmp" for m in spec.mounts):
+                spec = dataclasses.replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
         if spec.network == "bridge":
             from .network import NetworkAttachment
             self._network = NetworkAttachment.prepare(self.id, spec)
             self._cleanups.append(self._network.release)
-        extra = self._network.mount_ops(rootfs) if self._network is not None else []
+        extra = self._network.mount_ops(rootfs, mounted_at=root) if self._network is not None else []
         plan.clone_flags = clone_flags(list(namespaces))
         plan.hostname = spec.hostname if "uts" in namespaces else None
         plan.loopback_up = "net" in namespaces
-        plan.rootfs = rootfs
-        plan.readonly_rootfs = spec.readonly_rootfs or shared_rootfs
-        if shared_rootfs and not any(m.target == "/tmp" for m in spec.mounts):
-            spec = dataclasses.replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
-        plan.ops = mount_plan(rootfs, spec, in_userns=in_userns, extra=extra)
+        plan.rootfs = root
+        plan.readonly_rootfs = readonly
+        plan.ops = mount_plan(root, spec, in_userns=in_userns, extra=extra, lookup_root=rootfs)
 
         if self._want_cgroup:
             self._cgroup = self._create_cgroup()

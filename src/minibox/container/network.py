@@ -117,15 +117,20 @@ class NetworkAttachment:
 
     # -- 2. the child's mount plan ----------------------------------------------
 
-    def mount_ops(self, rootfs: str) -> list[MountOp]:
-        """Read-only bind mounts of the generated /etc files over the rootfs's own ones."""
+    def mount_ops(self, rootfs: str, mounted_at: str | None = None) -> list[MountOp]:
+        """Read-only bind mounts of the generated /etc files over the rootfs's own ones.
+
+        ``mounted_at`` is where the child will see ``rootfs`` when that differs
+        (an overlay root, see rootfs.overlay_root).
+        """
         ops: list[MountOp] = []
         for filename in ETC_FILES:
             try:
-                target = resolve_in_root(rootfs, f"/etc/{filename}")
+                found = resolve_in_root(rootfs, f"/etc/{filename}")
             except OSError:
                 continue
-            if not os.path.isfile(target):
+            target = (mounted_at or rootfs) + found[len(rootfs):]
+            if not os.path.isfile(found):
                 continue  # creating it would modify the rootfs
             ops += [MountOp(OP_MOUNT, target, source=str(self.files_dir / filename), flags=MS_BIND),
                     MountOp(OP_REMOUNT, target, flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)]

@@ -6,7 +6,9 @@ process expects (proc(5), sysfs(5), devpts, tmpfs(5)), and pivot_root(2).
 
 Like bubblewrap, the setup is a list of small, ordered steps.  Python
 builds the list here, as plain data; the C child (csrc/spawn.c) executes it
-in the new mount namespace, before pivot_root makes the rootfs ``/``:
+in the new mount namespace, before pivot_root makes the rootfs ``/``.  When
+the rootfs is minibox's shared image, the root itself is built first: an
+overlay with a private tmpfs layer (:func:`overlay_root`).  Then:
 
 1. ``/proc``: a fresh procfs, which in a new pid namespace shows only the
    container's processes.
@@ -151,8 +153,10 @@ def _dev(root: str) -> list[MountOp]:
     return ops
 
 
-def _user_mount(root: str, index: int, mount: Mount) -> list[MountOp]:
-    target = resolve_in_root(root, mount.target)
+def _user_mount(root: str, index: int, mount: Mount, lookup_root: str) -> list[MountOp]:
+    # Symlinks are followed in the directory that holds the files now
+    # (``lookup_root``); the target is where the child will see them (``root``).
+    target = root + resolve_in_root(lookup_root, mount.target)[len(lookup_root):]
     ops: list[MountOp] = []
     if mount.kind == "bind":
         assert mount.source is not None
@@ -193,17 +197,41 @@ def _masks(root: str) -> list[MountOp]:
     return ops
 
 
+def overlay_root(image: str, scratch: str) -> tuple[list[MountOp], str]:
+    """Steps that give the child a writable, throw-away root over a read-only ``image``.
+
+    Kernel feature: overlayfs (Documentation/filesystems/overlayfs.rst).  In
+    the child's private mount namespace, a tmpfs at ``scratch`` holds the
+    upper layer (every change) and the overlay's work directory; the overlay
+    of the upper layer on ``image`` becomes the root.  The image on the host
+    is never written -- not even mount points -- and the changes vanish with
+    the container's mount namespace.  Returns the steps and the new root.
+    """
+    merged = f"{scratch}/root"
+    ops = [
+        MountOp(OP_MOUNT, scratch, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=755"),
+        MountOp(OP_MKDIR, f"{scratch}/upper"),
+        MountOp(OP_MKDIR, f"{scratch}/work"),
+        MountOp(OP_MKDIR, merged),
+        MountOp(OP_MOUNT, merged, source="overlay", fstype="overlay",
+                data=f"lowerdir={image},upperdir={scratch}/upper,workdir={scratch}/work"),
+    ]
+    return ops, merged
+
+
 def mount_plan(root: str, spec: Spec, *, in_userns: bool, extra: list[MountOp] | None = None,
-               mask_paths: bool = True) -> list[MountOp]:
+               mask_paths: bool = True, lookup_root: str | None = None) -> list[MountOp]:
     """The ordered mount steps for ``spec`` with the rootfs at ``root`` (a host path).
 
     ``extra`` steps (e.g. /etc/hosts for the network) run after the Spec's
-    own mounts and before the masks.
+    own mounts and before the masks.  ``lookup_root`` is where the rootfs's
+    files can be inspected now, when ``root`` exists only in the child (an
+    overlay, see :func:`overlay_root`).
     """
     ops = _proc_and_sys(root, spec, in_userns)
     ops += _dev(root)
     for index, mount in enumerate(spec.mounts):
-        ops += _user_mount(root, index, mount)
+        ops += _user_mount(root, index, mount, lookup_root or root)
     ops += extra or []
     if mask_paths:
         ops += _masks(root)

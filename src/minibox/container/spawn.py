@@ -37,8 +37,10 @@ STEP_NAMES = {
     14: "setrlimit", 15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities",
     19: "no_new_privs", 20: "seccomp", 21: "execve", 22: "close fds", 23: "setns", 24: "fork",
     25: "become root in the user namespace", 26: "loopback up", 27: "allocate a pty", 28: "join cgroup",
+    29: "root layer",
 }
 STEP_EXECVE = 21
+STEP_ROOT_LAYER = 29
 _ERROR = struct.Struct("=iii")
 
 
@@ -63,6 +65,7 @@ class ChildPlan:
     hostname: str | None = None
     loopback_up: bool = False
     rootfs: str | None = None
+    root_ops: Sequence[MountOp] = ()
     ops: Sequence[MountOp] = ()
     readonly_rootfs: bool = False
     cwd: str | None = None
@@ -116,20 +119,9 @@ class _CPlan:
         p.hostname = self._str(plan.hostname)
         p.loopback_up = int(plan.loopback_up)
         p.rootfs = self._str(plan.rootfs)
-        ops = ffi.new("struct mb_op[]", max(1, len(plan.ops)))
-        self._keep.append(ops)
-        for i, op in enumerate(plan.ops):
-            c = ops[i]
-            c.kind = op.kind
-            c.source = self._str(op.source)
-            c.target = self._str(op.target)
-            c.fstype = self._str(op.fstype)
-            c.flags = op.flags
-            c.data = self._str(op.data)
-            c.mode = op.mode
-            c.dev = op.dev
-            c.optional = int(op.optional)
-        p.ops = ops
+        p.root_ops = self._ops(plan.root_ops)
+        p.n_root_ops = len(plan.root_ops)
+        p.ops = self._ops(plan.ops)
         p.n_ops = len(plan.ops)
         p.readonly_rootfs = int(plan.readonly_rootfs)
         p.cwd = self._str(plan.cwd)
@@ -169,6 +161,22 @@ class _CPlan:
         p.setns_fds = fds
         p.n_setns_fds = len(plan.setns_fds)
         p.report_fd = plan.report_fd
+
+    def _ops(self, ops: Sequence[MountOp]) -> Any:
+        array = ffi.new("struct mb_op[]", max(1, len(ops)))
+        self._keep.append(array)
+        for i, op in enumerate(ops):
+            c = array[i]
+            c.kind = op.kind
+            c.source = self._str(op.source)
+            c.target = self._str(op.target)
+            c.fstype = self._str(op.fstype)
+            c.flags = op.flags
+            c.data = self._str(op.data)
+            c.mode = op.mode
+            c.dev = op.dev
+            c.optional = int(op.optional)
+        return array
 
     def _str(self, value: str | None) -> Any:
         if value is None:
@@ -218,6 +226,7 @@ def read_child_error(error_fd: int, plan: ChildPlan) -> SetupError | None:
         if err in (errno_mod.ENOENT, errno_mod.EACCES, errno_mod.ENOEXEC, errno_mod.ENOTDIR):
             return CommandNotFoundError(name, err, detail=plan.cmd or plan.argv[0])
         return SetupError(name, err, detail=plan.cmd or plan.argv[0])
-    if 0 <= index < len(plan.ops):
-        return SetupError(name, err, detail=plan.ops[index].describe())
+    ops = plan.root_ops if step == STEP_ROOT_LAYER else plan.ops
+    if 0 <= index < len(ops):
+        return SetupError(name, err, detail=ops[index].describe())
     return SetupError(name, err)
