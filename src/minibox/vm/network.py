@@ -47,8 +47,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import MiniboxError, SpecError
+from ..errors import SpecError
 from ..network import NetworkConfig, config_from_env
+from ..network.sandbox import etc_files, release_record
 from ..spec import Spec
 
 #: The guest's NIC name: the only NIC, named by the guest kernel (no udev in the initramfs).
@@ -56,8 +57,6 @@ GUEST_IFNAME = "eth0"
 #: Kernel modules the guest needs for virtio-net (their dependencies, failover and
 #: net_failover on Debian's cloud kernel, come from each module's ``depends=``).
 GUEST_MODULES = ("virtio_net",)
-#: The /etc files a bridged VM gets, as a bridged container does.
-ETC_FILES = ("hosts", "resolv.conf", "hostname")
 
 
 def tap_name(vm_id: str) -> str:
@@ -150,16 +149,7 @@ class VmNetwork:
 
     def etc_files(self) -> dict[str, str]:
         """name -> contents of the guest's /etc files; the same text a bridged container gets."""
-        name = self.spec.hostname
-        short = name.split(".", 1)[0]
-        aliases = name if short == name else f"{name} {short}"
-        return {
-            "hosts": ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                      f"{self.address}\t{aliases}\n{self.gateway}\tgateway\n"),
-            # No DNS server: the bridge network does not reach the outside.
-            "resolv.conf": "# minibox bridge network: no DNS server (no outbound traffic)\noptions ndots:0\n",
-            "hostname": f"{name}\n",
-        }
+        return etc_files(self.spec.hostname, self.address, self.gateway)
 
     # -- 4. QEMU runs ---------------------------------------------------------------
 
@@ -180,40 +170,13 @@ class VmNetwork:
         """Remove port rules, the tap (normally gone with QEMU already) and the lease.  Idempotent."""
         if self._released:
             return
-        _release(self.record())
+        release_record(self.record())
         self._released = True
-
-
-def _release(record: dict[str, Any]) -> None:
-    """Undo everything a record names, every step even when one fails; then raise the first error."""
-    from ..network import bridge, ipam, ports
-
-    errors: list[BaseException] = []
-    owner = str(record["id"])
-    if record.get("nft_table"):
-        try:
-            ports.unpublish(str(record["nft_table"]), owner)
-        except (OSError, MiniboxError) as e:
-            errors.append(e)
-    if record.get("link"):
-        # A tap closes with QEMU's fd; deleting it here covers a QEMU that was
-        # still alive when the record was written and is gone now.
-        try:
-            with bridge.opened() as ipr:
-                bridge.delete_link(ipr, str(record["link"]))
-        except (OSError, MiniboxError) as e:
-            errors.append(e)
-    try:
-        ipam.release(str(record["bridge"]), owner)
-    except (OSError, MiniboxError) as e:
-        errors.append(e)
-    if errors:
-        raise errors[0]
 
 
 def release_stale(record: dict[str, Any]) -> None:
     """Clean up after a dead VM from its state-file record (``minibox gc``); QEMU must be gone first."""
-    _release(record)
+    release_record(record)
 
 
 def close_fd(fd: int | None) -> None:
