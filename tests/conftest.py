@@ -73,20 +73,9 @@ class ChildList(list[int]):
 
 def child_pids() -> list[int]:
     """Our own children (zombies included), from /proc/PID/stat's ppid."""
-    me = os.getpid()
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2:].split()
-        if int(fields[1]) == me:
-            kids.append(int(entry))
-    return ChildList(kids)
+    from minibox import procfs
+
+    return ChildList(child.pid for child in procfs.children(os.getpid()))
 
 
 # -- the whole suite leaves nothing behind --------------------------------------------

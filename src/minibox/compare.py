@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import procfs
 from .errors import MiniboxError
 from .sandbox import Sandbox
 from .spec import DEFAULT_NAMESPACES, Spec
@@ -318,30 +319,13 @@ def _pss_kib(pid: int) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, comm) of the live children of ``pid``, from /proc/*/stat."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
-        if int(data[data.rindex(b")") + 2:].split()[1]) == pid:
-            kids.append((int(entry), comm))
-    return kids
-
-
 def _virtiofsd_kib() -> tuple[int, int, int]:
     """(RSS KiB, PSS KiB, processes) of every virtiofsd this process started, with their children."""
     rss = pss = count = 0
-    for pid, comm in _children(os.getpid()):
-        if comm != "virtiofsd":
+    for helper in procfs.children(os.getpid()):
+        if helper.comm != "virtiofsd":
             continue
-        for p in [pid, *(k for k, _ in _children(pid))]:
+        for p in [helper.pid, *(k.pid for k in procfs.children(helper.pid))]:
             rss += _proc_status_kib(p, "VmRSS") or 0
             pss += _pss_kib(p) or 0
             count += 1

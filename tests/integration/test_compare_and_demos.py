@@ -155,11 +155,10 @@ def _describe(pid: int) -> str:
 
 
 def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return "?"
+    from minibox import procfs
+
+    st = procfs.stat(pid)
+    return "?" if st is None else st.state
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -281,16 +280,7 @@ def test_ctrl_c_during_a_vm_demo_cleans_up(isolated: Isolated) -> None:
 
 
 def _has_qemu_grandchild(pid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        comm = data[data.index(b"(") + 1:data.rindex(b")")]
-        if comm.startswith(b"qemu-system") and int(data[data.rindex(b")") + 2:].split()[1]) == pid:
-            return True
-    return False
+    from minibox import procfs
+
+    return any(child.comm.startswith("qemu-system") for child in procfs.children(pid))
 

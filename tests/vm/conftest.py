@@ -47,20 +47,16 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _children(names: tuple[str, ...] = ("qemu-system", "virtiofsd")) -> list[int]:
     """Our processes (any depth) whose command name starts with one of ``names``."""
+    from minibox import procfs
+
     me = os.getpid()
     parents: dict[int, int] = {}
     comms: dict[int, str] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        parents[int(entry)] = ppid
-        comms[int(entry)] = comm
+        st = procfs.stat(int(entry)) if entry.isdigit() else None
+        if st is not None:
+            parents[st.pid] = st.ppid
+            comms[st.pid] = st.comm
     found = []
     for pid, comm in comms.items():
         p = pid

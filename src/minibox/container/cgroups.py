@@ -699,6 +699,35 @@ def _mkdir_child(child: str, base: str, stop: str) -> None:
     _mkdir(child)
 
 
+class _Creation:
+    """A cgroup being created: what exists so far, removed again if creation fails.
+
+    Both backends use it the same way: ``created`` lists the directories made,
+    ``path`` is the one being worked on (for the error message).  A SpecError,
+    SetupError or PreflightError passes through; an OSError becomes
+    ``SetupError("cgroup", errno, path)``.  Either way nothing is left behind.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.created: list[str] = []
+        self.path = ""
+
+    def __enter__(self) -> _Creation:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if error is None:
+            return
+        _cleanup(self.created)
+        if isinstance(error, OSError):
+            if error.errno == errno.EEXIST:
+                detail = f"{self.path} (a container named {self.name!r} exists)"
+            else:
+                detail = error.filename or self.path
+            raise SetupError("cgroup", error.errno, detail=detail) from error
+
+
 def _cleanup(created: Sequence[str]) -> None:
     for directory in reversed(created):
         try:
@@ -761,18 +790,16 @@ def _create_v1(
         base = h.directory(_parent_path(own.get(controller, "/"), parent))
         plan[controller] = (base, f"{base}/{name}", h)
     paths: dict[str, str] = {}
-    created: list[str] = []
-    path = ""
-    try:
+    with _Creation(name) as made:
         cpuset_parent = ("", "")
         for controller, (base, child, h) in plan.items():
-            path = child
+            made.path = child
             if controller == "cpuset":  # a new cpuset has no cpus and no mems: copy the parent's
                 _makedirs(base, h.mountpoint)
                 cpuset_parent = _v1_cpuset_ready(base, h.mountpoint)
-            if child not in created:
+            if child not in made.created:
                 _mkdir_child(child, base, h.mountpoint)
-                created.append(child)
+                made.created.append(child)
             paths[controller] = child
         if "memory" in paths:
             if limits.memory_bytes is not None:
@@ -791,14 +818,6 @@ def _create_v1(
         if "cpuset" in paths:
             _set(paths["cpuset"] + "/cpuset.cpus", limits.cpuset or cpuset_parent[0], "limits.cpuset")
             _set(paths["cpuset"] + "/cpuset.mems", cpuset_parent[1], None)
-    except (SpecError, SetupError, PreflightError):
-        _cleanup(created)
-        raise
-    except OSError as e:
-        _cleanup(created)
-        if e.errno == errno.EEXIST:
-            raise SetupError("cgroup", e.errno, detail=f"{path} (a container named {name!r} exists)") from e
-        raise SetupError("cgroup", e.errno, detail=e.filename or path) from e
     return paths
 
 
@@ -856,19 +875,18 @@ def _create_v2(
         if part:
             chain.append(f"{chain[-1]}/{part}")
     fields = _limit_fields(limits)
-    created: list[str] = []
-    path = base
-    try:
+    with _Creation(name) as made:
+        made.path = base
         for directory in chain[1:]:
-            path = directory
+            made.path = directory
             try:
                 _mkdir(directory)
             except FileExistsError:
                 pass
         _v2_enable(chain, fields, h.directory("/"))
-        path = child
+        made.path = child
         _mkdir_child(child, base, top)
-        created.append(child)
+        made.created.append(child)
         if limits.memory_bytes is not None:
             _set(child + "/memory.max", str(limits.memory_bytes), "limits.memory")
             if limits.memory_swap_bytes is not None:
@@ -882,14 +900,6 @@ def _create_v2(
             _set(child + "/pids.max", str(limits.pids), "limits.pids")
         if limits.cpuset is not None:
             _set(child + "/cpuset.cpus", limits.cpuset, "limits.cpuset")
-    except (SpecError, SetupError, PreflightError):
-        _cleanup(created)
-        raise
-    except OSError as e:
-        _cleanup(created)
-        if e.errno == errno.EEXIST:
-            raise SetupError("cgroup", e.errno, detail=f"{path} (a container named {name!r} exists)") from e
-        raise SetupError("cgroup", e.errno, detail=e.filename or path) from e
     return {"unified": child}
 
 

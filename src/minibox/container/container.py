@@ -399,11 +399,12 @@ class Container(Sandbox):
     def _write_state(self) -> None:
         if self._cgroup is None and self._network is None:
             return  # nothing would outlive the processes: no state to keep
+        from ..procfs import start_time
         from . import state as state_mod
 
         assert self._pid is not None
         record: dict[str, Any] = {"id": self.id, "pid": self._pid,
-                                  "starttime": state_mod.process_start_time(self._pid)}
+                                  "starttime": start_time(self._pid)}
         if self._cgroup is not None:
             record["cgroup"] = {"version": self._cgroup.version, "paths": self._cgroup.paths}
         if self._network is not None:

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 
 from ..paths import runtime_dir
+from ..procfs import start_time
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -29,18 +30,6 @@ def state_path(container_id: str) -> Path:
     directory = runtime_dir() / "containers"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return directory / f"{container_id}.json"
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (starttime in clock ticks), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and ')': split after the last ')'
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[19])
 
 
 def write_state(container_id: str, record: dict[str, Any]) -> None:
@@ -59,7 +48,7 @@ def remove_state(container_id: str) -> None:
 
 def is_alive(record: dict[str, Any]) -> bool:
     pid = int(record.get("pid", 0))
-    return pid > 0 and process_start_time(pid) == record.get("starttime")
+    return pid > 0 and start_time(pid) == record.get("starttime")
 
 
 def _clean_cgroup(record: dict[str, Any]) -> None:

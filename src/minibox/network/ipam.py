@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PreflightError, SpecError
+from ..procfs import start_time
 from . import DEFAULT_POOL, DEFAULT_PREFIXLEN, NetworkConfig, locked, network_dir
 
 log = logging.getLogger("minibox.network")
@@ -90,22 +91,13 @@ def _save(bridge: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rindex(b")") + 2:].split()[19])
-
-
 def _alive(ident: list[int] | None) -> bool:
-    return bool(ident) and _start_time(int(ident[0])) == ident[1]  # type: ignore[index]
+    return bool(ident) and start_time(int(ident[0])) == ident[1]  # type: ignore[index]
 
 
 def _me() -> list[int]:
     pid = os.getpid()
-    return [pid, _start_time(pid) or 0]
+    return [pid, start_time(pid) or 0]
 
 
 def leases(bridge: str) -> dict[str, dict[str, Any]]:
@@ -234,7 +226,7 @@ def update(bridge: str, owner: str, **fields: Any) -> None:
 
 def sandbox_identity(pid: int) -> list[int] | None:
     """``[pid, starttime]`` for :func:`update` (``pid=``), or None if the process is gone."""
-    start = _start_time(pid)
+    start = start_time(pid)
     return None if start is None else [pid, start]
 
 

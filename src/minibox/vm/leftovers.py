@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from ..container.state import process_start_time
 from ..paths import runtime_dir
+from ..procfs import start_time as process_start_time
+from ..procfs import stat
 
 #: How long gc waits for one killed process to be gone.
 KILL_WAIT = 5.0
@@ -91,12 +92,8 @@ def _as_process(value: Any) -> ProcessRecord | None:
 
 def _zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and only waits for its parent to reap it (state Z)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    return data[data.rindex(b")") + 2:][:1] == b"Z"
+    st = stat(pid)
+    return st is None or st.state == "Z"
 
 
 def is_running(proc: ProcessRecord) -> bool:

@@ -45,6 +45,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .. import procfs
 from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Reason, Result, Sandbox, Stats, Usage
 from ..spec import Mount, Spec
@@ -202,8 +203,8 @@ def _proc_usage(pid: int) -> tuple[int | None, int | None, float | None]:
                 rss = int(line.split()[1]) * 1024
             elif line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) * 1024
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        st = procfs.stat(pid)
+        cpu = None if st is None else st.cpu_seconds
     except (OSError, IndexError, ValueError):
         pass
     return rss, hwm, cpu
