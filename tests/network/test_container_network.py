@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
-import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +30,7 @@ from minibox.network import bridge as br
 from minibox.network import ipam, network_dir, ports
 
 from ..conftest import needs_root
+from .helpers import free_test_subnet, links, nft_tables, read_from
 
 pytestmark = needs_root
 
@@ -40,29 +39,15 @@ TABLE = f"minibox_test{os.getpid() % 100000}"
 CLONE_NEWNET = 0x40000000
 
 
-def _free_test_subnet() -> ipaddress.IPv4Network:
-    """A /24 of 10.213.0.0/16 that no host route overlaps (reading routes only)."""
-    with br.opened() as ipr:
-        routes = br.host_routes(ipr)
-    subnet, _ = br.choose_subnet(None, routes, pool=ipaddress.IPv4Network("10.213.0.0/16"))
-    return subnet
 
-
-def _links() -> set[str]:
-    return set(os.listdir("/sys/class/net"))
-
-
-def _nft_tables() -> set[str]:
-    out = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True, check=True).stdout
-    return {f"{t['table']['family']} {t['table']['name']}" for t in json.loads(out)["nftables"] if "table" in t}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def test_network() -> Iterator[ipaddress.IPv4Network]:
     """Point minibox at a test bridge/subnet/table; afterwards, check nothing is left."""
-    subnet = _free_test_subnet()
+    subnet = free_test_subnet("10.213.0.0/16")
     saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
-    links_before, tables_before = _links(), _nft_tables()
+    links_before, tables_before = links(), nft_tables()
     os.environ.update(MINIBOX_BRIDGE=BRIDGE, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=TABLE)
     try:
         yield subnet
@@ -73,9 +58,9 @@ def test_network() -> Iterator[ipaddress.IPv4Network]:
             else:
                 os.environ[key] = value
     time.sleep(0.2)  # a dying netns drops its veth end asynchronously; ours are deleted explicitly
-    assert _links() - links_before == set(), "interfaces left behind"
-    assert BRIDGE not in _links()
-    assert _nft_tables() == tables_before, "nft tables left behind"
+    assert links() - links_before == set(), "interfaces left behind"
+    assert BRIDGE not in links()
+    assert nft_tables() == tables_before, "nft tables left behind"
     assert list(network_dir().glob("*.json")) == [], "lease files left behind"
     sandboxes = network_dir() / "sandboxes"
     assert not sandboxes.exists() or list(sandboxes.iterdir()) == [], "generated /etc files left behind"
@@ -84,8 +69,8 @@ def test_network() -> Iterator[ipaddress.IPv4Network]:
 @pytest.fixture(autouse=True)
 def nothing_left_per_test() -> Iterator[None]:
     yield
-    assert BRIDGE not in _links(), "the bridge outlived its last container"
-    assert not [name for name in _links() if name.startswith("mbv")], "veth left behind"
+    assert BRIDGE not in links(), "the bridge outlived its last container"
+    assert not [name for name in links() if name.startswith("mbv")], "veth left behind"
     assert not ports.table_exists(TABLE)
     assert ipam.leases(BRIDGE) == {}
 
@@ -170,29 +155,11 @@ def _received(box: Container, timeout: float = 10) -> bytes:
 
 # -- published ports ----------------------------------------------------------------
 
-def _read_from(host: str, port: int, timeout: float = 10) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=2) as conn:
-                conn.sendall(b"ping\n")
-                conn.shutdown(socket.SHUT_WR)
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                if data:
-                    return data
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing answered on {host}:{port}")
-        time.sleep(0.1)
-
 
 def test_published_port_reaches_a_server_in_the_container(test_network: ipaddress.IPv4Network) -> None:
     with running(bridged("echo served-from-container | nc -l -p 80", ports=[(18080, 80)])) as box:
         assert ports.rules(TABLE)[0].host_port == 18080
-        data = _read_from(gateway_of(test_network), 18080)
+        data = read_from(gateway_of(test_network), 18080, timeout=10)
         assert data == b"served-from-container\n"
         assert box.wait(10).stdout == b"ping\n"
     assert not ports.table_exists(TABLE)
@@ -304,7 +271,7 @@ def test_gc_removes_what_a_killed_caller_left() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False,
                          env=os.environ.copy())
     box_id, pid = out.stdout.split()
-    assert BRIDGE in _links() and ports.table_exists(TABLE)
+    assert BRIDGE in links() and ports.table_exists(TABLE)
     os.kill(int(pid), 9)  # its init outlived the caller; gc cleans only dead containers
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{int(pid)}") and time.monotonic() < deadline:
@@ -415,7 +382,7 @@ def test_tap_on_a_bridge_in_a_private_namespace(private_netns: str) -> None:
         tap = br.link_index(ipr, "mbtaptest")
         assert tap is not None and br.link_kind(ipr, tap) == "tun"
         assert ipr.get_links(tap)[0].get("IFLA_MASTER") == br.link_index(ipr, "mbtap0")
-        assert "mbtaptest" not in _links()  # not in the host's namespace
+        assert "mbtaptest" not in links()  # not in the host's namespace
         os.close(fd)  # not persistent: gone with its fd
         assert br.link_index(ipr, "mbtaptest") is None
         assert br.remove_bridge(ipr, "mbtap0") is True

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from minibox.vm import VirtualMachine
 from minibox.vm import network as vmnet
 
 from ..conftest import needs_root
+from .helpers import free_test_subnet, links, nft_tables, read_from
 
 pytestmark = needs_root
 
@@ -46,21 +46,7 @@ BRIDGE = f"mbn{os.getpid() % 100000}"
 TABLE = f"minibox_vmt{os.getpid() % 100000}"
 
 
-def _free_test_subnet() -> ipaddress.IPv4Network:
-    """A /24 of 10.214.0.0/16 that no host route overlaps (reading routes only)."""
-    with br.opened() as ipr:
-        routes = br.host_routes(ipr)
-    subnet, _ = br.choose_subnet(None, routes, pool=ipaddress.IPv4Network("10.214.0.0/16"))
-    return subnet
 
-
-def _links() -> set[str]:
-    return set(os.listdir("/sys/class/net"))
-
-
-def _nft_tables() -> set[str]:
-    out = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True, check=True).stdout
-    return {f"{t['table']['family']} {t['table']['name']}" for t in json.loads(out)["nftables"] if "table" in t}
 
 
 def _vm_records() -> set[str]:
@@ -70,9 +56,9 @@ def _vm_records() -> set[str]:
 @pytest.fixture(scope="module", autouse=True)
 def test_network() -> Iterator[ipaddress.IPv4Network]:
     """Point minibox at a test bridge/subnet/table; afterwards, check nothing is left."""
-    subnet = _free_test_subnet()
+    subnet = free_test_subnet("10.214.0.0/16")
     saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
-    tables_before = _nft_tables()
+    tables_before = nft_tables()
     os.environ.update(MINIBOX_BRIDGE=BRIDGE, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=TABLE)
     try:
         yield subnet
@@ -82,9 +68,9 @@ def test_network() -> Iterator[ipaddress.IPv4Network]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    assert BRIDGE not in _links(), "the test bridge was left behind"
-    assert set(PORT_NAMES) & _links() == set(), "interfaces left behind"
-    assert _nft_tables() == tables_before, "nft tables left behind"
+    assert BRIDGE not in links(), "the test bridge was left behind"
+    assert set(PORT_NAMES) & links() == set(), "interfaces left behind"
+    assert nft_tables() == tables_before, "nft tables left behind"
     assert list(network_dir().glob("*.json")) == [], "lease files left behind"
 
 
@@ -104,9 +90,9 @@ def nothing_left_per_test() -> Iterator[None]:
     MADE.clear()
     yield
     PORT_NAMES.extend(map(_port_name, MADE))
-    left = [name for name in map(_port_name, MADE) if name in _links()]
+    left = [name for name in map(_port_name, MADE) if name in links()]
     assert left == [], "tap or veth left behind"
-    assert BRIDGE not in _links(), "the bridge outlived its last sandbox"
+    assert BRIDGE not in links(), "the bridge outlived its last sandbox"
     assert not ports.table_exists(TABLE)
     assert ipam.leases(BRIDGE) == {}
     assert _vm_records() - records_before == set(), "VM state file left behind"
@@ -167,7 +153,7 @@ def test_a_vm_gets_its_leased_address_eth0_up_and_etc_files(test_network: ipaddr
     assert f"{ip}\tvmbox" in out and "\nvmbox\n" in out
     assert out.rstrip().endswith("read-only")
     assert open(f"{busybox_rootfs}/etc/hosts", "rb").read() == hosts_before  # the shared rootfs is untouched
-    assert vmnet.tap_name(box.id) not in _links()  # gone with QEMU
+    assert vmnet.tap_name(box.id) not in links()  # gone with QEMU
 
 
 def test_host_networking_is_still_refused_for_a_vm(busybox_rootfs: str) -> None:
@@ -210,31 +196,13 @@ def test_a_container_and_a_vm_exchange_tcp_both_ways(busybox_rootfs: str) -> Non
 
 # -- published ports --------------------------------------------------------------------
 
-def _read_from(host: str, port: int, timeout: float = 60) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=2) as conn:
-                conn.sendall(b"ping\n")
-                conn.shutdown(socket.SHUT_WR)
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                if data:
-                    return data
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing answered on {host}:{port}")
-        time.sleep(0.1)
-
 
 def test_a_published_port_reaches_a_server_in_the_vm(test_network: ipaddress.IPv4Network,
                                                      busybox_rootfs: str) -> None:
     with running_vm(vm(busybox_rootfs, "echo served-from-vm | nc -l -p 80", ports=[(18190, 80)])) as box:
         rule = ports.rules(TABLE)[0]
         assert (rule.owner, rule.host_port, rule.address, rule.port) == (box.id, 18190, box.ip, 80)
-        assert _read_from(gateway_of(test_network), 18190) == b"served-from-vm\n"
+        assert read_from(gateway_of(test_network), 18190, timeout=60) == b"served-from-vm\n"
         assert box.wait(60).stdout == b"ping\n"
     assert not ports.table_exists(TABLE)
 
@@ -261,7 +229,7 @@ def test_a_failure_after_the_tap_exists_leaves_nothing(monkeypatch: pytest.Monke
     def qemu_fails(argv: list[str], *args: Any, **kw: Any) -> Any:
         if "-kernel" not in argv:  # virtiofsd, qemu --version: the real thing
             return real_popen(argv, *args, **kw)
-        seen.extend(name for name in _links() if name.startswith("mbtap"))
+        seen.extend(name for name in links() if name.startswith("mbtap"))
         raise OSError(errno.ENOEXEC, "simulated")
 
     monkeypatch.setattr(subprocess, "Popen", qemu_fails)  # the module virtual_machine uses
@@ -291,12 +259,12 @@ def test_gc_releases_the_network_of_a_killed_callers_vm(busybox_rootfs: str) -> 
     qemu = started["qemu"]
     try:
         # what the killed caller left: QEMU (so the tap), the lease, the port rule
-        assert vmnet.tap_name(started["id"]) in _links()
+        assert vmnet.tap_name(started["id"]) in links()
         assert ports.table_exists(TABLE) and len(ipam.leases(BRIDGE)) == 1
         from minibox.container.state import collect_garbage
 
         assert f"vm-{started['id']}" in collect_garbage()
-        assert vmnet.tap_name(started["id"]) not in _links()  # gone with the QEMU gc killed
+        assert vmnet.tap_name(started["id"]) not in links()  # gone with the QEMU gc killed
         PORT_NAMES.append(vmnet.tap_name(started["id"]))
     finally:
         # only if gc failed: the QEMU this test's own child started, by pid
