@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,13 +43,19 @@ OWNER = textwrap.dedent("""
 """)
 
 
-def test_the_keeper_ends_the_vm_of_a_killed_caller(rootfs: str) -> None:
-    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs, "keeper-only"], capture_output=True, timeout=300)
+def _killed_owner(rootfs: str, mode: str) -> tuple[dict[str, Any], leftovers.ProcessRecord,
+                                                  list[leftovers.ProcessRecord], Path]:
+    """Run OWNER (``mode``: "keeper-only" or "keeper-too"); what it started, and its VM record."""
+    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs, mode], capture_output=True, timeout=300)
     assert owner.returncode == -9, owner.stderr.decode(errors="replace")
-    started = json.loads(owner.stdout)
+    started: dict[str, Any] = json.loads(owner.stdout)
     qemu = leftovers.identify(started["qemu"])
     helpers = [leftovers.identify(pid) for pid in started["helpers"]]
-    record = runtime_dir() / f"vm-{started['id']}.json"
+    return started, qemu, helpers, runtime_dir() / f"vm-{started['id']}.json"
+
+
+def test_the_keeper_ends_the_vm_of_a_killed_caller(rootfs: str) -> None:
+    _, qemu, helpers, record = _killed_owner(rootfs, "keeper-only")
     try:
         deadline = time.monotonic() + 30
         while not all(_gone(p) for p in (qemu, *helpers)) and time.monotonic() < deadline:
@@ -69,12 +76,7 @@ def _gone(proc: leftovers.ProcessRecord) -> bool:
 
 
 def test_gc_kills_what_a_killed_caller_and_its_keeper_left(rootfs: str) -> None:
-    owner = subprocess.run([sys.executable, "-c", OWNER, rootfs, "keeper-too"], capture_output=True, timeout=300)
-    assert owner.returncode == -9, owner.stderr.decode(errors="replace")
-    started = json.loads(owner.stdout)
-    qemu = leftovers.identify(started["qemu"])
-    helpers = [leftovers.identify(pid) for pid in started["helpers"]]
-    record = runtime_dir() / f"vm-{started['id']}.json"
+    started, qemu, helpers, record = _killed_owner(rootfs, "keeper-too")
     try:
         # What the killed caller left: a running QEMU, its virtiofsd, the record naming them.
         assert qemu["starttime"] is not None, "QEMU died with its owner"
