@@ -122,15 +122,6 @@ class Container(Sandbox):
         self._state_written = False
         self._rusage: Any = None
         self._status: int | None = None
-        self._check_supported(spec)
-
-    # -- what this path supports -------------------------------------------------
-
-    @staticmethod
-    def _check_supported(spec: Spec) -> None:
-        # Every network mode works here: "host" shares the host's namespace,
-        # "bridge" is checked by NetworkAttachment.prepare (root, --ip, -p).
-        return None
 
     # -- properties ---------------------------------------------------------------
 
