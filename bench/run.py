@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now().astimezone()
     workdir = Path(tempfile.mkdtemp(prefix="minibox-bench."))
     try:
-        from minibox.container.busybox import build_busybox_rootfs
+        from minibox.images.busybox import build_busybox_rootfs
 
         rootfs = build_busybox_rootfs(workdir / "rootfs")
         config = PeerConfig.detect(rootfs, workdir)

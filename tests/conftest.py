@@ -28,7 +28,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespace
 @pytest.fixture(scope="session")
 def busybox_rootfs() -> str:
     """minibox's default busybox rootfs (built once, in the state directory)."""
-    from minibox.container.busybox import default_rootfs
+    from minibox.images.busybox import default_rootfs
 
     return default_rootfs()
 
@@ -40,7 +40,7 @@ def scratch_rootfs(tmp_path: Path) -> Iterator[str]:
     Containers bind-mount only inside their own mount namespace, so nothing
     from the host can be mounted below it once the container is gone.
     """
-    from minibox.container.busybox import build_busybox_rootfs
+    from minibox.images.busybox import build_busybox_rootfs
 
     path = build_busybox_rootfs(tmp_path / "rootfs")
     yield str(path)

@@ -334,8 +334,8 @@ def _run_container(spec: Any, stdin: Any) -> Any:
 
 
 def cmd_rootfs(args: argparse.Namespace) -> int:
-    from .container.busybox import build_busybox_rootfs
     from .errors import MiniboxError
+    from .images.busybox import build_busybox_rootfs
 
     try:
         path = build_busybox_rootfs(args.dir)

@@ -552,7 +552,7 @@ def _guest_memory(spec: Spec) -> int:
 def measure_disk(kind: str) -> Cell:
     """What each kind needs on disk: the rootfs; for a VM also its kernel and initramfs."""
     try:
-        from .container.busybox import default_rootfs
+        from .images.busybox import default_rootfs
 
         rootfs = default_rootfs()
         root_size = du_bytes(rootfs)
@@ -609,7 +609,7 @@ def measure_peers(runs: int, progress: Progress) -> tuple[list[Column], str | No
         return [], "bench/peers.py is not available (minibox does not run from a source checkout)"
     if os.geteuid() != 0:
         return [], "peers need root (crun and runc create namespaces and cgroups)"
-    from .container.busybox import default_rootfs
+    from .images.busybox import default_rootfs
 
     columns = [Column(key, label, "peer") for key, label in PEERS]
     work = Path(tempfile.mkdtemp(prefix="minibox-compare-peers-"))

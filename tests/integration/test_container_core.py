@@ -408,7 +408,7 @@ def test_init_binary_cannot_be_overwritten_from_inside() -> None:
 
 
 def test_the_shared_rootfs_gets_a_private_writable_layer() -> None:
-    from minibox.container.busybox import default_rootfs
+    from minibox.images.busybox import default_rootfs
 
     image = default_rootfs()
     before = sorted(os.listdir(image))

@@ -31,7 +31,7 @@ import pytest
 
 import minibox
 from minibox import Limits, Spec
-from minibox.container.busybox import build_busybox_rootfs
+from minibox.images.busybox import build_busybox_rootfs
 
 from ..conftest import child_pids, needs_root
 

@@ -243,7 +243,7 @@ def test_rootfs_packed_into_the_initramfs(rootfs: str) -> None:
 def test_the_shared_default_rootfs_is_read_only_at_the_host(tmp_path: os.PathLike[str]) -> None:
     # Read-only inside the guest is no boundary (its root can remount);
     # virtiofsd itself must refuse the writes.
-    from minibox.container.busybox import default_rootfs
+    from minibox.images.busybox import default_rootfs
 
     marker = os.path.join(default_rootfs(), "bin", "written-by-a-guest")
     result = run_vm(Spec(argv=["sh", "-c", "mount -o remount,rw / ; touch /bin/written-by-a-guest; echo rc=$?; "

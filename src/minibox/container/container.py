@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError
+from ..images.busybox import default_rootfs
 from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Mount, Spec
-from .busybox import default_rootfs
 from .namespaces import JOIN_ORDER, clone_flags
 from .rootfs import mount_plan, overlay_root
 from .spawn import ChildPlan, read_child_error, spawn

@@ -34,10 +34,11 @@ import os
 from typing import Any
 
 from ..errors import SpecError
+from ..images.paths import resolve_in_root
 from ..network import NetworkConfig, config_from_env
 from ..network.sandbox import ETC_FILES, etc_files, release_record
 from ..spec import Spec
-from .rootfs import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, OP_MOUNT, OP_REMOUNT, MountOp, resolve_in_root
+from .rootfs import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, OP_MOUNT, OP_REMOUNT, MountOp
 
 
 def veth_name(container_id: str) -> str:

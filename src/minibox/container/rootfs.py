@@ -31,6 +31,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from ..images.paths import resolve_in_root
 from ..spec import Mount, Spec
 
 # mount(2) flags
@@ -82,35 +83,6 @@ class MountOp:
             src = self.fstype if self.fstype else self.source
             return f"{what} {src} on {self.target}"
         return f"{what} {self.target}"
-
-
-def resolve_in_root(rootfs: str, path: str) -> str:
-    """Resolve ``path`` as the container will see it, following symlinks inside ``rootfs``.
-
-    Returns a host path under ``rootfs``.  Components that do not exist yet
-    are kept as they are (the plan creates them).
-    """
-    parts = [p for p in path.split("/") if p and p != "."]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(rootfs, *resolved, part)
-        if os.path.islink(candidate):
-            hops += 1
-            if hops > 40:
-                raise OSError(40, "too many levels of symbolic links", path)
-            link = os.readlink(candidate)
-            if link.startswith("/"):
-                resolved = []
-            parts = [p for p in link.split("/") if p and p != "."] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(rootfs, *resolved)
 
 
 def _proc_and_sys(root: str, spec: Spec, in_userns: bool) -> list[MountOp]:

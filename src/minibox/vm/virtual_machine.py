@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno as _errno
-import importlib
 import itertools
 import os
 import secrets
@@ -97,7 +96,7 @@ def _make_mount_points(rootfs: str, mounts: Sequence[Mount]) -> None:
     guest agent cannot create them; a container creates its own the same
     way, in the host directory, before the read-only remount.
     """
-    from ..container.rootfs import resolve_in_root
+    from ..images.paths import resolve_in_root
 
     for m in mounts:
         target = resolve_in_root(rootfs, m.target)
@@ -114,16 +113,10 @@ def _make_mount_points(rootfs: str, mounts: Sequence[Mount]) -> None:
 
 
 def _default_rootfs() -> str:
-    """minibox's busybox rootfs, built by the container path on first use."""
-    for module in ("minibox.container.busybox", "minibox.container.rootfs"):
-        try:
-            build = getattr(importlib.import_module(module), "default_rootfs", None)
-        except ImportError:
-            continue
-        if build is not None:
-            return str(build())
-    raise PreflightError("no rootfs given and minibox's busybox rootfs is unavailable; "
-                         "pass Spec(rootfs=DIR) (build one: minibox rootfs busybox DIR)")
+    """minibox's busybox rootfs, shared by both paths (built on first use)."""
+    from ..images.busybox import default_rootfs
+
+    return str(default_rootfs())
 
 
 def guest_initramfs(spec: Spec, agent_bin: Path, modules: Sequence[tuple[str, bytes]],
