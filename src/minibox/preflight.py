@@ -183,53 +183,26 @@ def check_subordinate_ids(uid: int | None = None) -> Finding:
                    f"newuidmap/newgidmap present")
 
 
-def _cgroup_mounts() -> tuple[str | None, dict[str, str]]:
-    """(cgroup2 mount point or None, {v1 controller: mount point})."""
-    unified: str | None = None
-    v1: dict[str, str] = {}
-    for line in (_read("/proc/self/mounts") or "").splitlines():
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        _, target, fstype, options = parts[:4]
-        if fstype == "cgroup2":
-            unified = unified or target
-        elif fstype == "cgroup":
-            for opt in options.split(","):
-                if opt in ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
-                           "net_cls", "net_prio", "perf_event", "hugetlb", "rdma", "misc"):
-                    v1[opt] = target
-    return unified, v1
-
-
-def _own_cgroups() -> dict[str, str]:
-    """{controller or '' for v2: path} from /proc/self/cgroup."""
-    own: dict[str, str] = {}
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        for controller in parts[1].split(",") if parts[1] else [""]:
-            own[controller] = parts[2]
-    return own
-
-
 def check_cgroups() -> list[Finding]:
     """The cgroup layout, and whether the caller's own cgroups are writable (delegated)."""
-    unified, v1 = _cgroup_mounts()
-    own = _own_cgroups()
-    v2_controllers: list[str] = []
-    if unified:
-        v2_controllers = (_read(os.path.join(unified, "cgroup.controllers")) or "").split()
+    from .container.cgroups import layout as cgroup_layout
+    from .errors import PreflightError
+
+    try:
+        found = cgroup_layout.detect_layout()
+    except PreflightError as e:
+        return [Finding("cgroups", False, f"{e}; limits cannot be enforced")]
+    own = cgroup_layout.own_cgroups(found.proc_cgroup)
+    v1 = {c: h.mountpoint for c, h in found.hierarchies.items()} if found.kind == "v1" else {}
+    unified = found.unified.mountpoint if found.unified is not None else None
+    v2_controllers = list(found.unified.controllers) if found.unified is not None else []
     if v1 and unified:
         layout = (f"hybrid: v1 controllers {', '.join(sorted(v1))}; cgroup2 at {unified} "
                   f"with {', '.join(v2_controllers) or 'no controllers'}")
     elif v1:
         layout = f"v1 only: {', '.join(sorted(v1))}"
-    elif unified:
-        layout = f"v2 (unified) at {unified}: {', '.join(v2_controllers) or 'no controllers'}"
     else:
-        return [Finding("cgroups", False, "no cgroup file system mounted; limits cannot be enforced")]
+        layout = f"v2 (unified) at {unified}: {', '.join(v2_controllers) or 'no controllers'}"
     findings = [Finding("cgroups", True, layout)]
 
     # Delegation: can we create a child cgroup where our process lives?

@@ -55,9 +55,9 @@ class FakeCgroup1:
         (cpuset / "cpuset.mems").write_text("0\n")
         (base / "unified").mkdir()
         (base / "unified" / "cgroup.controllers").write_text("hugetlb\n")
-        monkeypatch.setattr(cgroups, "_mkdir", self.mkdir)
-        monkeypatch.setattr(cgroups, "_rmdir", self.rmdir)
-        monkeypatch.setattr(cgroups, "_write", self.write)
+        monkeypatch.setattr(cgroups.files, "mkdir", self.mkdir)
+        monkeypatch.setattr(cgroups.files, "rmdir", self.rmdir)
+        monkeypatch.setattr(cgroups.files, "write", self.write)
         # The caller's per-command memory cgroup already exists (the shell made it).
         os.makedirs(self.dir("memory") / OWN_MEMORY.strip("/"))
         self._populate(self.dir("memory") / OWN_MEMORY.strip("/"), ("memory",))

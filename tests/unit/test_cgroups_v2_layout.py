@@ -43,9 +43,9 @@ class FakeCgroup2:
         self.swap = True                      # whether the kernel has swap accounting
         root.mkdir()
         self._populate(root, ALL.split())
-        monkeypatch.setattr(cgroups, "_mkdir", self.mkdir)
-        monkeypatch.setattr(cgroups, "_rmdir", self.rmdir)
-        monkeypatch.setattr(cgroups, "_write", self.write)
+        monkeypatch.setattr(cgroups.files, "mkdir", self.mkdir)
+        monkeypatch.setattr(cgroups.files, "rmdir", self.rmdir)
+        monkeypatch.setattr(cgroups.files, "write", self.write)
 
     def rel(self, path: str | Path) -> str:
         return str(Path(path).relative_to(self.root))

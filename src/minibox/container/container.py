@@ -5,7 +5,7 @@ csrc/spawn.c).  In order, ``start()``:
 
 1. validates what the Spec asks of *this* path, and compiles the hardening
    (capability masks, seccomp program, rlimits) -- before anything exists;
-2. creates the container's cgroups (container/cgroups.py);
+2. creates the container's cgroups (container/cgroups/);
 3. clones the child into its namespaces (container/spawn.py -> C); the
    child blocks on a pipe;
 4. writes the child's uid/gid maps (container/userns.py) and attaches it
