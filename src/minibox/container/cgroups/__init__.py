@@ -15,7 +15,7 @@ say which one a host uses and where the caller sits; this module reads them
 instead of guessing paths.
 
 Like crun's small table of backends, one :class:`Cgroup` interface drives two
-backends, :class:`_V1` and :class:`_V2`, which differ only in which files they
+backends, :class:`.v1.V1` and :class:`.v2.V2` (the table :data:`BACKENDS`), which differ only in which files they
 touch.  A container's cgroup lives at ``<caller's own cgroup>/minibox/<id>``
 (per hierarchy on v1), or under a configured parent; minibox never writes the
 settings of the host's root cgroup.  See docs/cgroups.md.
