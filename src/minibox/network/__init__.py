@@ -17,8 +17,9 @@ Modules:
   ``runtime_dir()/network/`` under an flock(2), so that threads and processes
   starting sandboxes at once never share an address.
 * :mod:`minibox.network.ports` -- ``-p HOSTPORT:PORT`` as nftables rules.
-* :mod:`minibox.network.sandbox` -- what one sandbox owns, container or VM
-  alike: its generated /etc files, and the undo of its record.
+* :mod:`minibox.network.attachment` -- one port of the bridge from lease to
+  release, container or VM alike: lease, ports, generated /etc files, and
+  the undo of its record.
 
 Nothing here routes or NATs traffic off the machine: the bridge has no
 uplink, IP forwarding is never enabled, and the only NAT rule is DNAT for

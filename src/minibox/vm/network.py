@@ -9,8 +9,9 @@ behalf of the guest's virtio-net device (``virtio-net-device`` on microvm's
 virtio-mmio bus, ``virtio-net-pci`` on q35/pc), so the guest's ``eth0`` is
 one port of the minibox bridge, next to the containers' veths.
 
-This is the VM counterpart of :mod:`minibox.container.network`, and the
-difference is the point: a container's eth0 is a veth end *in a network
+This is the VM counterpart of :mod:`minibox.container.network`; the lease,
+the ports and the release are the bridge port's lifecycle both share
+(:mod:`minibox.network.attachment`).  The difference is the point: a container's eth0 is a veth end *in a network
 namespace of the host kernel* that minibox configures from the host over
 rtnetlink; a VM's eth0 belongs to *another kernel*, which the host cannot
 configure.  The host only hands the guest agent its address and gateway
@@ -19,9 +20,9 @@ from inside with ioctl(2)s (netdevice(7), SIOCSIFADDR ... SIOCADDRT).
 
 The life of a bridged VM, as :class:`minibox.vm.VirtualMachine` drives it:
 
-1. :meth:`VmNetwork.prepare` -- before QEMU exists: lease an address
-   (creating the bridge with the first lease) and publish the Spec's ports
-   (nftables DNAT to the guest's address).
+1. :meth:`VmNetwork.prepare` -- before QEMU exists: acquire a
+   :class:`~minibox.network.attachment.BridgePort` (lease an address,
+   creating the bridge with the first lease; publish the Spec's ports).
 2. :meth:`VmNetwork.open_tap` -- in the thread that starts QEMU: create a
    *non-persistent* tap on the bridge and return its fd, which QEMU inherits
    (``pass_fds``).  The tap vanishes when the last copy of the fd closes,
@@ -48,8 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpecError
-from ..network import NetworkConfig, config_from_env
-from ..network.sandbox import etc_files, release_record
+from ..network.attachment import BridgePort, release_record
 from ..spec import Spec
 
 #: The guest's NIC name: the only NIC, named by the guest kernel (no udev in the initramfs).
@@ -83,14 +83,11 @@ class GuestNetwork:
 class VmNetwork:
     """One VM's place on the minibox bridge.  Build it with :meth:`prepare`."""
 
-    def __init__(self, vm_id: str, spec: Spec, config: NetworkConfig, lease: Any) -> None:
+    def __init__(self, vm_id: str, port: BridgePort) -> None:
         self.vm_id = vm_id
-        self.spec = spec
-        self.config = config
-        self.lease = lease
-        self.link = tap_name(vm_id)
+        self.port = port
+        self.link = port.link
         self.mac = guest_mac(vm_id)
-        self._released = False
 
     # -- 1. before QEMU exists ----------------------------------------------------
 
@@ -99,31 +96,17 @@ class VmNetwork:
         """Lease an address and publish the ports; SpecError on a bad --ip or -p.  Leaves nothing on failure."""
         if os.geteuid() != 0:
             raise SpecError("network", "'bridge' needs root (a tap device on the host's bridge); use 'none'")
-        from ..network import ipam
-
-        config = config_from_env()
-        lease = ipam.acquire(vm_id, config, requested=spec.ip, kind="vm", link=tap_name(vm_id),
-                             nft_table=config.nft_table if spec.ports else None)
-        self = cls(vm_id, spec, config, lease)
-        try:
-            if spec.ports:
-                from ..network import ports
-
-                ports.publish(config.nft_table, vm_id, lease.gateway, lease.address.ip, spec.ports)
-        except BaseException:
-            self.release()
-            raise
-        return self
+        return cls(vm_id, BridgePort.acquire(vm_id, "vm", tap_name(vm_id), spec))
 
     @property
     def address(self) -> str:
         """The guest's IPv4 address on the bridge."""
-        return str(self.lease.address.ip)
+        return self.port.address
 
     @property
     def gateway(self) -> str:
         """The bridge's own address: the guest's default route, and where published ports listen."""
-        return str(self.lease.gateway)
+        return self.port.gateway
 
     # -- 2. in the thread that starts QEMU ------------------------------------------
 
@@ -140,38 +123,32 @@ class VmNetwork:
         from ..network import bridge
 
         with bridge.opened() as ipr:
-            return bridge.open_tap(ipr, self.link, self.config.bridge)
+            return bridge.open_tap(ipr, self.link, self.port.config.bridge)
 
     # -- 3. the initramfs ---------------------------------------------------------
 
     def guest_config(self) -> GuestNetwork:
-        return GuestNetwork(GUEST_IFNAME, self.address, self.lease.address.network.prefixlen, self.gateway)
+        return GuestNetwork(GUEST_IFNAME, self.address, self.port.prefixlen, self.gateway)
 
     def etc_files(self) -> dict[str, str]:
         """name -> contents of the guest's /etc files; the same text a bridged container gets."""
-        return etc_files(self.spec.hostname, self.address, self.gateway)
+        return self.port.etc_files()
 
     # -- 4. QEMU runs ---------------------------------------------------------------
 
     def started(self, qemu_pid: int) -> None:
         """Record QEMU in the lease: while it lives, the lease is not reclaimed."""
-        from ..network import ipam
-
-        ipam.update(self.config.bridge, self.vm_id, pid=ipam.sandbox_identity(qemu_pid))
+        self.port.running(qemu_pid)
 
     # -- 5. on every exit path --------------------------------------------------------
 
     def record(self) -> dict[str, Any]:
         """What :func:`release_stale` needs, for the VM's state file (the shape a container's has)."""
-        return {"id": self.vm_id, "bridge": self.config.bridge, "link": self.link,
-                "address": self.address, "nft_table": self.config.nft_table if self.spec.ports else None}
+        return self.port.record()
 
     def release(self) -> None:
         """Remove port rules, the tap (normally gone with QEMU already) and the lease.  Idempotent."""
-        if self._released:
-            return
-        release_record(self.record())
-        self._released = True
+        self.port.release()
 
 
 def release_stale(record: dict[str, Any]) -> None:
