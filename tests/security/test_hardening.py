@@ -34,7 +34,7 @@ import pytest
 
 import minibox
 from minibox import Spec, SpecError
-from minibox.container import capabilities, rlimits, seccomp
+from minibox.policy import capabilities, rlimits, seccomp
 
 HERE = Path(__file__).resolve().parent
 

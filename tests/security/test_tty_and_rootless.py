@@ -149,11 +149,11 @@ def as_user(user: tuple[int, int], home: str, work: Callable[[], Any]) -> Any:
     # Import lazily-loaded modules before forking: the child may not read /root.
     import encodings.ascii  # noqa: F401
 
-    import minibox.container.capabilities
     import minibox.container.cgroups
     import minibox.container.container
-    import minibox.container.rlimits
-    import minibox.container.seccomp  # noqa: F401
+    import minibox.policy.capabilities
+    import minibox.policy.rlimits
+    import minibox.policy.seccomp  # noqa: F401
 
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from minibox.container import capabilities, seccomp, seccomp_cache
+from minibox.policy import capabilities, seccomp
+from minibox.policy.seccomp import cache as seccomp_cache
 
 
 def test_cached_program_is_the_compiled_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -173,7 +173,7 @@ class Container(Sandbox):
 
     def _hardening(self, plan: ChildPlan) -> None:
         """Fill the plan's capability, no_new_privs, seccomp and rlimit fields."""
-        from . import capabilities
+        from ..policy import capabilities
 
         spec = self.spec
         masks = capabilities.capability_masks(spec)
@@ -186,15 +186,15 @@ class Container(Sandbox):
         plan.no_new_privs = spec.no_new_privileges
         caps = capabilities.capability_set(spec)
         if spec.seccomp == "default":  # the common case: cached on disk, no compiler to import
-            from .seccomp_cache import default_program
+            from ..policy.seccomp.cache import default_program
 
             plan.seccomp_filter = default_program(caps)
         else:
-            from .seccomp import compile_profile
+            from ..policy.seccomp.compile import compile_profile
 
             plan.seccomp_filter = compile_profile(spec.seccomp, caps=caps)
         if spec.rlimits:  # importing the parser costs a little; most Specs set none
-            from .rlimits import parse_rlimits
+            from ..policy.rlimits import parse_rlimits
 
             plan.rlimits = parse_rlimits(spec.rlimits)
 

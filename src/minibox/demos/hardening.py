@@ -12,7 +12,7 @@ import os
 
 import minibox
 from minibox import Spec
-from minibox.container import capabilities, seccomp
+from minibox.policy import capabilities, seccomp
 
 from ._narrate import heading, pointer, say, show
 

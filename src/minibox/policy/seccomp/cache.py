@@ -1,6 +1,6 @@
 """The default seccomp program, cached on disk between processes.
 
-Compiling the default profile (seccomp.py: about 150 libseccomp rules) and
+Compiling the default profile (profile.py and compile.py: about 150 libseccomp rules) and
 even importing the compiler cost several milliseconds: a large share of a
 ``minibox run`` from the shell, where every process starts cold.  The
 program depends only on the capability set, the compiler's source, the
@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import os
 
-SOCK_FILTER_SIZE = 8  # struct sock_filter, as in seccomp.py
+SOCK_FILTER_SIZE = 8  # struct sock_filter, as in profile.py
 
 
 def _key(caps: frozenset[str]) -> str:
     import zlib  # hashlib would cost 2 ms of imports; two 32-bit checksums make the key
 
     material = b""
-    for source in ("seccomp.py", "capabilities.py"):  # the compiler and the names it maps
-        with open(os.path.join(os.path.dirname(__file__), source), "rb") as f:
+    here = os.path.dirname(__file__)
+    for source in ("profile.py", "oci.py", "compile.py", "../capabilities.py"):  # the compiler and the names it maps
+        with open(os.path.join(here, source), "rb") as f:
             material += f.read()
     uname = os.uname()
     material += repr((sorted(caps), uname.release, uname.machine)).encode()
@@ -31,7 +32,7 @@ def _key(caps: frozenset[str]) -> str:
 
 def default_program(caps: frozenset[str]) -> bytes:
     """The BPF program of the default profile for ``caps``: from the cache, or compiled and cached."""
-    from ..paths import state_dir_name
+    from ...paths import state_dir_name
 
     path = os.path.join(state_dir_name(), "cache", f"seccomp-{_key(caps)}.bpf")
     try:
@@ -41,7 +42,7 @@ def default_program(caps: frozenset[str]) -> bytes:
             return program
     except OSError:
         pass
-    from .seccomp import compile_profile
+    from .compile import compile_profile
 
     compiled = compile_profile("default", caps=caps)
     assert compiled is not None
