@@ -352,7 +352,7 @@ class Spec:
             if "user" not in self.effective_namespaces:
                 raise SpecError(name, "id maps need a user namespace; add 'user' to namespaces")
             set_(self, name, tuple(value))
-        # hardening: shapes only here; names are checked by container.capabilities
+        # hardening: shapes only here; names are checked by policy.capabilities
         for name in ("cap_add", "cap_drop"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(c, str) for c in value):

@@ -2,7 +2,7 @@
 
 Two halves:
 
-* unit tests of ``minibox.container.capabilities``, ``.seccomp`` and
+* unit tests of ``minibox.policy.capabilities``, ``.seccomp`` and
   ``.rlimits`` that need no container.  The seccomp program is checked by
   running it through a small classic-BPF interpreter (below) on synthetic
   ``struct seccomp_data``, for every ABI of this machine, and once by
