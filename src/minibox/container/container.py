@@ -3,7 +3,7 @@
 This module is the parent's side of a container's life (the child's side is
 csrc/spawn.c).  In order, ``start()``:
 
-1. validates what the Spec asks of *this* path, and compiles the hardening
+1. plans (container/plan.py): validates what the Spec asks of *this* path and compiles the hardening
    (capability masks, seccomp program, rlimits) -- before anything exists;
 2. creates the container's cgroups (container/cgroups/);
 3. clones the child into its namespaces (container/spawn.py -> C); the
@@ -24,7 +24,6 @@ which leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import select
@@ -34,59 +33,18 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError
-from ..images.busybox import default_rootfs
 from ..sandbox import Result, Sandbox, Stats, Usage
-from ..spec import Mount, Spec
+from ..spec import Spec
 from .namespaces import JOIN_ORDER, clone_flags
-from .rootfs import mount_plan, overlay_root
-from .spawn import ChildPlan, read_child_error, spawn
+from .plan import choose_root, process_plan
+from .rootfs import mount_plan
+from .spawn import read_child_error, spawn
 from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
 from .userns import default_maps, write_id_maps
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
     from typing import Any
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-_scratch: str | None = None
-
-
-_overlayfs: bool | None = None
-
-
-def _overlayfs_available() -> bool:
-    """Whether this kernel has overlayfs loaded (/proc/filesystems; filesystems(5))."""
-    global _overlayfs
-    if _overlayfs is None:
-        with open("/proc/filesystems") as f:
-            _overlayfs = any(line.split()[-1] == "overlay" for line in f if line.strip())
-    return _overlayfs
-
-
-def _overlay_scratch() -> str:
-    """An empty host directory every child may mount its private overlay tmpfs on.
-
-    Mounts made there live in each child's own mount namespace: on the host
-    the directory stays empty, and many containers share it at once.  It
-    sits beside the image in the state directory (mode 0755), because a
-    child in a user namespace is an unprivileged uid on the host and must
-    still be able to reach it.
-    """
-    global _scratch
-    if _scratch is None:
-        from ..paths import state_dir_name
-
-        path = os.path.join(state_dir_name(), "overlay")
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        _scratch = path
-    return _scratch
-
-
-def _maps_root(maps: Sequence[Any]) -> bool:
-    return any(m.inside <= 0 < m.inside + m.count for m in maps)
-
 
 class Container(Sandbox):
     """A command isolated by namespaces and cgroups on the host kernel.
@@ -171,72 +129,14 @@ class Container(Sandbox):
                 self._teardown()
                 raise
 
-    def _hardening(self, plan: ChildPlan) -> None:
-        """Fill the plan's capability, no_new_privs, seccomp and rlimit fields."""
-        from ..policy import capabilities
-
-        spec = self.spec
-        masks = capabilities.capability_masks(spec)
-        plan.set_caps = True
-        plan.cap_bounding = masks.bounding
-        plan.cap_effective = masks.effective
-        plan.cap_permitted = masks.permitted
-        plan.cap_inheritable = masks.inheritable
-        plan.cap_ambient = masks.ambient
-        plan.no_new_privs = spec.no_new_privileges
-        caps = capabilities.capability_set(spec)
-        if spec.seccomp == "default":  # the common case: cached on disk, no compiler to import
-            from ..policy.seccomp.cache import default_program
-
-            plan.seccomp_filter = default_program(caps)
-        else:
-            from ..policy.seccomp.compile import compile_profile
-
-            plan.seccomp_filter = compile_profile(spec.seccomp, caps=caps)
-        if spec.rlimits:  # importing the parser costs a little; most Specs set none
-            from ..policy.rlimits import parse_rlimits
-
-            plan.rlimits = parse_rlimits(spec.rlimits)
-
-    def _base_plan(self, argv: Sequence[str]) -> ChildPlan:
-        spec = self.spec
-        env = dict(spec.env)
-        env.setdefault("PATH", DEFAULT_PATH)
-        env.setdefault("HOSTNAME", spec.hostname)
-        env.setdefault("HOME", "/root" if spec.user[0] == 0 else "/")
-        plan = ChildPlan(argv=list(argv), envp=[f"{k}={v}" for k, v in env.items()],
-                         path_env=env["PATH"], cwd=spec.cwd, uid=spec.user[0], gid=spec.user[1],
-                         cmd=argv[0])
-        in_userns = "user" in spec.effective_namespaces
-        plan.set_ids = spec.user != (0, 0) or in_userns
-        plan.set_groups = not in_userns or os.geteuid() == 0
-        if in_userns:
-            uid_map, gid_map = default_maps(spec)
-            plan.become_root = _maps_root(uid_map) and _maps_root(gid_map)
-        self._hardening(plan)
-        return plan
-
     def _start(self) -> None:
         spec = self.spec
         namespaces = spec.effective_namespaces
         in_userns = "user" in namespaces
         # Everything that can reject the Spec runs before anything exists.
-        plan = self._base_plan(spec.argv)
+        plan = process_plan(spec, spec.argv)
         uid_map, gid_map = default_maps(spec) if in_userns else ((), ())
-        rootfs = spec.rootfs or default_rootfs()
-        # minibox's own rootfs is shared by every container that does not
-        # name one: each gets a private, writable overlay over it (as docker
-        # gives a container layer), so none can change what the next starts
-        # from.  A rootfs the Spec names is used in place.
-        root = rootfs
-        readonly = spec.readonly_rootfs
-        if spec.rootfs is None and _overlayfs_available():
-            plan.root_ops, root = overlay_root(rootfs, _overlay_scratch())
-        elif spec.rootfs is None:
-            # A kernel without overlayfs: the shared image read-only, a private /tmp.
-            readonly = True
-            if not any(m.target == "/tmp" for m in spec.mounts):
-                spec = dataclasses.replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
+        spec, rootfs, root, readonly = choose_root(spec, plan)
         if spec.network == "bridge":
             from .network import NetworkAttachment
             self._network = NetworkAttachment.prepare(self.id, spec)
@@ -537,7 +437,7 @@ class Container(Sandbox):
             raise MiniboxError("cannot exec: the container is not running")
         probe = Spec(argv=list(argv), rootfs=self.spec.rootfs or "/")  # validates argv
         namespaces = [ns for ns in JOIN_ORDER if ns in self.spec.effective_namespaces]
-        plan = self._base_plan(probe.argv)
+        plan = process_plan(self.spec, probe.argv)
         started = time.monotonic()
         fds: list[int] = []
         child_ends: list[int] = []
