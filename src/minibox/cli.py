@@ -147,6 +147,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         compare.add_argument("--peers", action="store_true", help="also measure crun, runc and bwrap when present")
         compare.add_argument("--json", action="store_true", help="machine-readable output")
         compare.add_argument("--markdown", action="store_true", help="a Markdown table")
+        compare.add_argument("--wide", action="store_true",
+                             help="the long form: every value with how it was measured (wider than 80 columns)")
+        compare.add_argument("--plot", metavar="FILE",
+                             help="also draw start times and memory into FILE (.svg or .png; needs matplotlib)")
     if wanted("demo"):
         demo = add("demo", help="list or run the teaching demos")
         demo.add_argument("name", nargs="?", help="the demo to run")
@@ -394,7 +398,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import main as compare_main
+    from .compare.command import main as compare_main
 
     return compare_main(args)
 

@@ -1,10 +1,14 @@
-"""Reading a process from /proc/PID/stat, the one way minibox does it.
+"""Reading /proc, the one way minibox does it (proc(5)).
 
-proc(5): the second field is the command name in parentheses, and it may
+/proc/PID/stat: the second field is the command name in parentheses, and it may
 itself contain spaces and ')' -- so the line is split after the *last*
 ')'.  The fields minibox needs: the state (``Z`` for a zombie), the parent,
 CPU time, and the start time, which together with the pid names one
 process for good (a recycled pid has another start time).
+
+Memory figures: a process's ``VmRSS``/``VmHWM`` from /proc/PID/status, its
+PSS from /proc/PID/smaps_rollup, and the host's MemAvailable from
+/proc/meminfo -- all ``Name:  N kB`` lines.
 """
 
 from __future__ import annotations
@@ -59,3 +63,40 @@ def children(pid: int) -> list[ProcStat]:
             if st is not None and st.ppid == pid:
                 kids.append(st)
     return kids
+
+
+# --- memory figures: /proc/PID/status, /proc/PID/smaps_rollup, /proc/meminfo ---------------
+
+
+def _field_kib(path: str, name: str) -> int | None:
+    """The number of a ``Name:   1234 kB`` line of a /proc file, in KiB."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def status_kib(pid: int, name: str) -> int | None:
+    """A KiB field of /proc/PID/status (``VmRSS``, ``VmHWM``...), or None when gone."""
+    return _field_kib(f"/proc/{pid}/status", name)
+
+
+def pss_kib(pid: int) -> int | None:
+    """``pid``'s proportional set size (shared pages split among their sharers), proc(5) smaps_rollup."""
+    return _field_kib(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def mem_available() -> int | None:
+    """/proc/meminfo's MemAvailable in bytes: what can be allocated without swapping."""
+    kib = _field_kib("/proc/meminfo", "MemAvailable")
+    return None if kib is None else kib * 1024
+
+
+def mem_total() -> int | None:
+    """/proc/meminfo's MemTotal in bytes."""
+    kib = _field_kib("/proc/meminfo", "MemTotal")
+    return None if kib is None else kib * 1024

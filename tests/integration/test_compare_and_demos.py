@@ -36,7 +36,7 @@ from typing import Any
 import prctl
 import pytest
 
-from minibox.compare import Cell, Column, Report, render_markdown, render_plain
+from minibox.compare import Cell, Column, Report, render_markdown, render_plain, render_wide
 from minibox.container import cgroups
 from minibox.demos import DEMOS
 
@@ -193,10 +193,17 @@ def run_checked(iso: Isolated, argv: list[str]) -> subprocess.CompletedProcess[s
 
 
 @as_root_with_qemu
-def test_compare_json_measures_both_rows(isolated: Isolated) -> None:
-    proc = run_checked(isolated, [MINIBOX, "compare", "--json", "--runs", "2", "--density", "2"])
+def test_compare_json_measures_both_rows(isolated: Isolated, tmp_path: Path) -> None:
+    picture = tmp_path / "compare.svg"
+    proc = run_checked(isolated, [MINIBOX, "compare", "--json", "--runs", "2", "--density", "2",
+                                  "--plot", str(picture)])
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
+    # --plot drew both kinds' start times and memory: an SVG naming them, one dot per sample
+    svg = picture.read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    for words in ("container", "cold microVM", "start-to-exit", "host memory per idle sandbox"):
+        assert words in svg, words
     rows = {row["name"]: row["values"] for row in data["rows"]}
     assert {"container", "vm"} <= set(rows)
     for name in ("container", "vm"):
@@ -239,6 +246,46 @@ def test_renderings_mark_what_was_not_measured() -> None:
     assert vm_row["values"]["start_to_exit"] == {"value": None, "unit": "ms", "status": "not measured",
                                                  "reason": "qemu is not installed"}
     assert data["ratios_vm_over_container"]["start_to_exit"] is None
+
+
+def _full_report() -> Report:
+    """A report with every value measured, as long as this host's would be."""
+    def timing(ms: float) -> Cell:
+        return Cell(ms, "ms", f"{ms} ms", note="median of 5 runs", samples=[ms * f for f in (0.9, 1, 1, 1.1, 1.3)])
+
+    container = Column("container", "container (minibox.Container)", "minibox", {
+        "boundary": Cell("host kernel", "", "the host kernel: namespaces + cgroups", status="described"),
+        "kernel_release": Cell("6.18.44-fc-v857", "", "6.18.44-fc-v857 (the host's)"),
+        "accelerator": Cell("none", "", "none (host CPU, host kernel)", status="described"),
+        "start_to_exit": timing(3.21), "memory_idle": Cell(262144, "bytes", "256 KiB", samples=[262144.0]),
+        "disk": Cell(2_100_000, "bytes", "2.0 MiB"),
+        "density": Cell(10, "sandboxes", "10 of 10", extra={"seconds": 0.31, "requested": 10}),
+    })
+    vm = Column("vm", "microVM (minibox.VirtualMachine)", "minibox", {
+        "boundary": Cell("hypervisor", "", "QEMU microvm (TCG) + guest kernel", status="described"),
+        "kernel_release": Cell("6.1.0-56-cloud-amd64", "", "6.1.0-56-cloud-amd64 (host: 6.18.44-fc-v857)"),
+        "accelerator": Cell("tcg", "", "TCG", note="/dev/kvm could not boot the guest: " + "x" * 200),
+        "start_to_exit": timing(1456.0), "memory_idle": Cell(229_000_000, "bytes", "218 MiB"),
+        "disk": Cell(56_000_000, "bytes", "53 MiB"),
+        "density": Cell(4, "sandboxes", "4 of 10", extra={"seconds": 6.2, "requested": 10}),
+    })
+    host = {"kernel": "6.18.44-fc-v857", "cpus": 2, "cpu_model": "AMD EPYC 7R13 Processor",
+            "memory_total_bytes": 25 << 30, "cgroups": "hybrid: v1 controllers, cgroup2 at /sys/fs/cgroup/unified",
+            "qemu": "7.2.19"}
+    return Report("2026-12-02 10:50 UTC", host, 5, 10, [container, vm])
+
+
+def test_default_table_fits_80_columns_and_wide_has_the_rest() -> None:
+    report = _full_report()
+    text = render_plain(report)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for value in ("3.21 ms", "1,456 ms", "256 KiB", "218 MiB", "6.1.0-56-cloud-amd64", "4 of 10 in 6.2 s", "TCG"):
+        assert value in text, value
+    assert "454\u00d7" in text  # 1456 / 3.21, the VM over the container
+    assert "[1]" not in text  # footnotes only for what was not measured
+    wide = render_wide(report)
+    assert "/dev/kvm could not boot the guest" in wide and "median of 5 runs" in wide
+    assert max(len(line) for line in wide.splitlines()) > 80
 
 
 # --- the demos -------------------------------------------------------------------------------
