@@ -158,10 +158,29 @@ def _subid_ranges(path: str, uid: int, name: str | None) -> list[tuple[int, int]
 
 
 def check_subordinate_ids(uid: int | None = None) -> Finding:
-    """newuidmap/newgidmap and /etc/subuid, /etc/subgid ranges for the (invoking) user."""
+    """newuidmap/newgidmap and /etc/subuid, /etc/subgid ranges for the (invoking) user.
+
+    Only rootless mode needs them: root writes any uid_map itself
+    (user_namespaces(7), "Defining user and group ID mappings").  So when
+    root asks about itself, a missing range is no problem and is not
+    reported as one; under sudo the detail still says what the invoking
+    user would have for rootless use.
+    """
+    as_root = uid is None and os.geteuid() == 0
     if uid is None:
         sudo_uid = os.environ.get("SUDO_UID")
         uid = int(sudo_uid) if os.geteuid() == 0 and sudo_uid and sudo_uid.isdigit() else os.getuid()
+    if as_root and uid == 0:
+        return Finding("subordinate ids", True, "not needed as root (root maps any ids itself); "
+                                                "rootless users need /etc/subuid and /etc/subgid ranges")
+    found = _subordinate_ids_of(uid)
+    if as_root:
+        state = "ready" if found.ok else "not ready"
+        return Finding("subordinate ids", True, f"not needed as root; for rootless use, {state}: {found.detail}")
+    return found
+
+
+def _subordinate_ids_of(uid: int) -> Finding:
     name = _user_name(uid)
     who = f"{name or 'uid'} ({uid})"
     tools = {tool: shutil.which(tool) for tool in ("newuidmap", "newgidmap")}

@@ -719,3 +719,19 @@ def test_preflight_subordinate_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert found.ok and "200000+65536" in found.detail
     missing = preflight.check_subordinate_ids(4343)
     assert not missing.ok and "no /etc/subuid entry" in missing.detail
+
+
+def test_preflight_as_root_does_not_warn_about_subordinate_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root needs no /etc/subuid range: no NO line for it, under sudo the user's state in the detail."""
+    from minibox import preflight
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setattr(preflight, "_read", lambda path: "" if path in ("/etc/subuid", "/etc/subgid") else None)
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    alone = preflight.check_subordinate_ids()
+    assert alone.ok and "not needed as root" in alone.detail
+    monkeypatch.setenv("SUDO_UID", "4343")
+    under_sudo = preflight.check_subordinate_ids()
+    assert under_sudo.ok and "not ready" in under_sudo.detail and "no /etc/subuid entry" in under_sudo.detail
+    assert not preflight.check_subordinate_ids(4343).ok  # asked about that user: still a NO
