@@ -34,15 +34,11 @@ def _build_busybox_rootfs(root: Path) -> None:
 
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The lead's default busybox rootfs when it exists, else one built here."""
-    try:
-        from minibox.container.rootfs import default_rootfs
-    except ImportError:
-        root = tmp_path_factory.mktemp("rootfs")
-        root.chmod(0o755)  # pytest makes it 0700: other users inside could not reach /bin
-        _build_busybox_rootfs(root)
-        return str(root)
-    return default_rootfs()
+    """A busybox rootfs of this test session's own (tests may write into it)."""
+    root = tmp_path_factory.mktemp("rootfs")
+    root.chmod(0o755)  # pytest makes it 0700: other users inside could not reach /bin
+    _build_busybox_rootfs(root)
+    return str(root)
 
 
 def _children(names: tuple[str, ...] = ("qemu-system", "virtiofsd")) -> list[int]:
