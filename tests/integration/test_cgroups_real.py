@@ -101,9 +101,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 def test_this_host_is_detected_from_its_mount_table() -> None:
     layout = detect_layout()
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert layout.kind in ("v1", "v2")
-    if " - cgroup " in mounts and "memory" in layout.hierarchies:
-        assert layout.kind == "v1"  # these hybrid machines: the cgroup2 mount holds only hugetlb
+    # Decide independently: v2 when a cgroup2 mount offers memory, pids or cpu
+    # (or no v1 memory hierarchy exists); v1 otherwise (a hybrid host whose
+    # cgroup2 mount holds only e.g. hugetlb, like these machines).
+    v2_useful = v1_memory = False
+    for line in mounts.splitlines():
+        fields, _, tail = line.partition(" - ")
+        fstype, _source, options = tail.split()[:3]
+        mountpoint = fields.split()[4]
+        if fstype == "cgroup2":
+            controllers = set(Path(mountpoint, "cgroup.controllers").read_text().split())
+            v2_useful = v2_useful or bool(controllers & {"memory", "pids", "cpu"})
+        elif fstype == "cgroup" and "memory" in options.split(","):
+            v1_memory = True
+    assert layout.kind == ("v2" if v2_useful or not v1_memory else "v1")
     own = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
     parents = cgroups.parent_dirs()
     if layout.kind == "v1":

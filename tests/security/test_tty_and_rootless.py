@@ -25,6 +25,7 @@ import tempfile
 import termios
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,25 +189,41 @@ def as_user(user: tuple[int, int], home: str, work: Callable[[], Any]) -> Any:
     return json.loads(data)
 
 
-def test_rootless_user_gets_the_same_isolation(rootless_home: str, rootless_user: tuple[int, int]) -> None:
+def test_rootless_user_gets_the_same_isolation(rootless_home: str, rootless_user: tuple[int, int],
+                                               tmp_path: Path) -> None:
     rootfs = os.path.join(rootless_home, "rootfs")
+    # A host file the user CAN read on the host, at a path that also exists
+    # (as a directory) in the rootfs: inside, it must not be there.
+    marker_dir = Path("/tmp") / f"minibox-rootless-{os.getpid()}-{tmp_path.name}"
+    marker_dir.mkdir(mode=0o755)
+    marker = marker_dir / "host-secret"
+    marker.write_text("host-only content\n")
+    marker.chmod(0o644)
 
     def work() -> Any:
+        on_host = open(marker).read()
         r = minibox.run(Spec(argv=["sh", "-c", "echo $$; hostname; id -u; cat /proc/self/uid_map; "
                                    "ls /sys/class/net; grep CapEff /proc/self/status; "
-                                   "cat /etc/shadow 2>&1 | head -1"],
+                                   f"cat {marker} 2>&1 | head -1"],
                              rootfs=rootfs, hostname="rootless"))
-        return {"out": r.stdout.decode(), "err": r.stderr.decode(), "code": r.exit_code, "uid": os.geteuid()}
+        return {"out": r.stdout.decode(), "err": r.stderr.decode(), "code": r.exit_code, "uid": os.geteuid(),
+                "on_host": on_host}
 
-    got = as_user(rootless_user, rootless_home, work)
+    try:
+        got = as_user(rootless_user, rootless_home, work)
+    finally:
+        marker.unlink()
+        marker_dir.rmdir()
+
     assert "ok" in got, got
     assert got["ok"]["uid"] == rootless_user[0]
+    assert got["ok"]["on_host"] == "host-only content\n"  # the user reads it on the host...
     lines = got["ok"]["out"].split("\n")
     assert lines[0] == "1" and lines[1] == "rootless" and lines[2] == "0"
     assert lines[3].split() == ["0", str(rootless_user[0]), "1"]  # root inside is the user outside
     assert lines[4] == "lo"
     assert lines[5].split()[1] == "00000000a80425fb"  # the default set, in its own user namespace
-    assert "No such file" in lines[6]  # host files stay unreachable
+    assert "No such file" in lines[6] and "host-only" not in got["ok"]["out"]  # ...but not inside
     assert child_pids() == []
 
 
