@@ -1,4 +1,4 @@
-"""The VM path's parts on their own: accelerator probe, kernel, initramfs, protocol, QEMU argv."""
+"""The VM path's parts on their own: accelerator probe, kernel, initramfs, protocol, plan, QEMU argv."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from minibox.spec import Limits, Spec
-from minibox.vm import accel, agent, initramfs, machine
+from minibox.spec import Limits, Mount, Spec
+from minibox.vm import accel, agent, initramfs, machine, plan, virtiofs
 from minibox.vm.kernel import ensure_kernel, has_pvh_note
+from minibox.vm.virtiofs import Share
 from minibox.vm.virtual_machine import find_qemu, kvm_probe, qemu_version
 
 
@@ -104,3 +105,54 @@ def test_a_bridged_vm_gets_a_tap_netdev_and_a_network_record() -> None:
                                  files=[("/minibox/etc/hosts", "/etc/hosts")])
     assert b"Neth0\x0010.88.0.7\x0024\x0010.88.0.1\x00" in config
     assert config.endswith(b"B/minibox/etc/hosts\x00/etc/hosts\x00")
+
+
+def test_the_plan_shares_the_rootfs_and_each_bind_and_mounts_them_in_the_guest(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = tmp_path / "app.conf"
+    conf.write_text("x")
+    root = tmp_path / "root"
+    root.mkdir()
+    spec = Spec(argv=["true"], rootfs=str(root),
+                mounts=[Mount.bind(str(data), "/data"), Mount.bind(str(conf), "/etc/app.conf", readonly=True),
+                        Mount.tmpfs("/scratch", size="8M")])
+    p = plan.plan_vm(spec, "virtiofs", lambda: pytest.fail("the Spec names its rootfs"))
+    assert p.rootfs == str(root) and p.needs_virtiofs and not p.make_mount_points
+    assert p.shares == (Share("rootfs", str(root), False), Share("mount0", str(data), False),
+                        Share("mount1", str(tmp_path), True))  # a file: its directory is shared
+    assert [(m.kind, m.tag, m.name, m.target, m.readonly) for m in p.guest_mounts] == [
+        ("dir", "mount0", "", "/data", False), ("file", "mount1", "app.conf", "/etc/app.conf", True),
+        ("tmpfs", "", "", "/scratch", False)]
+    assert p.guest_mounts[2].size == str(8 << 20)
+    assert p.modules == plan.GUEST_MODULES and p.packed_root is None
+
+
+def test_the_plan_for_the_default_rootfs_is_read_only_with_a_private_tmp(tmp_path: Path) -> None:
+    p = plan.plan_vm(Spec(argv=["true"]), "virtiofs", lambda: "/images/busybox")
+    assert p.spec.readonly_rootfs and p.make_mount_points
+    assert p.shares == (Share("rootfs", "/images/busybox", True),)
+    assert [(m.kind, m.target) for m in p.guest_mounts] == [("tmpfs", "/tmp")]
+    packed = plan.plan_vm(Spec(argv=["true"], rootfs=str(tmp_path)), "initramfs", lambda: "", ("virtio_net",))
+    assert packed.shares == () and not packed.needs_virtiofs and packed.packed_root == str(tmp_path)
+    assert packed.modules == ("virtio_mmio", "virtio_console", "virtio_net")  # no virtiofs module
+
+
+def test_virtiofsd_of_a_read_only_share_runs_over_a_read_only_bind() -> None:
+    rw = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", 9, Share("rootfs", "/srv/root", False))
+    assert rw[0] == "/usr/lib/qemu/virtiofsd" and "--fd=9" in rw and "source=/srv/root" in rw
+    ro = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", 9, Share("rootfs", "/srv/root", True))
+    assert ro[:3] == ["unshare", "--mount", "--propagation"] and "mount --bind -o ro" in " ".join(ro)
+    assert ro[-len(rw):] == rw  # the same virtiofsd, exec'd in place once the bind is read-only
+
+
+def test_the_planned_machine_config_wires_every_channel(tmp_path: Path) -> None:
+    p = plan.plan_vm(Spec(argv=["true"], rootfs=str(tmp_path), limits=Limits(cpus=1)), "virtiofs", lambda: "")
+    cfg = plan.machine_config(p, qemu="qemu", kernel="k", initrd="/dev/fd/3", accel="tcg", machine_type="microvm",
+                              memory=256 << 20, channels=plan.ChannelFds(4, 5, (6, 7, 8)),
+                              virtiofs_fds=[("rootfs", 9)])
+    argv = machine.qemu_argv(cfg)
+    assert "socket,id=qmp,fd=4" in argv and "socket,id=console,fd=5" in argv
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-device" and "virtserialport" in argv[i + 1]] == [
+        f"virtserialport,chardev=port{i},name={name}" for i, name in enumerate(machine.PORTS)]
+    assert "socket,id=fs0,fd=9" in argv

@@ -10,8 +10,11 @@ path; :func:`run_vm` is ``minibox.run(spec, isolation="vm")``;
 * initramfs.py   -- the cpio newc archive the kernel boots into
 * accel.py       -- KVM or TCG, decided by a probe boot
 * agent.py       -- the guest agent: build, config, framed protocol
+* plan.py        -- Spec -> shares, guest mounts, modules, initramfs, QEMU config (pure)
+* virtiofs.py    -- virtiofsd: one per shared directory, read-only binds
+* channels.py    -- the I/O pump and the agent's frames turned into state
 * network.py     -- network="bridge": a lease, a tap on the bridge, published ports
-* virtual_machine.py -- VirtualMachine itself
+* virtual_machine.py -- VirtualMachine itself: plan, then execute
 """
 
 from __future__ import annotations

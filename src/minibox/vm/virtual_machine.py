@@ -2,20 +2,21 @@
 
 This is the hypervisor path's :class:`~minibox.sandbox.Sandbox`.  Where a
 Container asks the host kernel for namespaces and cgroups, a VirtualMachine
+first *plans* (plan.py: pure data, no root) and then *executes* the plan:
 
 1. resolves a guest kernel (kernel.py) and decides between KVM and TCG
    (accel.py);
-2. writes an initramfs into a memfd (initramfs.py): the static guest agent
-   as ``/init``, the kernel modules it loads, the Spec as a config file;
-3. shares the Spec's rootfs (and every bind mount) with the guest through
-   virtiofs: one ``virtiofsd`` per directory, speaking vhost-user over an
-   inherited socket (docs/vm.md explains why virtiofs rather than 9p or
-   packing the rootfs into the initramfs);
+2. writes the planned initramfs into a memfd (initramfs.py): the static
+   guest agent as ``/init``, the kernel modules it loads, the Spec as a
+   config file;
+3. starts one virtiofsd per planned share (virtiofs.py), speaking
+   vhost-user over an inherited socket (docs/vm.md explains why virtiofs
+   rather than 9p or packing the rootfs into the initramfs);
 4. starts QEMU (machine.py) with every channel an inherited socketpair: QMP
    (qmp.py), the serial console, and the agent's three virtio-serial ports;
-5. follows the agent's frames (agent.py) until the command exits, then
-   waits for the guest's poweroff to *pause* QEMU, drains every byte of
-   output and only then tells QEMU to ``quit``.
+5. follows the agent's frames (channels.py, agent.py) until the command
+   exits, then waits for the guest's poweroff to *pause* QEMU, drains every
+   byte of output and only then tells QEMU to ``quit``.
 
 Every host resource it creates (QEMU, virtiofsd, sockets, the memfd, a state
 file in ``runtime_dir()``) is released by :meth:`close`, which every exit
@@ -25,12 +26,10 @@ path reaches: normal exit, timeout, kill, an exception in the caller's
 
 from __future__ import annotations
 
-import dataclasses
 import errno as _errno
 import itertools
 import os
 import secrets
-import selectors
 import shutil
 import signal as _signal
 import socket
@@ -38,8 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,23 +45,24 @@ from typing import Any
 from .. import procfs
 from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Reason, Result, Sandbox, Stats, Usage
-from ..spec import Mount, Spec
+from ..spec import Spec
 from . import accel as _accel
 from . import agent as _agent
-from . import initramfs, leftovers, machine
+from . import leftovers, machine, virtiofs
 from . import network as _network
+from . import plan as _plan
+from .channels import Channels, ExecState
 from .keeper import Keeper
 from .kernel import KernelInfo, ensure_kernel, modules_for
+from .plan import GUEST_MODULES as GUEST_MODULES  # re-exported: bench, compare, demos
+from .plan import guest_initramfs as guest_initramfs
 from .qmp import Monitor
+from .virtiofs import find_virtiofsd as find_virtiofsd
 
-#: Kernel modules the agent loads, in addition to their dependencies.
-GUEST_MODULES = ("virtio_mmio", "virtio_console", "virtiofs")
 #: How long a boot may take before minibox gives up (TCG boots take ~1-3 s here).
 BOOT_TIMEOUT = 120.0
 #: How long the guest may take to power off after its command ended.
 POWEROFF_TIMEOUT = 10.0
-VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
-CONSOLE_KEEP = 16 * 1024
 
 
 def find_qemu() -> str:
@@ -73,43 +72,10 @@ def find_qemu() -> str:
     return path
 
 
-def find_virtiofsd() -> str:
-    for path in (*VIRTIOFSD_PATHS, shutil.which("virtiofsd")):
-        if path and os.access(path, os.X_OK):
-            return path
-    raise PreflightError(
-        "virtiofsd not found: it shares the rootfs with the guest "
-        "(Debian 12: apt-get install qemu-system-common; later: apt-get install virtiofsd)"
-    )
-
-
 @lru_cache(maxsize=4)
 def qemu_version(qemu: str) -> str:
     out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
     return out.split("\n", 1)[0].removeprefix("QEMU emulator version ").strip()
-
-
-def _make_mount_points(rootfs: str, mounts: Sequence[Mount]) -> None:
-    """Create missing mount points in ``rootfs`` on the host side.
-
-    A read-only rootfs is read-only at virtiofsd (see ``_boot``), so the
-    guest agent cannot create them; a container creates its own the same
-    way, in the host directory, before the read-only remount.
-    """
-    from ..images.paths import resolve_in_root
-
-    for m in mounts:
-        target = resolve_in_root(rootfs, m.target)
-        if os.path.lexists(target):
-            continue
-        try:
-            if m.kind == "bind" and m.source is not None and not os.path.isdir(m.source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                open(target, "a").close()
-            else:
-                os.makedirs(target, exist_ok=True)
-        except OSError as e:
-            raise SetupError("mount point", e.errno, detail=f"{m.target} in {rootfs}") from e
 
 
 def _default_rootfs() -> str:
@@ -119,49 +85,9 @@ def _default_rootfs() -> str:
     return str(default_rootfs())
 
 
-def guest_initramfs(spec: Spec, agent_bin: Path, modules: Sequence[tuple[str, bytes]],
-                    mounts: Sequence[_agent.GuestMount], stdin: bytes | None,
-                    packed_root: str | None = None, network: _network.VmNetwork | None = None) -> bytes:
-    """The guest's whole first root: the agent as /init, its modules, the Spec, stdin.
-
-    With ``packed_root`` that directory is copied in as /newroot (the
-    "initramfs" rootfs sharing); otherwise the agent mounts the virtiofs tag
-    "rootfs" there.  With ``network`` (bridge mode) the agent is told the
-    NIC's address, and the generated /etc files go to /minibox/etc for it to
-    bind-mount over the rootfs's own.
-    """
-    entries = [initramfs.directory(d) for d in ("dev", "proc", "sys", "minibox", "minibox/modules")]
-    entries += initramfs.tree(packed_root, "newroot") if packed_root else [initramfs.directory("newroot")]
-    etc_binds: list[tuple[str, str]] = []
-    if network is not None:
-        entries.append(initramfs.directory("minibox/etc"))
-        for name, text in network.etc_files().items():
-            entries.append(initramfs.file(f"minibox/etc/{name}", text.encode(), 0o644))
-            etc_binds.append((f"/minibox/etc/{name}", f"/etc/{name}"))
-    config = _agent.encode_config(spec, mounts, root_tag="" if packed_root else "rootfs",
-                                  has_stdin=stdin is not None,
-                                  network=network.guest_config() if network is not None else None,
-                                  files=etc_binds)
-    entries += [
-        initramfs.chardev("dev/console", 5, 1),
-        initramfs.file("init", agent_bin.read_bytes(), 0o755),
-        initramfs.file("minibox/config", config, 0o600),
-    ]
-    entries += [initramfs.file(f"minibox/modules/{i:02d}-{name}.ko", data) for i, (name, data) in enumerate(modules)]
-    if stdin is not None:
-        entries.append(initramfs.file("minibox/stdin", stdin, 0o600))
-    return initramfs.build(entries)
-
-
 def kvm_probe(qemu: str, kernel: KernelInfo, agent_bin: Path) -> bool:
     """Boot the agent in probe mode under KVM; True if it printed its marker in time."""
-    probe_spec = Spec(argv=["/probe"])
-    image = initramfs.build([
-        initramfs.directory("dev"), initramfs.directory("proc"), initramfs.directory("sys"),
-        initramfs.directory("minibox"), initramfs.chardev("dev/console", 5, 1),
-        initramfs.file("init", agent_bin.read_bytes(), 0o755),
-        initramfs.file("minibox/config", _agent.encode_config(probe_spec, [], probe=True)),
-    ])
+    image = _plan.probe_initramfs(agent_bin)
     memfd = os.memfd_create("minibox-probe", 0)
     ours, theirs = socket.socketpair()
     try:
@@ -174,16 +100,6 @@ def kvm_probe(qemu: str, kernel: KernelInfo, agent_bin: Path) -> bool:
         os.close(memfd)
         ours.close()
         theirs.close()
-
-
-@dataclass
-class _Exec:
-    """The host's view of one command started through the agent."""
-
-    out: bytearray = field(default_factory=bytearray)
-    err: bytearray = field(default_factory=bytearray)
-    exit: tuple[int | None, int | None] | None = None
-    failure: tuple[str, int, str] | None = None
 
 
 def _proc_usage(pid: int) -> tuple[int | None, int | None, float | None]:
@@ -224,9 +140,8 @@ class VirtualMachine(Sandbox):
         self.spec = spec
         self._memory = machine.memory_bytes(spec)
         self._stdin = stdin
-        self._out_fd, self._err_fd = stdout, stderr
         self._machine = machine_type
-        if rootfs_sharing not in ("virtiofs", "initramfs"):
+        if rootfs_sharing not in _plan.SHARING_MODES:
             raise SpecError("rootfs_sharing", f"unknown mode {rootfs_sharing!r}; use 'virtiofs' or 'initramfs'")
         self._sharing = rootfs_sharing
         self._id = secrets.token_hex(6)
@@ -235,32 +150,22 @@ class VirtualMachine(Sandbox):
         self._close_lock = threading.Lock()
         # host resources
         self._qemu: subprocess.Popen[bytes] | None = None
-        self._helpers: list[subprocess.Popen[bytes]] = []
+        self._helpers: list[subprocess.Popen[bytes]] = []  # one virtiofsd per share
         self._keeper: Keeper | None = None
         self._socks: list[socket.socket] = []
         self._memfd: int | None = None
         self._monitor: Monitor | None = None
-        self._io: threading.Thread | None = None
         self._ctl: socket.socket | None = None
         self._state_file: Path | None = None
         self._net: _network.VmNetwork | None = None  # network="bridge": lease, ports (vm/network.py)
         self._tap_fd: int | None = None  # our copy of the tap's fd, until QEMU holds its own
-        # what we learned
+        # what we learned: the channels' state (agent frames, output) and QEMU's events
+        self._ch = Channels(self._cond, stdout, stderr)
         self._accel = _accel.Verdict("tcg", "not started")
-        self._release = ""
-        self._console = bytearray()
-        self._qemu_err = bytearray()
-        self._stdout = bytearray()
-        self._stderr = bytearray()
         self._started = False
-        self._running = False
         self._paused = False
-        self._main_exit: tuple[int | None, int | None] | None = None
-        self._failure: tuple[str, int, str] | None = None
         self._shutdown: dict[str, Any] | None = None
         self._panicked = False
-        self._io_done = False
-        self._execs: dict[int, _Exec] = {}
         self._ids = itertools.count(1)
         self._t0 = 0.0
         self._result: Result | None = None
@@ -291,14 +196,14 @@ class VirtualMachine(Sandbox):
     @property
     def kernel_release(self) -> str:
         """The guest kernel's release, as the agent's uname(2) reported it."""
-        return self._release
+        return self._ch.state.release
 
     @property
     def ip(self) -> str | None:
         """The guest's address on the bridge (network="bridge"), else None."""
         return None if self._net is None else self._net.address
 
-    # ---- start ----------------------------------------------------------------
+    # ---- start: plan, then execute ---------------------------------------------
 
     def start(self) -> None:
         if self._started:
@@ -312,79 +217,31 @@ class VirtualMachine(Sandbox):
             raise
 
     def _boot(self) -> None:
-        spec = self.spec
-        if spec.rootfs is None:
-            # minibox's own rootfs is shared by every sandbox that does not
-            # name one: read-only (enforced on virtiofsd's side, below), with
-            # a private /tmp, as for containers.
-            mounts = tuple(spec.mounts)
-            if not any(m.target == "/tmp" for m in mounts):
-                mounts += (Mount.tmpfs("/tmp"),)
-            spec = dataclasses.replace(spec, readonly_rootfs=True, mounts=mounts)
+        """Plan (pure), find the host's parts, then execute the plan step by step."""
+        plan = _plan.plan_vm(self.spec, self._sharing, _default_rootfs,
+                             _network.GUEST_MODULES if self.spec.network == "bridge" else ())
+        # -- the host's parts: QEMU, virtiofsd, the kernel, the agent, the accelerator
         qemu = find_qemu()
-        needs_virtiofs = self._sharing == "virtiofs" or any(m.kind == "bind" for m in spec.mounts)
-        virtiofsd = find_virtiofsd() if needs_virtiofs else ""
-        if needs_virtiofs and os.geteuid() != 0:
+        virtiofsd = find_virtiofsd() if plan.needs_virtiofs else ""
+        if plan.needs_virtiofs and os.geteuid() != 0:
             raise PreflightError("virtiofsd needs root here: run VMs as root (or rootfs_sharing='initramfs')")
-        kernel = ensure_kernel(spec.kernel)
-        rootfs = spec.rootfs or _default_rootfs()
+        kernel = ensure_kernel(plan.spec.kernel)
         agent_bin = _agent.build_agent()
-        wanted: tuple[str, ...] = GUEST_MODULES if needs_virtiofs else ("virtio_mmio", "virtio_console")
-        if spec.network == "bridge":
-            wanted += _network.GUEST_MODULES
-        modules = modules_for(kernel, wanted)
+        modules = modules_for(kernel, plan.modules)
         self._accel = _accel.choose(kernel, qemu_version(qemu), lambda: kvm_probe(qemu, kernel, agent_bin))
-
-        if spec.readonly_rootfs and self._sharing == "virtiofs":
-            _make_mount_points(rootfs, spec.mounts)
-        # (tag, host directory, read-only at the host)
-        shares: list[tuple[str, str, bool]] = [("rootfs", rootfs, spec.readonly_rootfs)] \
-            if self._sharing == "virtiofs" else []
-        guest_mounts: list[_agent.GuestMount] = []
-        for i, m in enumerate(spec.mounts):
-            if m.kind == "tmpfs":
-                guest_mounts.append(_agent.GuestMount("tmpfs", "", "", m.target, m.readonly,
-                                                      "" if m.size is None else str(m.size)))
-                continue
-            assert m.source is not None
-            tag = f"mount{i}"
-            if os.path.isdir(m.source):
-                shares.append((tag, m.source, m.readonly))
-                guest_mounts.append(_agent.GuestMount("dir", tag, "", m.target, m.readonly, ""))
-            else:
-                parent, name = os.path.split(m.source)
-                shares.append((tag, parent, m.readonly))
-                guest_mounts.append(_agent.GuestMount("file", tag, name, m.target, m.readonly, ""))
-
-        if spec.network == "bridge":
+        # -- execute: host-side preparation, network, initramfs, virtiofsd, QEMU
+        if plan.make_mount_points:
+            virtiofs.make_mount_points(plan.rootfs, plan.spec.mounts)
+        if plan.spec.network == "bridge":
             # the lease (and published ports) before anything else exists; close() gives them back
-            self._net = _network.VmNetwork.prepare(self._id, spec)
-        image = guest_initramfs(spec, agent_bin, modules, guest_mounts, self._stdin,
-                                packed_root=rootfs if self._sharing == "initramfs" else None,
-                                network=self._net)
+            self._net = _network.VmNetwork.prepare(self._id, plan.spec)
+        image = guest_initramfs(plan.spec, agent_bin, modules, plan.guest_mounts, self._stdin,
+                                packed_root=plan.packed_root, network=self._net)
         self._memfd = os.memfd_create(f"minibox-initramfs-{self._id}", 0)
         os.write(self._memfd, image)
-
         child_fds: list[int] = [self._memfd]
-        virtiofs_fds = []
-        for tag, directory, readonly in shares:
-            listener, qemu_end = self._virtiofs_socket()
-            command = [virtiofsd, f"--fd={listener.fileno()}", "-o", f"source={directory}",
-                       "-o", "cache=auto", "-o", "log_level=err"]
-            if readonly:
-                # Read-only in the guest is not a boundary (the guest's root can
-                # remount), and this virtiofsd has no read-only option: give it a
-                # private mount namespace in which its source is a read-only bind
-                # mount.  unshare(1) and sh exec in place, so the pid is virtiofsd's.
-                command = ["unshare", "--mount", "--propagation", "private", "--",
-                           "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', directory, *command]
-            self._helpers.append(subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=(listener.fileno(),), start_new_session=True))
-            listener.close()
-            virtiofs_fds.append((tag, qemu_end.fileno()))
-            child_fds.append(qemu_end.fileno())
-
+        virtiofs_fds = self._start_virtiofsd(virtiofsd, plan.shares)
+        child_fds += [fd for _, fd in virtiofs_fds]
         # One socketpair per channel: we keep one end, QEMU inherits the other.
         ours: list[socket.socket] = []
         theirs: list[socket.socket] = []
@@ -396,21 +253,38 @@ class VirtualMachine(Sandbox):
             child_fds.append(b.fileno())
         qmp_sock, console, ctl, out, err = ours
         self._ctl = ctl
-        cfg = machine.MachineConfig(
-            qemu=qemu, kernel=str(kernel.path), initrd=f"/dev/fd/{self._memfd}",
-            cmdline=machine.kernel_cmdline(), memory=self._memory, cpus=machine.vcpus(spec),
-            accel=self._accel.accelerator, machine=self._machine,
-            qmp_fd=theirs[0].fileno(), console_fd=theirs[1].fileno(),
-            port_fds=[(name, t.fileno()) for name, t in zip(machine.PORTS, theirs[2:], strict=True)],
-            virtiofs_fds=virtiofs_fds,
-        )
+        cfg = _plan.machine_config(
+            plan, qemu=qemu, kernel=str(kernel.path), initrd=f"/dev/fd/{self._memfd}",
+            accel=self._accel.accelerator, machine_type=self._machine, memory=self._memory,
+            channels=_plan.ChannelFds(theirs[0].fileno(), theirs[1].fileno(),
+                                      (theirs[2].fileno(), theirs[3].fileno(), theirs[4].fileno())),
+            virtiofs_fds=virtiofs_fds)
         if self._net is not None:
             # A tap is a NIC whose wire is an fd; QEMU inherits it (-netdev tap,fd=N).
             # Made here, in the thread that starts QEMU (see VmNetwork.open_tap).
             self._tap_fd = self._net.open_tap()
             child_fds.append(self._tap_fd)
             cfg.tap_fd, cfg.mac = self._tap_fd, self._net.mac
-        argv = machine.qemu_argv(cfg)
+        err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
+        self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
+        try:
+            self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
+        except Exception as e:
+            raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._ch.qemu_error()}") from e
+        self._wait_for_start(plan.spec)
+
+    def _start_virtiofsd(self, virtiofsd: str, shares: Sequence[virtiofs.Share]) -> list[tuple[str, int]]:
+        """One virtiofsd per share; the (tag, fd) pairs QEMU inherits."""
+        fds = []
+        for share in shares:
+            proc, qemu_end = virtiofs.start(virtiofsd, share)
+            self._socks.append(qemu_end)
+            self._helpers.append(proc)
+            fds.append((share.tag, qemu_end.fileno()))
+        return fds
+
+    def _start_qemu(self, argv: list[str], child_fds: list[int]) -> int:
+        """Start QEMU with ``child_fds``, record it, arm the keeper; the read end of its stderr."""
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
@@ -418,7 +292,7 @@ class VirtualMachine(Sandbox):
                                           pass_fds=child_fds, start_new_session=True)
         except OSError as e:
             os.close(err_r)
-            raise PreflightError(f"cannot start {qemu}: {e.strerror}") from e
+            raise PreflightError(f"cannot start {argv[0]}: {e.strerror}") from e
         finally:
             os.close(err_w)
         if self._net is not None:
@@ -435,24 +309,20 @@ class VirtualMachine(Sandbox):
             if sock.fileno() in child_fds:
                 self._socks.remove(sock)
                 sock.close()
+        assert self._memfd is not None
         os.close(self._memfd)
         self._memfd = None
+        return err_r
 
-        self._io = threading.Thread(target=self._pump_io, args=(console, out, err, ctl, err_r),
-                                    name=f"vm-{self._id}-io", daemon=True)
-        self._io.start()
-        try:
-            self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
-        except Exception as e:
-            raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._qemu_error()}") from e
-
+    def _wait_for_start(self, spec: Spec) -> None:
+        """Wait until the agent reports the command started; raise or time out otherwise."""
         boot_deadline = BOOT_TIMEOUT
         if spec.timeout is not None:
             boot_deadline = min(boot_deadline, spec.timeout)
         with self._cond:
-            self._cond.wait_for(lambda: self._running or self._ended(), boot_deadline)
-            failure, ended = self._failure, self._ended()
-        if self._running:
+            self._cond.wait_for(lambda: self._ch.state.running or self._ended(), boot_deadline)
+            running, failure, ended = self._ch.state.running, self._ch.state.failure, self._ended()
+        if running:
             return
         if failure is not None:
             raise self._failure_error(failure)
@@ -461,104 +331,13 @@ class VirtualMachine(Sandbox):
             return
         raise SetupError("boot", None, self._why_it_died("the guest never started the command"))
 
-    def _virtiofs_socket(self) -> tuple[socket.socket, socket.socket]:
-        """A listening vhost-user socket for virtiofsd and QEMU's connected end.
-
-        virtiofsd ``--fd`` wants a *listening* socket (it calls accept(2)),
-        so a socketpair will not do.  An autobound abstract-namespace address
-        (unix(7)) has no file to leak, and connecting before virtiofsd even
-        starts makes ours the first connection it accepts.
-        """
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind("")  # autobind: a unique abstract address
-        listener.listen(1)
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(listener.getsockname())
-        self._socks.append(client)
-        return listener, client
-
     def _write_state_file(self) -> None:
         """Record our processes so that `minibox gc` can find them if this process dies."""
         assert self._qemu is not None
         self._state_file = leftovers.write_record(self._id, self._qemu.pid, [p.pid for p in self._helpers],
                                                   network=self._net.record() if self._net is not None else None)
 
-    # ---- the I/O thread and QMP events ------------------------------------------
-
-    def _pump_io(self, console: socket.socket, out: socket.socket, err: socket.socket,
-                 ctl: socket.socket, qemu_err: int) -> None:
-        """Copy every channel until QEMU closes them all; runs in its own thread."""
-        reader = _agent.FrameReader()
-        sinks: dict[int, Callable[[bytes], None]] = {
-            console.fileno(): lambda b: self._keep(self._console, b),
-            out.fileno(): self._sink(self._out_fd, self._stdout),
-            err.fileno(): self._sink(self._err_fd, self._stderr),
-            ctl.fileno(): lambda b: self._frames(reader, b),
-            qemu_err: lambda b: self._keep(self._qemu_err, b),
-        }
-        sel = selectors.DefaultSelector()
-        try:
-            for fd in sinks:
-                sel.register(fd, selectors.EVENT_READ)
-            while sinks:
-                for key, _ in sel.select():
-                    fd = int(key.fd)
-                    try:
-                        data = os.read(fd, 1 << 16)
-                    except OSError:
-                        data = b""
-                    if data:
-                        sinks[fd](data)
-                    else:
-                        sel.unregister(fd)
-                        del sinks[fd]
-        finally:
-            sel.close()
-            os.close(qemu_err)
-            with self._cond:
-                self._io_done = True
-                self._cond.notify_all()
-
-    @staticmethod
-    def _keep(buf: bytearray, data: bytes) -> None:
-        buf += data
-        del buf[:-CONSOLE_KEEP]
-
-    @staticmethod
-    def _sink(fd: int | None, buf: bytearray) -> Callable[[bytes], None]:
-        if fd is None:
-            return buf.extend
-
-        def write(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                try:
-                    view = view[os.write(fd, view):]
-                except OSError:
-                    return  # the caller closed its fd: drop, as a closed pipe would
-        return write
-
-    def _frames(self, reader: _agent.FrameReader, data: bytes) -> None:
-        for kind, ident, payload in reader.feed(data):
-            with self._cond:
-                if kind == _agent.HELLO:
-                    self._release = payload.decode(errors="replace")
-                elif kind == _agent.STARTED and ident == 0:
-                    self._running = True
-                elif kind in (_agent.STDOUT, _agent.STDERR) and ident in self._execs:
-                    ex = self._execs[ident]
-                    (ex.out if kind == _agent.STDOUT else ex.err).extend(payload)
-                elif kind == _agent.EXIT:
-                    if ident == 0:
-                        self._main_exit = _agent.parse_exit(payload)
-                    elif ident in self._execs:
-                        self._execs[ident].exit = _agent.parse_exit(payload)
-                elif kind == _agent.FAIL:
-                    if ident == 0:
-                        self._failure = _agent.parse_failure(payload)
-                    elif ident in self._execs:
-                        self._execs[ident].failure = _agent.parse_failure(payload)
-                self._cond.notify_all()
+    # ---- QMP events -------------------------------------------------------------------
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         with self._cond:
@@ -574,23 +353,17 @@ class VirtualMachine(Sandbox):
 
     def _ended(self) -> bool:
         """The guest is gone or going: exited, failed, shut down, or QEMU died."""
-        return (self._main_exit is not None or self._failure is not None
-                or self._shutdown is not None or self._panicked or self._io_done)
+        st = self._ch.state
+        return (st.main_exit is not None or st.failure is not None
+                or self._shutdown is not None or self._panicked or st.io_done)
 
     # ---- ending ---------------------------------------------------------------
 
-    def _console_tail(self, lines: int = 15) -> str:
-        text = self._console.decode(errors="replace").replace("\r", "")
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-    def _qemu_error(self) -> str:
-        return self._qemu_err.decode(errors="replace").strip() or "(QEMU printed nothing)"
-
     def _why_it_died(self, what: str) -> str:
-        tail = self._console_tail()
-        qemu_err = self._qemu_err.decode(errors="replace").strip()
+        tail = self._ch.console_tail()
+        qemu_err = self._ch.qemu_err.decode(errors="replace").strip()
         parts = [what]
-        console = self._console.decode(errors="replace").replace("\r", "")
+        console = self._ch.console.decode(errors="replace").replace("\r", "")
         panic = [line for line in console.splitlines() if "Kernel panic" in line]
         if panic:
             parts = ["the guest kernel panicked: " + panic[-1].split("Kernel panic - ", 1)[-1]]
@@ -613,13 +386,10 @@ class VirtualMachine(Sandbox):
             _, hwm, cpu = _proc_usage(self._qemu.pid)
             self._usage = Usage(memory_peak_bytes=hwm, cpu_seconds=cpu)
 
-    def _captured(self) -> tuple[bytes, bytes]:
-        return bytes(self._stdout), bytes(self._stderr)
-
     def _timeout_result(self) -> Result:
         self._read_usage()
         self._stop_qemu()
-        out, err = self._captured()
+        out, err = self._ch.captured()
         return Result(None, int(_signal.SIGKILL), "timeout", out, err,
                       time.monotonic() - self._t0, self._usage)
 
@@ -640,8 +410,7 @@ class VirtualMachine(Sandbox):
         if qemu.poll() is None:
             qemu.kill()  # our own child, by pid
         qemu.wait()
-        if self._io is not None:
-            self._io.join()
+        self._ch.join()
 
     def wait(self, timeout: float | None = None) -> Result:
         if not self._started:
@@ -653,16 +422,16 @@ class VirtualMachine(Sandbox):
             timeout = max(0.0, self.spec.timeout - (time.monotonic() - self._t0))
         with self._cond:
             self._cond.wait_for(self._ended, timeout)
-            main_exit, failure = self._main_exit, self._failure
+            main_exit, failure = self._ch.state.main_exit, self._ch.state.failure
         try:
             if main_exit is not None:
                 with self._cond:  # the agent powers off right after reporting
-                    self._cond.wait_for(lambda: self._shutdown is not None or self._io_done, POWEROFF_TIMEOUT)
+                    self._cond.wait_for(lambda: self._shutdown is not None or self._ch.state.io_done, POWEROFF_TIMEOUT)
                 self._read_usage()
                 self._stop_qemu(graceful=True)
                 code, sig = main_exit
                 reason: Reason = "exited" if sig is None else "signaled"
-                out, err = self._captured()
+                out, err = self._ch.captured()
                 self._result = Result(code, sig, reason, out, err, time.monotonic() - self._t0, self._usage)
             elif failure is not None:
                 self._stop_qemu()
@@ -689,7 +458,7 @@ class VirtualMachine(Sandbox):
 
     def _require_running(self) -> None:
         with self._cond:
-            if not self._running or self._ended() or self._closed:
+            if not self._ch.state.running or self._ended() or self._closed:
                 raise MiniboxError("the VM is not running (start() it first, or it has ended)")
 
     def exec(self, argv: Sequence[str], timeout: float | None = None) -> Result:
@@ -698,7 +467,7 @@ class VirtualMachine(Sandbox):
             raise SpecError("argv", "expected a non-empty list of strings")
         self._require_running()
         ident = next(self._ids)
-        ex = self._execs[ident] = _Exec()
+        ex = self._ch.state.execs[ident] = ExecState()
         t0 = time.monotonic()
         self._send(_agent.exec_frame(ident, argv))
         reason: Reason = "exited"
@@ -714,7 +483,7 @@ class VirtualMachine(Sandbox):
             with self._cond:
                 self._cond.wait_for(finished, POWEROFF_TIMEOUT)
         with self._cond:
-            del self._execs[ident]
+            del self._ch.state.execs[ident]
         if ex.failure is not None:
             raise self._failure_error(ex.failure)
         code: int | None
@@ -732,7 +501,7 @@ class VirtualMachine(Sandbox):
     def kill(self, sig: int = _signal.SIGKILL) -> None:
         """Send ``sig`` to the command's process group in the guest (through the agent)."""
         with self._cond:
-            alive = self._running and not self._ended() and not self._closed
+            alive = self._ch.state.running and not self._ended() and not self._closed
         if alive:
             self._send(_agent.kill_frame(0, int(sig)))
 
@@ -786,8 +555,7 @@ class VirtualMachine(Sandbox):
         self._stop_qemu()
         if self._monitor is not None:
             self._monitor.close()
-        if self._io is not None and self._io.is_alive():
-            self._io.join()  # QEMU is gone: the reader sees EOF on every channel
+        self._ch.join()  # QEMU is gone: the reader sees EOF on every channel
         # Then our ends of the sockets: a virtiofsd whose QEMU never started
         # is still connected to us, and exits as soon as we hang up.
         for s in self._socks:
