@@ -163,7 +163,12 @@ def test_cpus_half_uses_half_a_cpu(box: Callable[[Limits], Box]) -> None:
     wall = time.monotonic() - start
     cpu = b.cgroup.stats().cpu_seconds
     assert cpu is not None
-    assert 0.35 <= cpu / wall <= 0.65, f"{cpu:.2f} cpu s in {wall:.2f} s"
+    # An upper bound (how much less it gets depends on the machine's load),
+    # and the kernel's own word that the quota bit: throttled periods.
+    assert cpu / wall <= 0.6, f"{cpu:.2f} cpu s in {wall:.2f} s"
+    directory = b.cgroup.paths.get("cpu") or b.cgroup.paths["unified"]
+    stat = dict(line.split() for line in Path(directory, "cpu.stat").read_text().splitlines())
+    assert int(stat["nr_throttled"]) > 0
 
 
 def test_freeze_stops_a_counter_and_thaw_resumes_it(box: Callable[[Limits], Box], tmp_path: Path) -> None:

@@ -64,9 +64,21 @@ def test_cpu_limit_half_a_cpu() -> None:
         time.sleep(2)
         after = box.stats().cpu_seconds
         elapsed = time.monotonic() - t0
+        throttled = _throttled_periods(box.cgroup_paths)
     assert before is not None and after is not None
     rate = (after - before) / elapsed
-    assert 0.35 <= rate <= 0.65, rate
+    # The limit is an upper bound (CFS bandwidth: 50 ms per 100 ms period);
+    # how much less a busy loop gets depends on the machine's load, so the
+    # proof that the bound bit is the kernel's own throttling counter.
+    assert rate <= 0.6, rate
+    assert throttled > 0
+
+
+def _throttled_periods(paths: dict[str, str]) -> int:
+    """nr_throttled from cpu.stat (v1 cpu controller, or the v2 directory)."""
+    directory = paths.get("cpu") or paths["unified"]
+    with open(os.path.join(directory, "cpu.stat")) as f:
+        return int(dict(line.split() for line in f)["nr_throttled"])
 
 
 def test_pause_stops_a_counter_and_resume_continues_it(tmp_path: object) -> None:

@@ -60,10 +60,11 @@ def test_tty_session_is_new_and_the_pty_is_the_controlling_terminal() -> None:
     assert os.major(tty_nr) == 136 and os.minor(tty_nr) == 0  # /dev/pts/0
 
 
-def _pump(fd: int, seconds: float) -> bytes:
+def _pump(fd: int, seconds: float, until: bytes | None = None) -> bytes:
+    """Read ``fd`` for up to ``seconds``, or until ``until`` has arrived (a generous bound, not a timing)."""
     out = b""
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end and (until is None or until not in out):
         ready, _, _ = select.select([fd], [], [], 0.05)
         if ready:
             try:
@@ -83,9 +84,9 @@ def test_cli_tty_relays_keys_window_size_and_exit_code() -> None:
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     try:
-        _pump(master, 1.0)
+        _pump(master, 30.0, until=b"# ")  # the container's shell prompt
         os.write(master, b"echo typed-$((6*7)); stty size; exit 4\r")
-        out = _pump(master, 3.0)
+        out = _pump(master, 30.0, until=b"33 101")
         assert proc.wait(timeout=10) == 4
     finally:
         if proc.poll() is None:
