@@ -271,3 +271,14 @@ def test_a_readonly_bind_mount_is_read_only_at_the_host(rootfs: str, tmp_path: o
     result = run_vm(Spec(argv=["sh", "-c", script], rootfs=rootfs, mounts=[Mount.bind(shared, "/data", readonly=True)]))
     assert b"rc=1" in result.stdout
     assert os.listdir(shared) == []
+
+
+def test_a_refused_qmp_command_keeps_qemus_error_class(running: VirtualMachine) -> None:
+    from minibox.vm.qmp import QMPCommandError
+
+    monitor = running._monitor  # the VM's own QMP connection
+    assert monitor is not None
+    with pytest.raises(QMPCommandError) as info:
+        monitor.execute("no-such-command")
+    assert info.value.error_class == "CommandNotFound" and info.value.step == "qmp"
+    assert monitor.execute("query-status")["status"] == "running"  # the connection is still good

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from qemu.qmp import EventListener, QMPClient
+from qemu.qmp import EventListener, ExecuteError, QMPClient
 from qemu.qmp.error import QMPError
 
 from ..errors import SetupError
@@ -33,6 +33,23 @@ T = TypeVar("T")
 EVENTS = ("SHUTDOWN", "STOP", "RESUME", "GUEST_PANICKED", "RESET")
 
 EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+class QMPCommandError(SetupError):
+    """QEMU answered a QMP command with an error.
+
+    ``error_class`` is QEMU's own class for it (``"GenericError"``,
+    ``"DeviceNotFound"``, ``"CommandNotFound"``...; docs/interop/qmp-spec.rst,
+    "Error"), kept as qemu.qmp's ``ExecuteError`` reports it, so a caller can
+    tell a refused command from a lost connection (a plain
+    :class:`SetupError` with step ``"qmp"``).
+    """
+
+    def __init__(self, command: str, error_class: str, description: str) -> None:
+        super().__init__("qmp", None, f"{command}: {error_class}: {description}")
+        self.command = command
+        self.error_class = error_class
+        self.description = description
 
 
 class Monitor:
@@ -69,9 +86,15 @@ class Monitor:
             self._on_event(str(event["event"]), dict(data) if isinstance(data, dict) else {})
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-        """Run one QMP command and return its result; SetupError if QEMU refuses."""
+        """Run one QMP command and return its result.
+
+        :class:`QMPCommandError` (with QEMU's error class) if QEMU refuses it,
+        :class:`SetupError` if the connection fails or QEMU does not answer.
+        """
         try:
             return self._run(self._client.execute(command, arguments), timeout)
+        except ExecuteError as e:
+            raise QMPCommandError(command, e.error_class, str(e)) from e
         except (QMPError, OSError, TimeoutError) as e:
             raise SetupError("qmp", None, f"{command}: {e}") from e
 
