@@ -20,7 +20,7 @@ import pytest
 
 from minibox.container import cgroups
 from minibox.container.cgroups import Cgroup, detect_layout, weight_to_shares
-from minibox.errors import SetupError, SpecError
+from minibox.errors import PreflightError, SetupError, SpecError
 from minibox.sandbox import Stats, Usage
 from minibox.spec import Limits
 
@@ -324,7 +324,7 @@ def test_an_absolute_configured_parent(fake: FakeCgroup1, tmp_path: Path, monkey
 
 
 def test_a_parent_with_dotdot_is_refused(fake: FakeCgroup1, tmp_path: Path) -> None:
-    with pytest.raises(SpecError):
+    with pytest.raises(PreflightError):  # host configuration, not a Spec field
         Cgroup.create("c1", Limits(), parent="../escape", layout=layout_for(fake, tmp_path))
     assert fake.writes == [] and not list(fake.base.rglob("c1"))
 
@@ -335,3 +335,4 @@ def test_a_parent_pruned_concurrently_is_recreated(fake: FakeCgroup1, tmp_path: 
     cgroups.prune_parents(layout=layout)
     cg = Cgroup.create("c2", Limits(), layout=layout)
     assert all(os.path.isdir(d) for d in cg.paths.values())
+

@@ -11,13 +11,14 @@ configured.  ``preflight`` and ``compare`` read the layout from here too.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ...errors import PreflightError, SpecError
+from ...errors import PreflightError, SetupError
 from . import files
 
 #: Environment variable naming the parent cgroup (see :func:`parent_path`).
@@ -151,14 +152,16 @@ def parent_path(own_path: str, parent: str | None) -> str:
     parent = effective_parent(parent)
     parts = [p for p in parent.split("/") if p]
     if any(p in (".", "..") or "\x00" in p for p in parts):
-        raise SpecError("cgroup parent", f"{parent!r} must not contain '.' or '..' components")
+        # the parent is host configuration ($MINIBOX_CGROUP_PARENT), not a Spec field
+        raise PreflightError(f"cgroup parent {parent!r} ({PARENT_ENV}) must not contain '.' or '..' components")
     base = "" if parent.startswith("/") else own_path.rstrip("/")
     return base + "/" + "/".join(parts)
 
 
 def check_name(name: str) -> None:
     if not name or "/" in name or "\x00" in name or name in (".", ".."):
-        raise SpecError("cgroup name", f"{name!r} must be one non-empty path component (the container id)")
+        raise SetupError("cgroup", errno.EINVAL,
+                         detail=f"{name!r} must be one non-empty path component (the container id)")
 
 
 def parent_dirs(parent: str | None = None, layout: CgroupLayout | None = None) -> dict[str, str]:
