@@ -187,6 +187,8 @@ def _add_run_parser(sub: Any) -> None:
     run.add_argument("-p", "--publish", action="append", default=[], metavar="HOSTPORT:PORT",
                      help="publish a port (bridge network)")
     run.add_argument("--ip", help="fixed address on the bridge")
+    run.add_argument("--host-access", action="store_true",
+                     help="let a bridged sandbox connect to the host's own addresses (off: other sandboxes only)")
     run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability")
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability")
     run.add_argument("--seccomp", default="default", metavar="default|unconfined|FILE.json",
@@ -254,6 +256,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         kernel=os.path.abspath(args.kernel) if args.kernel else None,
         ports=[_parse_port(p) for p in args.publish],
         ip=args.ip,
+        host_access=args.host_access,
     )
 
 
@@ -261,7 +264,8 @@ _FLAG_OF_FIELD = {
     "limits.memory": "--memory", "limits.memory_swap": "--memory-swap", "limits.cpus": "--cpus",
     "limits.cpu_weight": "--cpu-weight", "limits.pids": "--pids", "limits.cpuset": "--cpuset",
     "rootfs": "--rootfs", "hostname": "--hostname", "cwd": "-w", "user": "--user", "timeout": "--timeout",
-    "network": "--net", "ip": "--ip", "kernel": "--kernel", "cap_add": "--cap-add", "cap_drop": "--cap-drop",
+    "network": "--net", "ip": "--ip", "host_access": "--host-access", "kernel": "--kernel",
+    "cap_add": "--cap-add", "cap_drop": "--cap-drop",
     "seccomp": "--seccomp", "argv": "CMD",
 }
 

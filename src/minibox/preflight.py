@@ -291,6 +291,17 @@ def check_qemu() -> Finding:
     return Finding("qemu", True, qemu)
 
 
+def check_ip_forwarding() -> Finding:
+    """Whether the host routes between its interfaces (``net.ipv4.ip_forward``); see docs/networking.md."""
+    value = (_read("/proc/sys/net/ipv4/ip_forward") or "").strip()
+    if value == "0":
+        return Finding("ip forwarding", True, "off: nothing is routed off the minibox bridge")
+    # Still ok: every bridge port's forward rules (network/guard.py) drop what would be routed.
+    return Finding("ip forwarding", True, f"on (ip_forward={value or '?'}): the host routes between its "
+                                          "interfaces; minibox's forward rules keep bridged sandboxes' "
+                                          "traffic on the bridge")
+
+
 def check_privileges() -> Finding:
     if os.geteuid() == 0:
         return Finding("privileges", True, "running as root: full containers (cgroups, bridge networking)")
@@ -302,7 +313,7 @@ def check() -> Report:
     findings: list[Finding] = [check_privileges(), check_namespaces(), check_user_namespaces(),
                                check_subordinate_ids()]
     findings.extend(check_cgroups())
-    findings.extend([check_seccomp(), check_kvm(), check_qemu()])
+    findings.extend([check_seccomp(), check_kvm(), check_qemu(), check_ip_forwarding()])
     return Report(tuple(findings))
 
 

@@ -259,6 +259,7 @@ class Spec:
     # Networking
     ports: Sequence[tuple[int, int]] = ()
     ip: str | None = None
+    host_access: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -378,6 +379,12 @@ class Spec:
         set_(self, "ports", tuple(ports))
         if (self.ports or self.ip) and self.network != "bridge":
             raise SpecError("ports" if self.ports else "ip", "needs network='bridge'")
+        if not isinstance(self.host_access, bool):
+            raise SpecError("host_access", f"expected True or False, got {self.host_access!r}")
+        if self.host_access and self.network != "bridge":
+            # 'host' is the host's network already; 'none' reaches nothing.  Refused rather
+            # than ignored, so a Spec never claims a boundary it does not have.
+            raise SpecError("host_access", "only means something with network='bridge'")
 
     @property
     def effective_namespaces(self) -> tuple[str, ...]:

@@ -223,7 +223,7 @@ def test_rootless_user_gets_the_same_isolation(rootless_home: str, rootless_user
     assert lines[0] == "1" and lines[1] == "rootless" and lines[2] == "0"
     assert lines[3].split() == ["0", str(rootless_user[0]), "1"]  # root inside is the user outside
     assert lines[4] == "lo"
-    assert lines[5].split()[1] == "00000000a80425fb"  # the default set, in its own user namespace
+    assert lines[5].split()[1] == "00000000800405fb"  # the default set, in its own user namespace
     assert "No such file" in lines[6] and "host-only" not in got["ok"]["out"]  # ...but not inside
     assert child_pids() == []
 

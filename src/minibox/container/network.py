@@ -111,9 +111,11 @@ class NetworkAttachment:
 
         lease = self.port.lease
         with bridge.opened() as ipr:
-            bridge.add_veth(ipr, self.link, self.port.config.bridge, pid, peer_name="eth0")
+            bridge.add_veth(ipr, self.link, self.port.config.bridge, pid, peer_name="eth0", peer_mac=self.port.mac)
         try:
-            bridge.configure_inside(f"/proc/{pid}/ns/net", "eth0", lease.address, lease.gateway)
+            netns = f"/proc/{pid}/ns/net"
+            bridge.configure_inside(netns, "eth0", lease.address, lease.gateway)
+            allow_unprivileged_ping(netns)
             self.port.running(pid)
         except BaseException:
             with bridge.opened() as ipr:
@@ -129,6 +131,34 @@ class NetworkAttachment:
     def release(self) -> None:
         """Remove port rules, the veth, the /etc files and the lease.  Idempotent."""
         self.port.release()
+
+
+#: Every group may open ICMP echo sockets: the sysctl's widest range (icmp(7), "ping_group_range").
+PING_GROUP_RANGE = "0 2147483647"
+
+
+def allow_unprivileged_ping(netns_path: str) -> None:
+    """Set ``net.ipv4.ping_group_range`` in the container's network namespace, never the host's.
+
+    The default capabilities leave out ``CAP_NET_RAW`` (raw sockets forge any
+    packet), so ``ping`` uses an unprivileged ICMP echo socket,
+    ``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``; the kernel allows one only
+    to groups in this range, and a new namespace starts with none (``1 0``).
+    Files under /proc/sys/net belong to the network namespace of the thread
+    that opens them, so a helper thread in the container's namespace writes it
+    (:func:`minibox.network.bridge.run_in_netns`).  This is what podman does.
+    """
+    from ..errors import SetupError
+    from ..network import bridge
+
+    def write() -> None:
+        with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+            f.write(PING_GROUP_RANGE)
+
+    try:
+        bridge.run_in_netns(netns_path, write)
+    except OSError as e:
+        raise SetupError("network", e.errno, detail="net.ipv4.ping_group_range") from e
 
 
 def release_stale(record: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Demo: what a default container may not do, even as root inside.
 
-Root in a container is not root on the host: it holds only Docker's 14
+Root in a container is not root on the host: it holds only podman's 11
 default capabilities, cannot gain privileges (no_new_privs), and a seccomp
 filter refuses the system calls that reach into the kernel as a whole.
 Each attempt below runs *inside* a container.

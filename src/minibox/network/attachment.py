@@ -10,14 +10,17 @@ the bridge (:mod:`minibox.network.bridge`, rtnetlink(7)) and the generated
 and lives here, once:
 
 1. :meth:`BridgePort.acquire` -- before the sandbox exists: lease an address
-   (creating the bridge with the first lease) and publish the Spec's ports.
-   All or nothing.
+   (creating the bridge with the first lease), install the port's guard
+   rules (:mod:`minibox.network.guard`: its own MAC and IP only, the host
+   closed unless ``Spec.host_access``, nothing forwarded) -- before the link
+   exists, so no frame ever crosses an unguarded port -- and publish the
+   Spec's ports.  All or nothing.
 2. :meth:`BridgePort.etc_files` / :meth:`BridgePort.write_etc_files` -- the
    /etc/hosts, /etc/resolv.conf and /etc/hostname every bridged sandbox gets.
 3. The kind-specific step: the container's veth, or the VM's tap.
 4. :meth:`BridgePort.running` -- the lease names the sandbox's process, so
    it is not reclaimed while that process lives.
-5. :meth:`BridgePort.release` -- on every exit path: port rules, the link,
+5. :meth:`BridgePort.release` -- on every exit path: guard and port rules, the link,
    the files, the lease (and with the last lease, the bridge).  Idempotent.
    :func:`release_record` does the same from the sandbox's state-file record,
    for ``minibox gc`` after a caller was killed.
@@ -25,6 +28,7 @@ and lives here, once:
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,8 +54,17 @@ def etc_files(hostname: str, address: str, gateway: str) -> dict[str, str]:
     }
 
 
+def port_mac(owner: str) -> str:
+    """The MAC of ``owner``'s end of the port: locally administered unicast (first octet 02),
+    then the first 10 hex digits of the sandbox id, so the address names its sandbox."""
+    digits = (owner + "0" * 10)[:10].lower()
+    if any(c not in "0123456789abcdef" for c in digits):
+        digits = hashlib.sha256(owner.encode()).hexdigest()[:10]
+    return "02:" + ":".join(digits[i:i + 2] for i in range(0, 10, 2))
+
+
 class BridgePort:
-    """Sandbox ``owner``'s port on the bridge: its lease, ports and host-side ``link``."""
+    """Sandbox ``owner``'s port on the bridge: its lease, ``mac``, rules and host-side ``link``."""
 
     def __init__(self, owner: str, kind: str, link: str, spec: Spec, config: NetworkConfig, lease: Any) -> None:
         from . import ipam
@@ -62,6 +75,7 @@ class BridgePort:
         self.spec = spec
         self.config = config
         self.lease = lease
+        self.mac = port_mac(owner)
         self.files_dir: Path = ipam.owner_dir(owner)
         self._released = False
 
@@ -69,7 +83,7 @@ class BridgePort:
 
     @classmethod
     def acquire(cls, owner: str, kind: str, link: str, spec: Spec) -> BridgePort:
-        """Lease an address and publish the ports; SpecError on a bad ``ip`` or ``ports``.
+        """Lease an address, guard the port, publish the ports; SpecError on a bad ``ip`` or ``ports``.
 
         ``link`` is the name the host-side veth or tap will have; it is
         recorded with the lease so a reclaimed lease can be cleaned fully.
@@ -78,10 +92,13 @@ class BridgePort:
         from . import ipam
 
         config = config_from_env()
-        lease = ipam.acquire(owner, config, requested=spec.ip, kind=kind, link=link,
-                             nft_table=config.nft_table if spec.ports else None)
+        lease = ipam.acquire(owner, config, requested=spec.ip, kind=kind, link=link, nft_table=config.nft_table)
         self = cls(owner, kind, link, spec, config, lease)
         try:
+            from . import guard
+
+            guard.install(config.nft_table, guard.PortGuard(owner, config.bridge, link, self.mac, lease.address.ip,
+                                                            host_access=spec.host_access))
             if spec.ports:
                 from . import ports
 
@@ -133,8 +150,7 @@ class BridgePort:
     def record(self) -> dict[str, Any]:
         """What :func:`release_record` needs, for the sandbox's state file."""
         return {"id": self.owner, "bridge": self.config.bridge, "link": self.link,
-                "address": self.address, "nft_table": self.config.nft_table if self.spec.ports else None,
-                "files": str(self.files_dir)}
+                "address": self.address, "nft_table": self.config.nft_table, "files": str(self.files_dir)}
 
     def release(self) -> None:
         """Remove port rules, the link, the /etc files and the lease.  Idempotent."""
@@ -147,17 +163,18 @@ class BridgePort:
 def release_record(record: dict[str, Any]) -> None:
     """Undo everything a record names, every step even when one fails; then raise the first error.
 
-    The record is ``{"id", "bridge", "link", "nft_table", ...}``: port rules,
+    The record is ``{"id", "bridge", "link", "nft_table", ...}``: guard and port rules,
     the host-side link (a tap normally went with QEMU already; deleting it
     here covers a QEMU that is gone since), the generated files, the lease.
     """
-    from . import bridge, ipam, ports
+    from . import bridge, ipam, locked, nft
 
     errors: list[BaseException] = []
     owner = str(record["id"])
     if record.get("nft_table"):
         try:
-            ports.unpublish(str(record["nft_table"]), owner)
+            with locked():
+                nft.remove_owner(str(record["nft_table"]), owner)
         except (OSError, MiniboxError) as e:
             errors.append(e)
     if record.get("link"):

@@ -222,9 +222,11 @@ def delete_link(ipr: Any, name: str) -> bool:
     return True
 
 
-def add_veth(ipr: Any, host_name: str, bridge: str, peer_pid: int, peer_name: str = "eth0") -> None:
+def add_veth(ipr: Any, host_name: str, bridge: str, peer_pid: int, peer_name: str = "eth0",
+             peer_mac: str | None = None) -> None:
     """A veth pair: ``host_name`` enslaved to ``bridge`` and up; its peer created directly
-    in the network namespace of process ``peer_pid`` (IFLA_NET_NS_PID) as ``peer_name``.
+    in the network namespace of process ``peer_pid`` (IFLA_NET_NS_PID) as ``peer_name``,
+    with the MAC ``peer_mac`` (the one the port's guard rules let through) when given.
 
     On failure nothing is left (deleting one end of a veth deletes both).
     """
@@ -232,7 +234,10 @@ def add_veth(ipr: Any, host_name: str, bridge: str, peer_pid: int, peer_name: st
     if bridge_index is None:
         raise SetupError("veth", ENODEV, detail=f"bridge {bridge} is gone")
     try:
-        ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": peer_name, "net_ns_pid": peer_pid})
+        peer: dict[str, Any] = {"ifname": peer_name, "net_ns_pid": peer_pid}
+        if peer_mac is not None:
+            peer["address"] = peer_mac
+        ipr.link("add", ifname=host_name, kind="veth", peer=peer)
     except Exception as e:
         raise SetupError("veth", _errno(e), detail=host_name) from e
     try:

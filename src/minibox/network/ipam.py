@@ -21,7 +21,7 @@ the bridge itself it does not survive a reboot.
 A lease names the process that took it (``holder``) and, once known, the
 sandbox's own process (``pid``), each with its start time so a recycled pid
 is not mistaken for it.  A lease whose processes are both gone is
-reclaimed -- its veth or tap and its port rules removed -- before a new
+reclaimed -- its veth or tap and its rules removed -- before a new
 address is handed out; ``minibox gc`` does the same for whole records.
 
 The bridge is created with the first lease and removed with the last one,
@@ -139,22 +139,22 @@ def _pick_subnet(ipr: Any, config: NetworkConfig, state: dict[str, Any] | None) 
 def _reclaim_stale(state: dict[str, Any]) -> None:
     """Drop leases whose holder and sandbox processes are both gone, with what they left."""
     from . import bridge as br
-    from . import ports
+    from . import nft
 
     for address, entry in list(state["leases"].items()):
         if _alive(entry.get("holder")) or _alive(entry.get("pid")):
             continue
         log.info("minibox: reclaiming %s from dead sandbox %s", address, entry.get("owner"))
-        _cleanup_entry(entry, br, ports)
+        _cleanup_entry(entry, br, nft)
         del state["leases"][address]
 
 
-def _cleanup_entry(entry: dict[str, Any], br: Any, ports: Any) -> None:
+def _cleanup_entry(entry: dict[str, Any], br: Any, nft: Any) -> None:
     if entry.get("link"):
         with br.opened() as ipr:
             br.delete_link(ipr, entry["link"])
     if entry.get("nft_table"):
-        ports.unpublish_locked(entry["nft_table"], entry["owner"])
+        nft.remove_owner(entry["nft_table"], entry["owner"])
     shutil.rmtree(owner_dir(entry["owner"]), ignore_errors=True)
 
 

@@ -20,23 +20,19 @@ outside is ever let in, and nothing leaves the machine.  Sandboxes reach one
 another directly by address on the bridge.
 
 Rules carry the owner's id in their comment.  They are added in one nft
-transaction (all or none) and removed by handle; the table goes with its
-last rule.  Every change happens under :func:`minibox.network.locked`.
+transaction (all or none) and removed with the owner's other rules by
+:func:`minibox.network.nft.remove_owner`; the table goes with its last
+rule.  Every change happens under :func:`minibox.network.locked`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from ..errors import PreflightError, SetupError, SpecError
-from . import locked
+from ..errors import SpecError
+from . import locked, nft
 
 CHAIN = "output"
 
@@ -51,24 +47,6 @@ class PortRule:
     address: str
     port: int
     handle: int
-
-
-def _nft_binary() -> str:
-    path = shutil.which("nft", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-    if path is None:
-        raise PreflightError("publishing ports needs nftables' nft(8); install the 'nftables' package")
-    return path
-
-
-def _nft(*args: str, script: str | None = None) -> str:
-    try:
-        done = subprocess.run([_nft_binary(), *args], input=script, capture_output=True, text=True,
-                              check=False, timeout=30)
-    except OSError as e:
-        raise SetupError("nft", e.errno, detail=" ".join(args)) from e
-    if done.returncode != 0:
-        raise SetupError("nft", None, detail=f"{' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 def _comment(owner: str, gateway: str, host_port: int, address: str, port: int) -> str:
@@ -87,19 +65,15 @@ def _parse_comment(comment: str, handle: int) -> PortRule | None:
 
 
 def table_exists(table: str) -> bool:
-    out = _nft("-j", "list", "tables", "ip")
-    return any(item.get("table", {}).get("name") == table for item in json.loads(out).get("nftables", []))
+    """Whether ``ip TABLE`` exists (where published ports live)."""
+    return nft.table_exists(table, "ip")
 
 
 def rules(table: str) -> list[PortRule]:
     """The published ports in ``table`` (empty when the table does not exist)."""
-    if not table_exists(table):
-        return []
-    data: dict[str, Any] = json.loads(_nft("-j", "-a", "list", "table", "ip", table))
     found = []
-    for item in data.get("nftables", []):
-        rule = item.get("rule")
-        if rule and rule.get("chain") == CHAIN and "comment" in rule:
+    for rule in nft.rules(table, "ip"):
+        if rule.get("chain") == CHAIN and "comment" in rule:
             parsed = _parse_comment(str(rule["comment"]), int(rule["handle"]))
             if parsed is not None:
                 found.append(parsed)
@@ -137,42 +111,4 @@ def publish_locked(table: str, owner: str, gateway: ipaddress.IPv4Address, addre
         comment = _comment(owner, str(gateway), host_port, str(address), port)
         lines.append(f"add rule ip {table} {CHAIN} ip daddr {gateway} tcp dport {host_port} "
                      f"dnat to {address}:{port} comment \"{comment}\"")
-    _nft("-f", "-", script="\n".join(lines) + "\n")
-
-
-def unpublish(table: str, owner: str) -> None:
-    """Remove ``owner``'s rules; remove the table with its last rule.  Idempotent."""
-    with locked():
-        unpublish_locked(table, owner)
-
-
-def unpublish_locked(table: str, owner: str) -> None:
-    """:func:`unpublish` for a caller that holds :func:`minibox.network.locked`."""
-    if not table_exists_safe(table):
-        return
-    data: dict[str, Any] = json.loads(_nft("-j", "-a", "list", "table", "ip", table))
-    mine: list[int] = []
-    others = 0
-    for item in data.get("nftables", []):
-        rule = item.get("rule")
-        if not rule:
-            continue
-        parsed = _parse_comment(str(rule.get("comment", "")), int(rule["handle"]))
-        if parsed is not None and parsed.owner == owner:
-            mine.append(parsed.handle)
-        else:
-            others += 1
-    lines = [f"delete rule ip {table} {CHAIN} handle {handle}" for handle in mine]
-    if others == 0:
-        lines = [f"delete table ip {table}"]
-    elif not lines:
-        return
-    _nft("-f", "-", script="\n".join(lines) + "\n")
-
-
-def table_exists_safe(table: str) -> bool:
-    """:func:`table_exists`, False when nft is not installed (nothing can have been published)."""
-    try:
-        return table_exists(table)
-    except PreflightError:
-        return False
+    nft.apply(lines)

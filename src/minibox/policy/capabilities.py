@@ -18,7 +18,10 @@ configures nothing itself.
 
 The rules follow the OCI runtime spec and Docker (moby ``TweakCapabilities``):
 
-* the default set is Docker's 14 capabilities (:data:`DEFAULT_CAPABILITIES`);
+* the default set is podman's 11 (:data:`DEFAULT_CAPABILITIES`): Docker's 14
+  without ``NET_RAW`` (raw sockets forge any packet on a shared bridge;
+  ``ping`` uses an unprivileged ICMP socket instead, see
+  ``container/network.py``), ``MKNOD`` and ``AUDIT_WRITE``;
 * ``cap_drop`` is applied first, then ``cap_add`` (an add wins over a drop);
   ``"ALL"`` in ``cap_add`` means every capability this kernel knows minus
   ``cap_drop``; ``"ALL"`` in ``cap_drop`` means start from nothing;
@@ -95,13 +98,13 @@ CAPABILITIES: dict[str, int] = {
 #: Number -> canonical name.
 CAPABILITY_NAMES: dict[int, str] = {number: name for name, number in CAPABILITIES.items()}
 
-#: What a container keeps by default: the OCI/Docker default set.
+#: What a container keeps by default: podman's default set (containers.conf
+#: ``default_capabilities``), which is Docker's 14 minus NET_RAW, MKNOD and AUDIT_WRITE.
 DEFAULT_CAPABILITIES: frozenset[str] = frozenset(
     "CAP_" + name
     for name in (
-        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
+        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "SETGID",
         "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL",
-        "AUDIT_WRITE",
     )
 )
 

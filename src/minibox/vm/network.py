@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpecError
-from ..network.attachment import BridgePort, release_record
+from ..network.attachment import BridgePort, port_mac, release_record
 from ..spec import Spec
 
 #: The guest's NIC name: the only NIC, named by the guest kernel (no udev in the initramfs).
@@ -65,9 +65,8 @@ def tap_name(vm_id: str) -> str:
 
 
 def guest_mac(vm_id: str) -> str:
-    """A locally administered unicast MAC (first octet 02) derived from the VM's id."""
-    digits = (vm_id + "0" * 10)[:10]
-    return "02:" + ":".join(digits[i:i + 2] for i in range(0, 10, 2))
+    """The guest NIC's MAC: the port's, which its guard rules let through (see attachment.port_mac)."""
+    return port_mac(vm_id)
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class VmNetwork:
         self.vm_id = vm_id
         self.port = port
         self.link = port.link
-        self.mac = guest_mac(vm_id)
+        self.mac = port.mac
 
     # -- 1. before QEMU exists ----------------------------------------------------
 
