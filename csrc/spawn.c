@@ -261,6 +261,30 @@ static int run_op(const struct mb_op *op)
         if (mknod(op->target, op->mode, (dev_t)op->dev) < 0 && errno != EEXIST)
             return -1;
         return 0;
+    case MB_OP_WRITE: {
+        /* A per-pid-namespace sysctl (kernel.pid_max since Linux 6.14) is
+         * the writer's own namespace's: only pid 1 of a new one may write
+         * it, or the write would change the host's value. */
+        if ((op->flags & MB_WRITE_PID1) && getpid() != 1) {
+            errno = EPERM;
+            return -1;
+        }
+        fd = open(op->target, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            return -1;
+        size_t len = str_len(op->data);
+        ssize_t n;
+        do {
+            n = write(fd, op->data, len);
+        } while (n < 0 && errno == EINTR);
+        int saved = errno;
+        close(fd);
+        if (n != (ssize_t)len) {
+            errno = n < 0 ? saved : EIO;
+            return -1;
+        }
+        return 0;
+    }
     default:
         errno = EINVAL;
         return -1;

@@ -60,7 +60,12 @@ enum mb_op_kind {
     MB_OP_SYMLINK,       /* symlink(source, target), EEXIST is fine */
     MB_OP_REMOUNT,       /* bind-remount with flags (MS_RDONLY, MS_NODEV...), keeping locked ones */
     MB_OP_MKNOD,         /* mknod(target, mode, dev), for /dev without userns */
+    MB_OP_WRITE,         /* write data into the existing file target (a sysctl); with
+                          * MB_WRITE_PID1 in flags only as pid 1 of a new pid namespace */
 };
+
+/* MB_OP_WRITE flags */
+#define MB_WRITE_PID1 1UL
 
 struct mb_op {
     int kind;

@@ -99,11 +99,12 @@ def _number(flag: str, kind: type, text: str | None) -> Any:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on a bad flag; ``minibox run`` promises 125 like ``docker run``."""
+    """argparse exits 2 on a bad flag and prints the whole usage block first;
+    ``minibox run`` promises one line and 125, like ``docker run``."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_SETUP_FAILED, f"minibox: {message}\n")
+        self.exit(EXIT_SETUP_FAILED, f"minibox: {message.splitlines()[0] if message else 'bad arguments'} "
+                                     f"(see '{self.prog} --help')\n")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -172,6 +173,10 @@ def _add_run_parser(sub: Any) -> None:
                      help="bind-mount host path SRC at DST")
     run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="mount a tmpfs at DST")
     run.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
+    run.add_argument("--rootfs-overlay", action="store_true",
+                     help="write to a private, throw-away layer over --rootfs instead of the directory itself")
+    run.add_argument("--rootfs-overlay-size", metavar="SIZE",
+                     help="bound that layer (and the default image's), e.g. 64M; writes beyond fail with ENOSPC")
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     run.add_argument("-w", "--workdir", default="/", metavar="DIR", help="working directory inside")
     run.add_argument("--user", default="0:0", metavar="UID[:GID]", help="user and group ids inside")
@@ -246,6 +251,8 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         network=args.net,
         mounts=mounts,
         readonly_rootfs=args.read_only,
+        rootfs_overlay=args.rootfs_overlay,
+        rootfs_overlay_size=args.rootfs_overlay_size,
         timeout=_number("--timeout", float, args.timeout),
         namespaces=namespaces,
         cap_add=args.cap_add,
@@ -266,7 +273,7 @@ _FLAG_OF_FIELD = {
     "rootfs": "--rootfs", "hostname": "--hostname", "cwd": "-w", "user": "--user", "timeout": "--timeout",
     "network": "--net", "ip": "--ip", "host_access": "--host-access", "kernel": "--kernel",
     "cap_add": "--cap-add", "cap_drop": "--cap-drop",
-    "seccomp": "--seccomp", "argv": "CMD",
+    "seccomp": "--seccomp", "argv": "CMD", "rootfs_overlay_size": "--rootfs-overlay-size",
 }
 
 
@@ -291,6 +298,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SpecError as e:
         _say(f"{_flag_for(e.field)}: {e.message}")
         return EXIT_SETUP_FAILED
+    except MiniboxError as e:
+        _say(f"{type(e).__name__}: {e}")
+        return EXIT_SETUP_FAILED
     stdin: Any = 0 if args.interactive or args.tty else None
     try:
         if args.isolation == "vm":
@@ -308,6 +318,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except MiniboxError as e:
         _say(f"{type(e).__name__}: {e}")
         return EXIT_SETUP_FAILED
+    except OSError as e:  # a bug if it happens: still one line and 125, not a traceback
+        _say(f"{type(e).__name__}: {e}")
+        return EXIT_SETUP_FAILED
     if result.reason == "oom":
         _say(f"the command was killed by the OOM killer: it hit the memory limit ({args.memory})")
         return 137
@@ -316,14 +329,90 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.shell_status
 
 
+class _Relay:
+    """Pipes between the caller's terminal and a container started without ``-t``.
+
+    Handing the terminal itself to the container would let it change the
+    caller's terminal (tcsetattr(3): raw mode, echo off, a different speed)
+    and read keystrokes meant for the shell.  Like ``docker run`` without
+    ``-t``, the container gets pipes instead, and a thread per stream copies
+    the bytes; an fd that is no terminal (a file, a pipe) is passed as is.
+    """
+
+    def __init__(self, fds: Sequence[int]) -> None:
+        import threading
+
+        self.child: dict[int, int] = {}      # our fd -> the end the container gets
+        self._ours: list[int] = []           # ends the container must not keep open through us
+        self._threads: list[threading.Thread] = []
+        self._outputs: list[threading.Thread] = []
+        for fd in fds:
+            if not os.isatty(fd):
+                self.child[fd] = fd
+                continue
+            read_end, write_end = os.pipe()
+            if fd == 0:  # terminal -> pipe; closing the pipe is the container's EOF
+                self.child[fd] = read_end
+                self._ours.append(read_end)
+                copy = (fd, write_end, write_end)
+            else:  # pipe -> terminal, until every process in the container closed it
+                self.child[fd] = write_end
+                self._ours.append(write_end)
+                copy = (read_end, fd, read_end)
+            thread = threading.Thread(target=self._copy, args=copy, daemon=True)
+            self._threads.append(thread)
+            if fd != 0:
+                self._outputs.append(thread)
+
+    @staticmethod
+    def _copy(source: int, target: int, pipe: int) -> None:
+        try:
+            while data := os.read(source, 65536):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(target, view):]
+        except OSError:
+            pass  # the other side went away: nothing left to copy
+        finally:
+            os.close(pipe)
+
+    def started(self) -> None:
+        """The container holds its ends now: drop ours, so EOF can reach the readers."""
+        for fd in self._ours:
+            os.close(fd)
+        self._ours = []
+        for thread in self._threads:
+            thread.start()
+
+    def finish(self) -> None:
+        """Wait (briefly) until the container's last output reached the terminal.
+
+        The stdin thread is not waited for: it sits in read(0) until the
+        user types, and the command exits without it.
+        """
+        for fd in self._ours:
+            os.close(fd)
+        self._ours = []
+        for thread in self._outputs:
+            if thread.ident is not None:
+                thread.join(timeout=2)
+
+
 def _run_container(spec: Any, stdin: Any) -> Any:
-    """Run a container with the terminal's fds; with a tty, relay it in raw mode."""
+    """Run a container with the caller's stdio; relay a terminal through pipes, or a pty with -t."""
     from .container.container import Container
 
-    box = Container(spec, stdin=stdin, stdout=1, stderr=2, cgroup=False)
     if not spec.tty:
-        with box:
-            return box.wait()
+        relay = _Relay([0, 1, 2] if stdin == 0 else [1, 2])
+        box = Container(spec, stdin=relay.child.get(0), stdout=relay.child[1], stderr=relay.child[2],
+                        cgroup=False)
+        try:
+            with box:
+                relay.started()
+                return box.wait()
+        finally:
+            relay.finish()
+    box = Container(spec, stdin=stdin, stdout=1, stderr=2, cgroup=False)
     import signal
     import termios
     import tty
@@ -349,6 +438,9 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
         path = build_busybox_rootfs(args.dir)
     except MiniboxError as e:
         _say(str(e))
+        return EXIT_SETUP_FAILED
+    except OSError as e:
+        _say(f"cannot build {args.dir}: {e.strerror or e}")
         return EXIT_SETUP_FAILED
     print(path)
     return 0

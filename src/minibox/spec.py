@@ -38,23 +38,44 @@ NAMESPACES: tuple[str, ...] = ("user", "pid", "mnt", "uts", "ipc", "net", "cgrou
 #: What a container gets when the Spec does not say: everything but user and time.
 DEFAULT_NAMESPACES: tuple[str, ...] = ("pid", "mnt", "uts", "ipc", "net", "cgroup")
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: The largest size the kernel stores: cgroup limits are page counts that
+#: top out at LONG_MAX bytes (a bigger memory.limit_in_bytes wraps round
+#: to garbage, even 0, on cgroup v1), and tmpfs sizes are longs too.
+MAX_SIZE = 2**63 - 1
+#: pids.max refuses anything above PID_MAX_LIMIT (include/linux/threads.h:
+#: 4 Mi on 64-bit), with EINVAL -- after the cgroup already exists.
+PIDS_MAX = 4 * 1024 * 1024
+#: The longest timeout the waiting code can sleep through (poll(2) takes an
+#: int of milliseconds); use ``timeout=None`` for no timeout.
+MAX_TIMEOUT = (2**31 - 1) / 1000
 # RFC 1123 host name label(s), as sethostname(2) users expect; the kernel
 # itself accepts anything up to 64 bytes, but a name a resolver cannot parse
 # is a mistake worth catching.
 _HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 _ENV_NAME_RE = re.compile(r"^[^=\x00]+$")
-_CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_CPUSET_RE = re.compile(r"^\d{1,5}(-\d{1,5})?(,\d{1,5}(-\d{1,5})?)*$")
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` cut short for an error message (a huge int has no repr at all)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int with more digits than sys.get_int_max_str_digits()
+        return "a number too large to print"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_size(value: int | str, field_name: str) -> int:
     """Parse ``64M``, ``1g``, ``512KiB``, ``1048576`` or an int into bytes.
 
-    Units are binary (K = 1024), as in ``docker run --memory``.
+    Units are binary (K = 1024), as in ``docker run --memory``.  Exact
+    integer arithmetic (no float: ``"1" + "0" * 400`` must not become
+    ``inf``); at most :data:`MAX_SIZE`.
     """
     if isinstance(value, bool):
-        raise SpecError(field_name, f"expected a size like '64M' or a byte count, got {value!r}")
+        raise SpecError(field_name, f"expected a size like '64M' or a byte count, got {_shown(value)}")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
@@ -62,24 +83,53 @@ def parse_size(value: int | str, field_name: str) -> int:
         if not match:
             raise SpecError(
                 field_name,
-                f"cannot parse size {value!r}; use bytes or a number with K, M, G or T (e.g. '64M')",
+                f"cannot parse size {_shown(value)}; use bytes or a number with K, M, G or T (e.g. '64M')",
             )
-        number, unit, _ = match.groups()
-        size = int(float(number) * _SIZE_UNITS[unit.lower()])
+        whole, fraction, unit, _ = match.groups()
+        if len(whole.lstrip("0")) > 20:  # int() of thousands of digits is slow, then refused anyway
+            raise SpecError(field_name, f"{_shown(value)} is more than the kernel can store (at most 2**63-1 bytes)")
+        scale = _SIZE_UNITS[unit.lower()]
+        size = int(whole) * scale
+        if fraction:
+            fraction = fraction[:20]
+            size += int(fraction) * scale // 10 ** len(fraction)
     else:
         raise SpecError(field_name, f"expected a size like '64M' or a byte count, got {type(value).__name__}")
     if size <= 0:
-        raise SpecError(field_name, f"size must be positive, got {value!r}")
+        raise SpecError(field_name, f"size must be positive, got {_shown(value)}")
+    if size > MAX_SIZE:
+        raise SpecError(field_name, f"{_shown(value)} is more than the kernel can store (at most 2**63-1 bytes)")
     return size
+
+
+def _online_cpus() -> set[int]:
+    """CPUs the kernel may schedule on (/sys/devices/system/cpu/online; cpuset(7) list format)."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return set(_cpu_list(f.read().strip()))
+    except (OSError, ValueError):
+        return set(range(os.cpu_count() or 1))
+
+
+def _cpu_list(text: str) -> list[int]:
+    """``"0-2,5"`` -> [0, 1, 2, 5]; ValueError for a range that runs backwards (the kernel's EINVAL)."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        low, high = int(first), int(last or first)
+        if low > high:
+            raise ValueError(f"range {part!r} runs backwards")
+        cpus.extend(range(low, high + 1))
+    return cpus
 
 
 def _require_absolute(path: object, field_name: str) -> str:
     if not isinstance(path, str) or not path:
-        raise SpecError(field_name, f"expected an absolute path string, got {path!r}")
+        raise SpecError(field_name, f"expected an absolute path string, got {_shown(path)}")
     if "\x00" in path:
         raise SpecError(field_name, "path contains a NUL byte")
     if not path.startswith("/"):
-        raise SpecError(field_name, f"path {path!r} is relative; give an absolute path")
+        raise SpecError(field_name, f"path {_shown(path)} is relative; give an absolute path")
     return path
 
 
@@ -91,7 +141,7 @@ def _normalize_inside(path: str, field_name: str) -> str:
         if part in ("", "."):
             continue
         if part == "..":
-            raise SpecError(field_name, f"path {path!r} uses '..'; mount targets must stay inside the rootfs")
+            raise SpecError(field_name, f"path {_shown(path)} uses '..'; mount targets must stay inside the rootfs")
         parts.append(part)
     return "/" + "/".join(parts)
 
@@ -129,27 +179,37 @@ class Limits:
             object.__setattr__(self, "memory_swap", swap)
         if self.cpus is not None:
             if isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float)):
-                raise SpecError("limits.cpus", f"expected a number of CPUs like 0.5, got {self.cpus!r}")
+                raise SpecError("limits.cpus", f"expected a number of CPUs like 0.5, got {_shown(self.cpus)}")
+            if self.cpus > (os.cpu_count() or 1):  # compared as int first: a huge int has no float
+                raise SpecError("limits.cpus",
+                                f"this host has only {os.cpu_count()} CPUs, asked for {_shown(self.cpus)}")
             if not math.isfinite(self.cpus) or self.cpus < 0.01:
-                raise SpecError("limits.cpus", f"must be at least 0.01, got {self.cpus!r}")
-            if self.cpus > (os.cpu_count() or 1):
-                raise SpecError("limits.cpus", f"this host has only {os.cpu_count()} CPUs, asked for {self.cpus}")
+                raise SpecError("limits.cpus", f"must be at least 0.01, got {_shown(self.cpus)}")
             object.__setattr__(self, "cpus", float(self.cpus))
         if self.cpu_weight is not None:
             if isinstance(self.cpu_weight, bool) or not isinstance(self.cpu_weight, int):
-                raise SpecError("limits.cpu_weight", f"expected an int 1..10000, got {self.cpu_weight!r}")
+                raise SpecError("limits.cpu_weight", f"expected an int 1..10000, got {_shown(self.cpu_weight)}")
             if not 1 <= self.cpu_weight <= 10000:
-                raise SpecError("limits.cpu_weight", f"must be within 1..10000, got {self.cpu_weight}")
+                raise SpecError("limits.cpu_weight", f"must be within 1..10000, got {_shown(self.cpu_weight)}")
         if self.pids is not None:
             if isinstance(self.pids, bool) or not isinstance(self.pids, int) or self.pids < 1:
-                raise SpecError("limits.pids", f"expected a positive int, got {self.pids!r}")
+                raise SpecError("limits.pids", f"expected a positive int, got {_shown(self.pids)}")
+            if self.pids > PIDS_MAX:
+                raise SpecError("limits.pids", f"the kernel accepts at most {PIDS_MAX} (PID_MAX_LIMIT), "
+                                               f"got {_shown(self.pids)}")
         if self.cpuset is not None:
             if not isinstance(self.cpuset, str) or not _CPUSET_RE.match(self.cpuset):
-                raise SpecError("limits.cpuset", f"expected a CPU list like '0' or '0-1,3', got {self.cpuset!r}")
-            highest = max(int(x) for x in re.split(r"[-,]", self.cpuset))
-            if highest >= (os.cpu_count() or 1):
-                last = (os.cpu_count() or 1) - 1
-                raise SpecError("limits.cpuset", f"CPU {highest} does not exist; this host has 0-{last}")
+                raise SpecError("limits.cpuset", f"expected a CPU list like '0' or '0-1,3', "
+                                                 f"got {_shown(self.cpuset)}")
+            try:
+                wanted = _cpu_list(self.cpuset)
+            except ValueError as e:
+                raise SpecError("limits.cpuset", f"{e}; write the lower CPU first, like '0-1'") from e
+            online = _online_cpus()
+            missing = sorted(set(wanted) - online)
+            if missing:
+                have = ",".join(str(c) for c in sorted(online))
+                raise SpecError("limits.cpuset", f"CPU {missing[0]} is not online; this host has {have}")
 
     @property
     def memory_bytes(self) -> int | None:
@@ -191,7 +251,7 @@ class Mount:
     def validated(self, index: int) -> Mount:
         where = f"mounts[{index}]"
         if self.kind not in ("bind", "tmpfs"):
-            raise SpecError(f"{where}.kind", f"unknown mount kind {self.kind!r}; use Mount.bind or Mount.tmpfs")
+            raise SpecError(f"{where}.kind", f"unknown mount kind {_shown(self.kind)}; use Mount.bind or Mount.tmpfs")
         target = _normalize_inside(self.target, f"{where}.target")
         if target == "/":
             raise SpecError(f"{where}.target", "cannot mount over '/'; use Spec.rootfs to choose the root")
@@ -199,7 +259,7 @@ class Mount:
         if self.kind == "bind":
             source = _require_absolute(self.source, f"{where}.source")
             if not os.path.exists(source):
-                raise SpecError(f"{where}.source", f"{source!r} does not exist on the host")
+                raise SpecError(f"{where}.source", f"{_shown(source)} does not exist on the host")
             if size is not None:
                 raise SpecError(f"{where}.size", "size applies to tmpfs mounts only")
         else:
@@ -230,6 +290,14 @@ class Spec:
     cgroup; net is left out for ``network="host"``); add ``"user"`` to map
     ids through a user namespace (``uid_map``/``gid_map``, defaulting to the
     caller's own id as root inside).
+
+    ``rootfs_overlay=True`` puts a private, throw-away writable layer (an
+    overlay on a tmpfs) over a named ``rootfs``, so the directory on the host
+    is never written -- what ``docker run`` users expect; without it a named
+    rootfs is used in place (its files are the container's, as with
+    ``crun``/``runc``).  The shared default image always gets the layer.
+    ``rootfs_overlay_size`` bounds that layer (bytes or ``"64M"``; the
+    container sees ENOSPC beyond it).
     """
 
     argv: Sequence[str]
@@ -242,6 +310,8 @@ class Spec:
     network: str = "none"
     mounts: Sequence[Mount] = ()
     readonly_rootfs: bool = False
+    rootfs_overlay: bool = False
+    rootfs_overlay_size: int | str | None = None
     timeout: float | None = None
     namespaces: Sequence[str] | None = None
     uid_map: Sequence[IdMap] | None = None
@@ -280,40 +350,41 @@ class Spec:
         if self.rootfs is not None:
             rootfs = _require_absolute(self.rootfs, "rootfs")
             if not os.path.exists(rootfs):
-                raise SpecError("rootfs", f"{rootfs!r} does not exist; build one with 'minibox rootfs busybox DIR'")
+                raise SpecError("rootfs",
+                                f"{_shown(rootfs)} does not exist; build one with 'minibox rootfs busybox DIR'")
             if not os.path.isdir(rootfs):
-                raise SpecError("rootfs", f"{rootfs!r} is not a directory")
+                raise SpecError("rootfs", f"{_shown(rootfs)} is not a directory")
             set_(self, "rootfs", os.path.realpath(rootfs))
         # env
         if not isinstance(self.env, Mapping):
             raise SpecError("env", "expected a mapping of names to strings")
         for key, value in self.env.items():
             if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
-                raise SpecError("env", f"invalid variable name {key!r}")
+                raise SpecError("env", f"invalid variable name {_shown(key)}")
             if not isinstance(value, str):
-                raise SpecError(f"env[{key!r}]", f"expected a string, got {type(value).__name__}")
+                raise SpecError(f"env[{_shown(key)}]", f"expected a string, got {type(value).__name__}")
             if "\x00" in value:
-                raise SpecError(f"env[{key!r}]", "contains a NUL byte")
+                raise SpecError(f"env[{_shown(key)}]", "contains a NUL byte")
         set_(self, "env", dict(self.env))
         # cwd, hostname
         _require_absolute(self.cwd, "cwd")
         if not isinstance(self.hostname, str) or not _HOSTNAME_RE.match(self.hostname) or len(self.hostname) > 64:
-            raise SpecError("hostname", f"{self.hostname!r} is not a valid host name "
+            raise SpecError("hostname", f"{_shown(self.hostname)} is not a valid host name "
                             "(letters, digits, '-', '.'; at most 64)")
         # user
         if (not isinstance(self.user, (tuple, list)) or len(self.user) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in self.user)):
-            raise SpecError("user", f"expected (uid, gid) ints, got {self.user!r}")
+            raise SpecError("user", f"expected (uid, gid) ints, got {_shown(self.user)}")
         uid, gid = self.user
         if not (0 <= uid < 2**32 - 1 and 0 <= gid < 2**32 - 1):
-            raise SpecError("user", f"uid and gid must be within 0..4294967294, got {self.user!r}")
+            raise SpecError("user", f"uid and gid must be within 0..4294967294, got {_shown(self.user)}")
         set_(self, "user", (uid, gid))
         # limits
         if not isinstance(self.limits, Limits):
             raise SpecError("limits", "expected a minibox.Limits")
         # network
         if self.network not in NETWORK_MODES:
-            raise SpecError("network", f"unknown mode {self.network!r}; use one of {', '.join(NETWORK_MODES)}")
+            raise SpecError("network", f"unknown mode {_shown(self.network)}; use one of {', '.join(NETWORK_MODES)}")
         # mounts
         if isinstance(self.mounts, (str, bytes)) or not isinstance(self.mounts, Sequence):
             raise SpecError("mounts", "expected a list of minibox.Mount")
@@ -323,60 +394,90 @@ class Spec:
                 raise SpecError(f"mounts[{i}]", "expected a minibox.Mount (Mount.bind or Mount.tmpfs)")
             mounts.append(mount.validated(i))
         set_(self, "mounts", tuple(mounts))
+        # the rootfs's writable layer
+        if not isinstance(self.rootfs_overlay, bool):
+            raise SpecError("rootfs_overlay", f"expected True or False, got {_shown(self.rootfs_overlay)}")
+        if self.rootfs_overlay and self.rootfs is not None and any(c in self.rootfs for c in ",:\\"):
+            raise SpecError("rootfs", f"{_shown(self.rootfs)} holds ',', ':' or '\\', which overlayfs options "
+                                      "cannot carry; use a path without them for rootfs_overlay")
+        if self.rootfs_overlay_size is not None:
+            if self.rootfs is not None and not self.rootfs_overlay:
+                raise SpecError("rootfs_overlay_size", "bounds the overlay layer: set rootfs_overlay=True too")
+            set_(self, "rootfs_overlay_size", parse_size(self.rootfs_overlay_size, "rootfs_overlay_size"))
         # timeout
         if self.timeout is not None:
             if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
-                raise SpecError("timeout", f"expected seconds as a number, got {self.timeout!r}")
-            if not math.isfinite(self.timeout) or self.timeout <= 0:
-                raise SpecError("timeout", f"must be positive, got {self.timeout!r}")
+                raise SpecError("timeout", f"expected seconds as a number, got {_shown(self.timeout)}")
+            if not self.timeout <= MAX_TIMEOUT:  # also NaN; an int too large for a float is refused here
+                raise SpecError("timeout", f"at most {MAX_TIMEOUT:.0f} s (24 days); use None for no timeout")
+            if self.timeout <= 0:
+                raise SpecError("timeout", f"must be positive, got {_shown(self.timeout)}")
         # namespaces
         if self.namespaces is not None:
-            if isinstance(self.namespaces, str):
+            if isinstance(self.namespaces, (str, bytes)) or not isinstance(self.namespaces, Sequence):
                 raise SpecError("namespaces", "expected a list such as ['pid', 'mnt']")
             for name in self.namespaces:
                 if name not in NAMESPACES:
-                    raise SpecError("namespaces", f"unknown namespace {name!r}; known: {', '.join(NAMESPACES)}")
+                    raise SpecError("namespaces", f"unknown namespace {_shown(name)}; known: {', '.join(NAMESPACES)}")
             if "mnt" not in self.namespaces:
                 raise SpecError("namespaces", "'mnt' is required: the rootfs is set up in a private mount namespace")
             if self.network == "host" and "net" in self.namespaces:
                 raise SpecError("namespaces", "network='host' shares the host's network namespace; drop 'net'")
             set_(self, "namespaces", tuple(dict.fromkeys(self.namespaces)))
         for name in ("uid_map", "gid_map"):
-            value = getattr(self, name)
-            if value is None:
+            maps: Any = getattr(self, name)
+            if maps is None:
                 continue
-            if not value or not all(isinstance(m, IdMap) for m in value):
+            if (isinstance(maps, (str, bytes)) or not isinstance(maps, Sequence) or not maps
+                    or not all(isinstance(m, IdMap) for m in maps)):
                 raise SpecError(name, "expected a non-empty list of minibox.spec.IdMap")
-            for m in value:
-                if min(m.inside, m.outside) < 0 or m.count < 1:
-                    raise SpecError(name, f"invalid mapping {m!r}")
+            for m in maps:
+                numbers = (m.inside, m.outside, m.count)
+                if (not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers)
+                        or min(m.inside, m.outside) < 0 or m.count < 1
+                        or max(m.inside, m.outside) + m.count > 2**32 - 1):
+                    raise SpecError(name, f"invalid mapping {_shown(m)}: ids and counts are ints within 0..2**32-2")
             if "user" not in self.effective_namespaces:
                 raise SpecError(name, "id maps need a user namespace; add 'user' to namespaces")
-            set_(self, name, tuple(value))
+            set_(self, name, tuple(maps))
         # hardening: shapes only here; names are checked by policy.capabilities
         for name in ("cap_add", "cap_drop"):
             value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(c, str) for c in value):
+            if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)
+                    or not all(isinstance(c, str) for c in value)):
                 raise SpecError(name, "expected a list of capability names like ['NET_ADMIN']")
             set_(self, name, tuple(value))
         if not isinstance(self.seccomp, (str, Mapping)):
             raise SpecError("seccomp", "expected 'default', 'unconfined' or an OCI linux.seccomp mapping")
         if isinstance(self.seccomp, str) and self.seccomp not in ("default", "unconfined"):
-            raise SpecError("seccomp", f"unknown profile {self.seccomp!r}; use 'default', 'unconfined' or a mapping")
+            raise SpecError("seccomp",
+                            f"unknown profile {_shown(self.seccomp)}; use 'default', 'unconfined' or a mapping")
         if not isinstance(self.rlimits, Mapping):
             raise SpecError("rlimits", "expected a mapping like {'RLIMIT_NOFILE': 1024}")
         set_(self, "rlimits", dict(self.rlimits))
         if self.kernel is not None:
             kernel = _require_absolute(self.kernel, "kernel")
             if not os.path.isfile(kernel):
-                raise SpecError("kernel", f"{kernel!r} is not a file; run 'minibox kernel' to provision one")
+                raise SpecError("kernel", f"{_shown(kernel)} is not a file; run 'minibox kernel' to provision one")
+        if isinstance(self.ports, (str, bytes)) or not isinstance(self.ports, Sequence):
+            raise SpecError("ports", "expected a list of (host_port, sandbox_port) pairs")
         ports = []
         for i, port in enumerate(self.ports):
             if (not isinstance(port, (tuple, list)) or len(port) != 2
-                    or not all(isinstance(p, int) and 0 < p < 65536 for p in port)):
-                raise SpecError(f"ports[{i}]", f"expected (host_port, sandbox_port) within 1..65535, got {port!r}")
+                    or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in port)):
+                raise SpecError(f"ports[{i}]",
+                                f"expected (host_port, sandbox_port) within 1..65535, got {_shown(port)}")
             ports.append((int(port[0]), int(port[1])))
         set_(self, "ports", tuple(ports))
+        if self.ip is not None:
+            import ipaddress
+
+            try:
+                if not isinstance(self.ip, str):
+                    raise TypeError(type(self.ip).__name__)
+                ipaddress.IPv4Address(self.ip)
+            except (ValueError, TypeError) as e:
+                raise SpecError("ip", f"expected an IPv4 address like '10.88.0.5', got {_shown(self.ip)}") from e
         if (self.ports or self.ip) and self.network != "bridge":
             raise SpecError("ports" if self.ports else "ip", "needs network='bridge'")
         if not isinstance(self.host_access, bool):

@@ -117,3 +117,61 @@ def test_result_shell_status_and_description() -> None:
     assert Result(exit_code=None, signal=9, reason="timeout").shell_status == 124
     assert "OOM" in Result(exit_code=None, signal=9, reason="oom").describe()
     assert Result(exit_code=None, signal=15, reason="signaled").describe() == "killed by SIGTERM"
+
+
+# -- values the kernel would refuse (or silently mangle) are refused up front ----------
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    (dict(memory="1" + "0" * 400), "limits.memory"),      # was an untyped OverflowError
+    (dict(memory=2**64), "limits.memory"),                 # v1 memory.limit_in_bytes wraps round to 0
+    (dict(memory="9" * 5000), "limits.memory"),            # more digits than int() converts
+    (dict(memory="64M", memory_swap="1" + "0" * 30), "limits.memory_swap"),
+    (dict(pids=10**12), "limits.pids"),                    # pids.max EINVAL, after the cgroup existed
+    (dict(pids=4 * 1024 * 1024 + 1), "limits.pids"),
+    (dict(cpuset="1-0"), "limits.cpuset"),                 # cpuset.cpus EINVAL, same
+    (dict(cpuset="9" * 5000), "limits.cpuset"),
+    (dict(cpus=10**5000), "limits.cpus"),                  # no float holds it
+    (dict(cpus=float("nan")), "limits.cpus"),
+    (dict(cpu_weight=10**5000), "limits.cpu_weight"),
+])
+def test_limits_the_kernel_refuses_are_spec_errors(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        Limits(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert len(str(info.value)) < 200  # the message quotes the value, cut short
+
+
+def test_largest_values_the_kernel_accepts_pass() -> None:
+    assert Limits(memory=2**63 - 1).memory == 2**63 - 1
+    assert Limits(pids=4 * 1024 * 1024).pids == 4 * 1024 * 1024
+    assert Limits(memory="1.25G").memory == 5 << 28  # exact, no float rounding
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    (dict(timeout=10**400), "timeout"),
+    (dict(timeout=float("nan")), "timeout"),
+    (dict(timeout=30 * 86400), "timeout"),       # longer than poll(2) can wait
+    (dict(namespaces=5), "namespaces"),
+    (dict(ports=5), "ports"),
+    (dict(ports=[(True, 80)]), "ports[0]"),
+    (dict(cap_add=5), "cap_add"),
+    (dict(network="bridge", ip=5), "ip"),
+    (dict(network="bridge", ip="10.1.2"), "ip"),
+    (dict(user=(10**5000, 0)), "user"),
+    (dict(rootfs_overlay=1), "rootfs_overlay"),
+    (dict(rootfs_overlay_size="0"), "rootfs_overlay_size"),
+    (dict(rootfs="/", rootfs_overlay_size="64M"), "rootfs_overlay_size"),  # a bound without the layer
+    (dict(namespaces=["user", "mnt"], uid_map=[IdMap(0, 2**32 - 1, 2)]), "uid_map"),
+    (dict(namespaces=["user", "mnt"], uid_map=5), "uid_map"),
+])
+def test_spec_shapes_and_ranges(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        Spec(argv=["true"], **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_rootfs_overlay_fields() -> None:
+    spec = Spec(argv=["true"], rootfs="/", rootfs_overlay=True, rootfs_overlay_size="64M")
+    assert spec.rootfs_overlay and spec.rootfs_overlay_size == 64 << 20
+    # the default image always has the layer; a size may bound it
+    assert Spec(argv=["true"], rootfs_overlay_size="1M").rootfs_overlay_size == 1 << 20

@@ -36,7 +36,7 @@ from ..errors import MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Spec
 from .namespaces import JOIN_ORDER, clone_flags
-from .plan import choose_root, process_plan
+from .plan import choose_root, pid_bound_ops, process_plan
 from .rootfs import mount_plan
 from .spawn import read_child_error, spawn
 from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
@@ -142,6 +142,7 @@ class Container(Sandbox):
             self._network = NetworkAttachment.prepare(self.id, spec)
             self._cleanups.append(self._network.release)
         extra = self._network.mount_ops(rootfs, mounted_at=root) if self._network is not None else []
+        extra += pid_bound_ops(spec)
         plan.clone_flags = clone_flags(list(namespaces))
         plan.hostname = spec.hostname if "uts" in namespaces else None
         plan.loopback_up = "net" in namespaces

@@ -17,9 +17,10 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+from ..errors import PreflightError
 from ..images.busybox import default_rootfs
 from ..spec import Mount, Spec
-from .rootfs import overlay_root
+from .rootfs import OP_WRITE, WRITE_AS_PID1, MountOp, overlay_root
 from .spawn import ChildPlan
 from .userns import default_maps
 
@@ -61,6 +62,51 @@ def _overlay_scratch() -> str:
         os.makedirs(path, mode=0o755, exist_ok=True)
         _scratch = path
     return _scratch
+
+
+#: How many tasks (processes and threads) a container may hold when the Spec
+#: sets no ``Limits(pids=...)``: podman's default pids limit.  It is enforced
+#: without a cgroup, through the container's own pid namespace (see
+#: :func:`pid_bound_ops` and docs/hardening.md).
+DEFAULT_PID_BOUND = 2048
+
+_pid_bound: bool | None = None
+
+
+def pid_bound_supported() -> bool:
+    """Whether kernel.pid_max is per pid namespace here: Linux >= 6.14 (commit 7863dcc72d0f).
+
+    On older kernels the sysctl is global, so writing it from a container
+    would change the host's: minibox then never writes it.
+    """
+    global _pid_bound
+    if _pid_bound is None:
+        try:
+            major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+            _pid_bound = (major, minor) >= (6, 14)
+        except ValueError:
+            _pid_bound = False
+    return _pid_bound
+
+
+def pid_bound_ops(spec: Spec) -> list[MountOp]:
+    """Bound the number of tasks in the container without a cgroup: a fork bomb's stop.
+
+    Since Linux 6.14 ``kernel.pid_max`` belongs to each pid namespace, and a
+    pid is allocated in every ancestor namespace, so no process in the
+    container -- nor in a namespace it nests -- gets a pid at or above it:
+    at most ``pid_max - 1`` tasks exist at once.  pid 1 of the new namespace
+    writes it during setup, with its capabilities still whole; afterwards
+    ``/proc/sys`` is read-only and CAP_SYS_ADMIN is gone, so the command
+    cannot raise it.  It costs one write(2) (a cgroup would cost the v1
+    migration wait, 8-19 ms).  With ``Limits(pids=N)`` the cgroup holds it at
+    N, and pid_max leaves room for N.
+    """
+    if "pid" not in spec.effective_namespaces or not pid_bound_supported():
+        return []
+    bound = max(DEFAULT_PID_BOUND, spec.limits.pids or 0)
+    # pids 1..bound; the kernel refuses pid_max below RESERVED_PIDS + 1 (301)
+    return [MountOp(OP_WRITE, "/proc/sys/kernel/pid_max", data=str(max(bound + 1, 301)), flags=WRITE_AS_PID1)]
 
 
 def _maps_root(maps: Sequence[Any]) -> bool:
@@ -123,15 +169,21 @@ def choose_root(spec: Spec, plan: ChildPlan) -> tuple[Spec, str, str, bool]:
     minibox's own rootfs is shared by every container that does not name
     one: each gets a private, writable overlay over it (as docker gives a
     container layer), so none can change what the next starts from; the
-    overlay's mount steps go into ``plan.root_ops``.  A rootfs the Spec
-    names is used in place.  Without overlayfs the shared image is mounted
+    overlay's mount steps go into ``plan.root_ops``, with a private /tmp
+    (the image's own is not world-writable).  A rootfs the Spec names is
+    used in place, unless the Spec asks for the same layer over it
+    (``rootfs_overlay``).  Without overlayfs the shared image is mounted
     read-only with a private /tmp (the returned Spec has that mount).
     """
     image = spec.rootfs or str(default_rootfs())
     root = image
     readonly = spec.readonly_rootfs
-    if spec.rootfs is None and _overlayfs_available():
-        plan.root_ops, root = overlay_root(image, _overlay_scratch())
+    if (spec.rootfs is None or spec.rootfs_overlay) and _overlayfs_available():
+        size = None if spec.rootfs_overlay_size is None else int(spec.rootfs_overlay_size)
+        plan.root_ops, root = overlay_root(image, _overlay_scratch(), size=size, private_tmp=spec.rootfs is None)
+    elif spec.rootfs_overlay:
+        raise PreflightError("rootfs_overlay needs overlayfs, and this kernel has none loaded "
+                             "(/proc/filesystems); 'modprobe overlay', or use readonly_rootfs")
     elif spec.rootfs is None:
         readonly = True
         if not any(m.target == "/tmp" for m in spec.mounts):

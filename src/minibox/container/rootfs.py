@@ -45,7 +45,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 # Op kinds, as in csrc/spawn.h enum mb_op_kind
-OP_MOUNT, OP_MKDIR, OP_TOUCH, OP_SYMLINK, OP_REMOUNT, OP_MKNOD = 1, 2, 3, 4, 5, 6
+OP_MOUNT, OP_MKDIR, OP_TOUCH, OP_SYMLINK, OP_REMOUNT, OP_MKNOD, OP_WRITE = 1, 2, 3, 4, 5, 6, 7
+WRITE_AS_PID1 = 1  # OP_WRITE flag: only as pid 1 of a new pid namespace (csrc/spawn.h MB_WRITE_PID1)
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
@@ -77,7 +78,7 @@ class MountOp:
     def describe(self) -> str:
         """Human words for error messages: 'mount proc on /proc'."""
         names = {OP_MOUNT: "mount", OP_MKDIR: "mkdir", OP_TOUCH: "create", OP_SYMLINK: "symlink",
-                 OP_REMOUNT: "remount", OP_MKNOD: "mknod"}
+                 OP_REMOUNT: "remount", OP_MKNOD: "mknod", OP_WRITE: "write"}
         what = names.get(self.kind, "op")
         if self.kind == OP_MOUNT:
             src = self.fstype if self.fstype else self.source
@@ -169,7 +170,8 @@ def _masks(root: str) -> list[MountOp]:
     return ops
 
 
-def overlay_root(image: str, scratch: str) -> tuple[list[MountOp], str]:
+def overlay_root(image: str, scratch: str, *, size: int | None = None,
+                 private_tmp: bool = False) -> tuple[list[MountOp], str]:
     """Steps that give the child a writable, throw-away root over a read-only ``image``.
 
     Kernel feature: overlayfs (Documentation/filesystems/overlayfs.rst).  In
@@ -177,17 +179,26 @@ def overlay_root(image: str, scratch: str) -> tuple[list[MountOp], str]:
     upper layer (every change) and the overlay's work directory; the overlay
     of the upper layer on ``image`` becomes the root.  The image on the host
     is never written -- not even mount points -- and the changes vanish with
-    the container's mount namespace.  Returns the steps and the new root.
+    the container's mount namespace.  ``size`` bounds the tmpfs (tmpfs(5)
+    ``size=``): a write beyond it fails with ENOSPC.  ``private_tmp`` mounts a
+    fresh tmpfs (mode 1777) on ``/tmp``, for a shared image whose own ``tmp``
+    is not world-writable (see images/busybox.py).  Returns the steps and
+    the new root.
     """
     merged = f"{scratch}/root"
+    limit = "" if size is None else f",size={size}"
     ops = [
-        MountOp(OP_MOUNT, scratch, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=755"),
+        MountOp(OP_MOUNT, scratch, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV,
+                data="mode=755" + limit),
         MountOp(OP_MKDIR, f"{scratch}/upper"),
         MountOp(OP_MKDIR, f"{scratch}/work"),
         MountOp(OP_MKDIR, merged),
         MountOp(OP_MOUNT, merged, source="overlay", fstype="overlay",
                 data=f"lowerdir={image},upperdir={scratch}/upper,workdir={scratch}/work"),
     ]
+    if private_tmp:
+        ops.append(MountOp(OP_MOUNT, f"{merged}/tmp", source="tmpfs", fstype="tmpfs",
+                           flags=MS_NOSUID | MS_NODEV, data="mode=1777" + limit))
     return ops, merged
 
 
