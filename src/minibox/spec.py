@@ -481,7 +481,7 @@ class Spec:
         if (self.ports or self.ip) and self.network != "bridge":
             raise SpecError("ports" if self.ports else "ip", "needs network='bridge'")
         if not isinstance(self.host_access, bool):
-            raise SpecError("host_access", f"expected True or False, got {self.host_access!r}")
+            raise SpecError("host_access", f"expected True or False, got {_shown(self.host_access)}")
         if self.host_access and self.network != "bridge":
             # 'host' is the host's network already; 'none' reaches nothing.  Refused rather
             # than ignored, so a Spec never claims a boundary it does not have.
