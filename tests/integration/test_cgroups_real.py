@@ -164,11 +164,13 @@ def test_cpus_half_uses_half_a_cpu(box: Callable[[Limits], Box]) -> None:
     cpu = b.cgroup.stats().cpu_seconds
     assert cpu is not None
     # An upper bound (how much less it gets depends on the machine's load),
-    # and the kernel's own word that the quota bit: throttled periods.
-    assert cpu / wall <= 0.6, f"{cpu:.2f} cpu s in {wall:.2f} s"
+    # and the kernel's own word that the quota bit (throttled periods) unless
+    # the machine was too busy to give it even half a CPU.
+    rate = cpu / wall
+    assert rate <= 0.6, f"{cpu:.2f} cpu s in {wall:.2f} s"
     directory = b.cgroup.paths.get("cpu") or b.cgroup.paths["unified"]
     stat = dict(line.split() for line in Path(directory, "cpu.stat").read_text().splitlines())
-    assert int(stat["nr_throttled"]) > 0
+    assert int(stat["nr_throttled"]) > 0 or rate < 0.5, (rate, stat)
 
 
 def test_freeze_stops_a_counter_and_thaw_resumes_it(box: Callable[[Limits], Box], tmp_path: Path) -> None:

@@ -67,11 +67,13 @@ def test_cpu_limit_half_a_cpu() -> None:
         throttled = _throttled_periods(box.cgroup_paths)
     assert before is not None and after is not None
     rate = (after - before) / elapsed
-    # The limit is an upper bound (CFS bandwidth: 50 ms per 100 ms period);
-    # how much less a busy loop gets depends on the machine's load, so the
-    # proof that the bound bit is the kernel's own throttling counter.
+    # The limit is an upper bound (CFS bandwidth: 50 ms per 100 ms period).
+    # How much less a busy loop gets depends on the machine's load: either
+    # the kernel throttled it (its own counter says the bound bit), or the
+    # machine was too busy to give it even half a CPU.  Running at half a
+    # CPU or more without ever being throttled means the limit is missing.
     assert rate <= 0.6, rate
-    assert throttled > 0
+    assert throttled > 0 or rate < 0.5, (rate, throttled)
 
 
 def _throttled_periods(paths: dict[str, str]) -> int:
