@@ -2,6 +2,7 @@
 #
 #   make demo   -- install what is missing, then run the main demo
 #   make test   -- install what is missing, then run the whole test suite
+#   make soak   -- the long soak: mixed runs, killed callers, one gc, leaks? (bench/soak.py)
 #
 # Everything is idempotent: apt packages are installed only when missing,
 # the venv is created once, the C core is rebuilt when csrc/ changes.
@@ -17,15 +18,23 @@ APT_PACKAGES := gcc libc6-dev libcap-dev libseccomp-dev busybox-static cpio \
 PEER_PACKAGES := crun runc bubblewrap
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup apt peers lint bench clean
+.PHONY: demo test setup apt peers lint bench soak clean
 
 demo: setup
 	$(VENV)/bin/minibox demo namespaces
 	$(VENV)/bin/minibox demo compare
 
 
+# On a terminal, pytest's dots; in a log (stdout not a terminal) one line per
+# test as it finishes, with its count, and the slowest tests at the end --
+# a CI log shows progress instead of staying silent until a line of dots fills.
 test: setup
-	$(PY) -m pytest -q tests
+	@if [ -t 1 ]; then set -x; $(PY) -m pytest -q tests; \
+	else set -x; PYTHONUNBUFFERED=1 $(PY) -m pytest -v -o console_output_style=count --durations=10 tests; fi
+
+SOAK_ARGS ?= --runs 10000 --vm-runs 200 --kill-fraction 0.1 --concurrency 4
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 setup: apt $(STAMP)
 
@@ -41,7 +50,7 @@ apt:
 $(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/build_native.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,compare]'
+	$(PY) -m pip install -q -e '.[test,compare,plot]'
 	@# byte-compile now: with PYTHONDONTWRITEBYTECODE set, every CLI start
 	@# would otherwise recompile minibox from source (about 15 ms)
 	$(PY) -m compileall -q src/minibox > /dev/null
