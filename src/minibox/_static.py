@@ -50,11 +50,17 @@ def build_static(relative: str, name: str) -> Path:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise PreflightError(f"no C compiler to build {name}: install gcc and libc6-dev")
+    from .firstuse import step
+
     fd, tmp = tempfile.mkstemp(dir=state_dir(), prefix=f".{name}-")
     os.close(fd)
     try:
-        built = subprocess.run([compiler, "-static", "-O2", "-o", tmp, str(source)],
-                               capture_output=True, text=True, check=False)
+        with step(name, f"compiling the static {name} (csrc/{relative})",
+                  f"a small program minibox runs inside sandboxes; once per source version, kept in {state_dir()}") \
+                as compiled:
+            built = subprocess.run([compiler, "-static", "-O2", "-o", tmp, str(source)],
+                                   capture_output=True, text=True, check=False)
+            compiled.size = os.stat(tmp).st_size
         if built.returncode != 0:
             raise PreflightError(f"could not build the static {name} (is libc6-dev installed?):\n"
                                  + built.stderr.strip())

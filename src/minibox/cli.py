@@ -514,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .firstuse import cli_reporter
+
+    cli_reporter()  # first-use steps (rootfs, kernel, helpers) are said on stderr, never stdout
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -138,8 +138,13 @@ def default_rootfs() -> str:
     # the common case is one stat(): keep it free of pathlib and friends
     if not os.path.exists(os.path.join(path, "bin", "busybox")):
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        from ..firstuse import step
+
         try:
-            build_busybox_rootfs(path, shared=True)
+            with step("rootfs", "building the busybox rootfs",
+                      f"containers and VMs need a root file system; once, kept in {path}") as built:
+                build_busybox_rootfs(path, shared=True)
+                built.size = sum(os.lstat(os.path.join(d, n)).st_size for d, _, names in os.walk(path) for n in names)
         except (SpecError, FileExistsError, OSError):
             # Another process may have built it concurrently: fine if it is complete.
             if not os.path.exists(os.path.join(path, "bin", "busybox")):

@@ -138,7 +138,12 @@ def choose(kernel: KernelInfo, qemu_version: str, run_probe: Callable[[], bool],
     if key in known:
         verdict = known[key]
         return Verdict(verdict["accelerator"], verdict["reason"] + " (cached for this boot)")
-    if run_probe():
+    from ..firstuse import step
+
+    with step("accelerator", "probing /dev/kvm with a test boot",
+              "a KVM that cannot run this kernel would hang every VM; the verdict is kept until reboot"):
+        booted = run_probe()
+    if booted:
         verdict = Verdict("kvm", "using KVM: a probe guest booted under it")
     else:
         verdict = Verdict(

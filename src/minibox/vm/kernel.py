@@ -313,12 +313,17 @@ def provision_debian(root: Path) -> KernelInfo | None:
         package = _debian_package(flavour)
         if package is None:
             continue
-        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        from ..firstuse import step
+
+        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp, \
+                step("kernel", f"provisioning the guest kernel: apt-get download {package}",
+                     f"a VM boots its own kernel; once, kept in {root}") as fetched:
             got = subprocess.run(["apt-get", "download", package], cwd=tmp,
                                  capture_output=True, text=True, timeout=600)
             debs = list(Path(tmp).glob("*.deb"))
             if got.returncode != 0 or not debs:
                 continue
+            fetched.size = debs[0].stat().st_size
             unpacked = Path(tmp) / "unpacked"
             subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], check=True,
                            capture_output=True, timeout=600)
