@@ -516,9 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .firstuse import cli_reporter
 
-    cli_reporter()  # first-use steps (rootfs, kernel, helpers) are said on stderr, never stdout
     try:
-        return COMMANDS[args.command](args)
+        with cli_reporter():  # first-use steps (rootfs, kernel, helpers) are said on stderr, never stdout
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
 

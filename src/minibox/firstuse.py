@@ -117,11 +117,15 @@ class _Reporter:
     LOG_TICK = 5.0  # ... and in a log (stderr not a terminal)
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: whatever sys.stderr is when a line is written
         self.tty = self.stream.isatty()
         self.lock = threading.Lock()
         self.current: Step | None = None
         self.stop = threading.Event()
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
@@ -153,8 +157,13 @@ class _Reporter:
                     self._write(f"minibox: first use: ... {current.what}: {so_far:.0f} s so far\n")
 
 
-def cli_reporter(stream: TextIO | None = None) -> Callable[[StepEvent], None]:
-    """Register and return the CLI's reporter: step lines (and time so far) on ``stream`` (stderr)."""
+@contextlib.contextmanager
+def cli_reporter(stream: TextIO | None = None) -> Iterator[None]:
+    """While in the block, print the steps (and time so far) on ``stream`` (default: stderr)."""
     reporter = _Reporter(stream)
     add_callback(reporter)
-    return reporter
+    try:
+        yield
+    finally:
+        reporter.stop.set()
+        remove_callback(reporter)
