@@ -1,74 +1,177 @@
 /*
- * minibox-keeper: end a VM's processes when the Python process that owns
- * them dies without cleaning up (SIGKILL, OOM kill, a crash).
+ * minibox-keeper: nothing a minibox owner started may outlive it.
  *
- * Kernel features: pidfd_open(2) and poll(2) on pidfds; a pipe whose write
- * end only the owner holds (pipe(7): when every write end is closed, the
- * read end reports POLLHUP).
+ * Kernel features: pidfd_open(2), pidfd_send_signal(2) and poll(2) on
+ * pidfds; SCM_RIGHTS over a unix(7) socketpair to receive pidfds; EOF on a
+ * socket whose other end only the owner holds (the kernel closes it when
+ * the owner process is gone, however it dies).
  *
  * Why a separate process: QEMU does not exit when its QMP peer goes away,
- * and a guest paused at power-off (-action shutdown=pause) would hold its
- * RAM forever.  PR_SET_PDEATHSIG would do, but it fires when the *thread*
- * that started QEMU exits, and a library cannot know how long its caller's
- * threads live.  The owner's pipe closes exactly when the owner process is
- * gone.
+ * and a container's init reparented to the host's init keeps running.
+ * PR_SET_PDEATHSIG would do, but it fires when the *thread* that started
+ * the child exits, and a library cannot know how long its caller's threads
+ * live; it is also cleared when the child changes its credentials (QEMU's
+ * -runas, a container's setuid).
  *
- * Usage: minibox-keeper OWNER_FD PID [PID...]
- *   OWNER_FD  the read end of the owner's pipe
- *   PID       processes to SIGKILL if the owner goes first
- * It exits when the owner closes the pipe (after killing what still runs)
- * or when every PID has exited.
+ * Usage:
+ *   minibox-keeper watch SOCK_FD
+ *       Fork into the background (the owner reaps the first process at
+ *       once) and watch: every message on SOCK_FD carries pidfds to hold
+ *       (SCM_RIGHTS).  A held pidfd that becomes readable (its process
+ *       exited) is dropped.  EOF on SOCK_FD -- the owner is gone, or done --
+ *       SIGKILLs every process still held, and the keeper exits.
+ *   minibox-keeper hold GO_FD PROGRAM [ARG...]
+ *       Wait for one byte "G" on GO_FD, then execvp PROGRAM in place (same
+ *       pid).  EOF instead -- the owner died before it recorded this pid --
+ *       exits without ever running PROGRAM.  This is how a VM's QEMU and
+ *       virtiofsd start: they run only once the owner's record and keeper
+ *       know them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define MAX_PIDS 16
+#define MAX_FDS_PER_MESSAGE 16
 
-int main(int argc, char **argv)
+static int pidfd_kill(int pidfd)
 {
-    if (argc < 3 || argc - 2 > MAX_PIDS)
-        return 2;
-    struct pollfd fds[MAX_PIDS + 1];
-    int n = 0;
-    fds[n].fd = atoi(argv[1]);
-    fds[n].events = POLLIN;
-    n++;
-    /* Open the pidfds now, while each pid is certainly still its process:
-     * they are our owner's unreaped children. */
-    for (int i = 2; i < argc; i++) {
-        int pidfd = (int)syscall(SYS_pidfd_open, atoi(argv[i]), 0);
-        if (pidfd < 0)
-            continue;   /* already gone */
-        fds[n].fd = pidfd;
-        fds[n].events = POLLIN;
-        n++;
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+}
+
+/* ---- watch ----------------------------------------------------------- */
+
+static struct pollfd *fds;
+static size_t n_fds, cap_fds;
+
+static int add_fd(int fd)
+{
+    if (n_fds == cap_fds) {
+        size_t cap = cap_fds ? cap_fds * 2 : 64;
+        struct pollfd *grown = realloc(fds, cap * sizeof *fds);
+        if (grown == NULL)
+            return -1;
+        fds = grown;
+        cap_fds = cap;
     }
-    int alive = n - 1;
-    while (alive > 0) {
-        if (poll(fds, (nfds_t)n, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            return 1;
-        }
-        if (fds[0].revents & (POLLHUP | POLLERR | POLLIN)) {
-            /* The owner is gone (or is done with them): nothing may outlive it. */
-            for (int i = 1; i < n; i++)
-                if (fds[i].fd >= 0)
-                    syscall(SYS_pidfd_send_signal, fds[i].fd, SIGKILL, NULL, 0);
-            return 0;
-        }
-        for (int i = 1; i < n; i++) {
-            if (fds[i].fd >= 0 && (fds[i].revents & POLLIN)) {
-                close(fds[i].fd);
-                fds[i].fd = -1;   /* poll ignores negative fds */
-                alive--;
+    fds[n_fds].fd = fd;
+    fds[n_fds].events = POLLIN;
+    fds[n_fds].revents = 0;
+    n_fds++;
+    return 0;
+}
+
+/* Receive one message; its pidfds join the watch.  0 on EOF (the owner is gone). */
+static ssize_t receive(int sock)
+{
+    char data[16];
+    char control[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
+    struct iovec iov = { data, sizeof data };
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n;
+    do {
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int received[MAX_FDS_PER_MESSAGE];
+        memcpy(received, CMSG_DATA(c), count * sizeof(int));
+        for (size_t i = 0; i < count; i++) {
+            if (add_fd(received[i]) < 0) {
+                /* Out of memory: we cannot watch it, so it may not outlive us either. */
+                pidfd_kill(received[i]);
+                close(received[i]);
             }
         }
     }
+    return n;
+}
+
+static int watch(int sock)
+{
+    /* Into the background: the owner reaps this first process right away,
+     * and the keeper is nobody's child for long. */
+    pid_t pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid > 0)
+        _exit(0);
+    setsid();   /* a Ctrl-C meant for the owner does not stop the watch */
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {   /* one pidfd per sandbox process */
+        lim.rlim_cur = lim.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &lim);
+    }
+    if (add_fd(sock) < 0)
+        return 1;
+    /* Hello: our pid, so the owner knows we are up (and who we are). */
+    int me = (int)getpid();
+    if (send(sock, &me, sizeof me, MSG_NOSIGNAL) != (ssize_t)sizeof me)
+        return 1;
+    for (;;) {
+        if (poll(fds, (nfds_t)n_fds, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (fds[0].revents & POLLIN) {
+            if (receive(sock) <= 0)
+                break;   /* EOF: the owner is gone */
+        } else if (fds[0].revents & (POLLHUP | POLLERR)) {
+            break;
+        }
+        /* Drop the pidfds of processes that have exited. */
+        size_t kept = 1;
+        for (size_t i = 1; i < n_fds; i++) {
+            if (fds[i].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) {
+                close(fds[i].fd);
+                continue;
+            }
+            fds[kept++] = fds[i];
+        }
+        n_fds = kept;
+    }
+    /* The owner is gone: nothing it started may outlive it. */
+    for (size_t i = 1; i < n_fds; i++)
+        pidfd_kill(fds[i].fd);
     return 0;
+}
+
+/* ---- hold ------------------------------------------------------------ */
+
+static int hold(int go_fd, char **argv)
+{
+    char go = 0;
+    ssize_t n;
+    do {
+        n = read(go_fd, &go, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1 || go != 'G')
+        return 0;   /* the owner died first: never run what it could not record */
+    close(go_fd);
+    execvp(argv[0], argv);
+    return 127;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "watch") == 0)
+        return watch(atoi(argv[2]));
+    if (argc >= 4 && strcmp(argv[1], "hold") == 0)
+        return hold(atoi(argv[2]), argv + 3);
+    return 2;
 }

@@ -156,7 +156,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         demo = add("demo", help="list or run the teaching demos")
         demo.add_argument("name", nargs="?", help="the demo to run")
     if wanted("gc"):
-        add("gc", help="remove what killed callers left behind (cgroups, state, network)")
+        add("gc", help="remove what dead owners left behind (processes, cgroups, network, records)")
+    if wanted("ps"):
+        ps = add("ps", help="list the sandboxes minibox has records of, live or not")
+        ps.add_argument("--json", action="store_true", help="machine-readable output")
+    if wanted("kill"):
+        kill = add("kill", help="send a signal to a sandbox by id (see 'minibox ps')")
+        kill.add_argument("-s", "--signal", default="KILL", help="signal name or number (default: KILL)")
+        kill.add_argument("id", metavar="ID", help="the sandbox's id, or a unique prefix of it")
     if wanted("preflight"):
         add("preflight", help="explain what this host allows and why")
     return parser
@@ -461,13 +468,60 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .container.state import collect_garbage
+    from .errors import MiniboxError
+    from .gc import collect
 
-    removed = collect_garbage()
-    for container_id in removed:
-        print(f"removed leftovers of {container_id}")
-    if not removed:
-        print("nothing to clean")
+    try:
+        report = collect()
+    except MiniboxError as e:
+        _say(f"{type(e).__name__}: {e}")
+        return EXIT_SETUP_FAILED
+    for line in report.lines():
+        print(line)
+    return 1 if report.failed else 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from .errors import MiniboxError
+    from .gc import list_sandboxes
+
+    try:
+        rows = list_sandboxes()
+    except MiniboxError as e:
+        _say(f"{type(e).__name__}: {e}")
+        return EXIT_SETUP_FAILED
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'ID':<14}{'KIND':<11}{'STATE':<7}{'PID':<9}{'OWNER':<9}{'DETACHED':<10}WHY")
+    for row in rows:
+        procs = row.get("processes") or [{}]
+        owner: dict[str, Any] = row["owner"] if isinstance(row.get("owner"), dict) else {}
+        print(f"{row['id']:<14}{row.get('kind')!s:<11}{'live' if row['alive'] else 'dead':<7}"
+              f"{procs[0].get('pid', '-')!s:<9}{owner.get('pid', '-')!s:<9}"
+              f"{'yes' if row.get('detached') else 'no':<10}{row['why']}")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    import signal
+
+    from .errors import MiniboxError
+    from .gc import kill
+
+    name = args.signal.upper().removeprefix("SIG")
+    try:
+        sig = int(name) if name.isdigit() else int(getattr(signal, f"SIG{name}"))
+    except AttributeError:
+        _say(f"--signal {args.signal!r}: not a signal name or number")
+        return EXIT_SETUP_FAILED
+    try:
+        kill(args.id, sig)
+    except MiniboxError as e:
+        _say(str(e))
+        return 1
     return 0
 
 
@@ -500,7 +554,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "rootfs": cmd_rootfs, "kernel": cmd_kernel, "gc": cmd_gc,
+    "run": cmd_run, "rootfs": cmd_rootfs, "kernel": cmd_kernel, "gc": cmd_gc, "ps": cmd_ps, "kill": cmd_kill,
     "preflight": cmd_preflight, "demo": cmd_demo, "compare": cmd_compare,
 }
 

@@ -261,9 +261,9 @@ def test_gc_releases_the_network_of_a_killed_callers_vm(busybox_rootfs: str) -> 
         # what the killed caller left: QEMU (so the tap), the lease, the port rule
         assert vmnet.tap_name(started["id"]) in links()
         assert ports.table_exists(TABLE) and len(ipam.leases(BRIDGE)) == 1
-        from minibox.container.state import collect_garbage
+        from minibox.gc import collect
 
-        assert f"vm-{started['id']}" in collect_garbage()
+        assert f"vm {started['id']}" in collect().removed
         assert vmnet.tap_name(started["id"]) not in links()  # gone with the QEMU gc killed
         PORT_NAMES.append(vmnet.tap_name(started["id"]))
     finally:

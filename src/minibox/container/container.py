@@ -5,12 +5,16 @@ csrc/spawn.c).  In order, ``start()``:
 
 1. plans (container/plan.py): validates what the Spec asks of *this* path and compiles the hardening
    (capability masks, seccomp program, rlimits) -- before anything exists;
-2. creates the container's cgroups (container/cgroups/);
-3. clones the child into its namespaces (container/spawn.py -> C); the
-   child blocks on a pipe;
-4. writes the child's uid/gid maps (container/userns.py) and attaches it
+2. writes the container's record (minibox/records.py), naming its owner's
+   lock and the cgroup and network port it is about to create, so that at
+   no instant does something exist that ``minibox gc`` cannot find;
+3. leases its bridge port and creates its cgroups (container/cgroups/);
+4. clones the child into its namespaces (container/spawn.py -> C); the
+   child blocks on a pipe; the owner's keeper (minibox/owner.py) gets a
+   pidfd of it, so it dies with its owner unless started ``detached``;
+5. writes the child's uid/gid maps (container/userns.py) and attaches it
    to its cgroups, then releases it;
-5. reads the close-on-exec error pipe: EOF means the command is running,
+6. reads the close-on-exec error pipe: EOF means the command is running,
    a report means a named step failed, and everything is undone.
 
 ``wait()`` drains stdout/stderr while polling the child's pidfd, enforces
@@ -54,10 +58,17 @@ class Container(Sandbox):
     an fd to pass through.  ``cgroup=False`` skips the cgroup when the Spec
     has no limits (what :func:`minibox.run` does, to start faster); pause,
     resume and exact stats need it.
+
+    A container dies with the process that owns it (its keeper SIGKILLs it
+    when the owner is gone, however the owner dies).  ``detached=True``
+    opts out: the container outlives its owner, ``close()`` leaves it
+    running, and ``minibox ps`` / ``minibox kill ID`` / ``minibox gc`` find
+    it through its record.  Pass it file descriptors for its output: pipes
+    this object reads are closed with it.
     """
 
     def __init__(self, spec: Spec, *, stdin: bytes | int | None = None, stdout: int | None = None,
-                 stderr: int | None = None, cgroup: bool = True) -> None:
+                 stderr: int | None = None, cgroup: bool = True, detached: bool = False) -> None:
         if not isinstance(spec, Spec):
             raise SpecError("spec", "expected a minibox.Spec")
         self.spec = spec
@@ -77,7 +88,8 @@ class Container(Sandbox):
         self._started_at = 0.0
         self._result: Result | None = None
         self._closed = False
-        self._state_written = False
+        self._detached = detached
+        self._record: Any = None  # records.Record, written before anything else exists
         self._rusage: Any = None
         self._status: int | None = None
 
@@ -130,6 +142,9 @@ class Container(Sandbox):
                 raise
 
     def _start(self) -> None:
+        from ..owner import StartSteps
+
+        steps = StartSteps()
         spec = self.spec
         namespaces = spec.effective_namespaces
         in_userns = "user" in namespaces
@@ -137,10 +152,13 @@ class Container(Sandbox):
         plan = process_plan(spec, spec.argv)
         uid_map, gid_map = default_maps(spec) if in_userns else ((), ())
         spec, rootfs, root, readonly = choose_root(spec, plan)
+        self._record = self._create_record(spec)
+        steps.done("record")
         if spec.network == "bridge":
             from .network import NetworkAttachment
             self._network = NetworkAttachment.prepare(self.id, spec)
             self._cleanups.append(self._network.release)
+            steps.done("network")
         extra = self._network.mount_ops(rootfs, mounted_at=root) if self._network is not None else []
         extra += pid_bound_ops(spec)
         plan.clone_flags = clone_flags(list(namespaces))
@@ -154,6 +172,9 @@ class Container(Sandbox):
             self._cgroup = self._create_cgroup()
             if self._cgroup is not None:
                 self._cleanups.append(self._cgroup.remove)
+                if self._cgroup.paths != self._record.data.get("cgroup", {}).get("paths"):
+                    self._record.update(cgroup={"version": self._cgroup.version, "paths": self._cgroup.paths})
+                steps.done("cgroup")
 
         to_close: list[int] = []
         child_ends: list[int] = []
@@ -227,6 +248,8 @@ class Container(Sandbox):
             child_ends = []
 
             try:
+                self._supervise()
+                steps.done("spawn")
                 if in_userns:
                     write_id_maps(self._pid, uid_map, gid_map)
                     os.write(sync_w, b"M")  # maps written: start the setup
@@ -235,8 +258,9 @@ class Container(Sandbox):
                     self._cgroup.attach(self._pid)
                 if self._network is not None:
                     self._network.attach(self._pid)
-                self._write_state()
+                    steps.done("attach network")
                 if not plan.use_vfork:
+                    # Everything that can fail has happened: only now may the command run.
                     os.write(sync_w, b"G")
             except (OSError, MiniboxError) as e:
                 # A child that failed its setup meanwhile explains better.
@@ -255,6 +279,7 @@ class Container(Sandbox):
             failure = read_child_error(error_r, plan)
             if failure is not None:
                 raise failure
+            steps.done("running")
         finally:
             for fd in to_close + child_ends:
                 with contextlib.suppress(OSError):
@@ -288,21 +313,43 @@ class Container(Sandbox):
             return False
         return bool(select.select([self._pidfd], [], [], 0)[0])
 
-    def _write_state(self) -> None:
-        if self._cgroup is None and self._network is None:
-            return  # nothing would outlive the processes: no state to keep
-        from ..procfs import start_time
-        from . import state as state_mod
+    def _create_record(self, spec: Spec) -> Any:
+        """Write this container's record before anything it names exists (see minibox/records.py).
 
-        assert self._pid is not None
-        record: dict[str, Any] = {"id": self.id, "pid": self._pid,
-                                  "starttime": start_time(self._pid)}
-        if self._cgroup is not None:
-            record["cgroup"] = {"version": self._cgroup.version, "paths": self._cgroup.paths}
+        It names the cgroup and the bridge port the next steps will create,
+        so a caller killed between any two steps leaves only what gc finds.
+        """
+        from ..records import Record
+
+        fields: dict[str, Any] = {}
+        if self._want_cgroup:
+            from .cgroups import detect_layout, parent_dirs
+
+            try:
+                layout = detect_layout()
+                fields["cgroup"] = {"version": 2 if layout.kind == "v2" else 1,
+                                    "paths": {c: f"{d}/{self.id}" for c, d in parent_dirs(layout=layout).items()}}
+            except (OSError, MiniboxError):
+                pass  # creating it will fail with the real reason
+        if spec.network == "bridge":
+            from ..network import config_from_env
+            from .network import veth_name
+
+            config = config_from_env()
+            fields["network"] = {"id": self.id, "bridge": config.bridge, "link": veth_name(self.id),
+                                 "nft_table": config.nft_table if spec.ports else None}
+        return Record.create("container", self.id, detached=self._detached, **fields)
+
+    def _supervise(self) -> None:
+        """Name the child in the record, and (unless detached) hand it to the owner's keeper."""
+        from ..owner import keep
+
+        assert self._pid is not None and self._pidfd is not None
+        if not self._detached:
+            keep(self._pidfd)
+        self._record.add_process(self._pid, "init")
         if self._network is not None:
-            record["network"] = self._network.record()
-        state_mod.write_state(self.id, record)
-        self._state_written = True
+            self._record.update(network=self._network.record())
 
     # -- wait ---------------------------------------------------------------------
 
@@ -518,6 +565,9 @@ class Container(Sandbox):
         with self._lock:
             if self._closed:
                 return
+            if self._detached and self.running and not self._child_exited():
+                self._let_go()
+                return
             if self._pid is not None and self._result is None:
                 self._kill_all()
                 with contextlib.suppress(OSError):
@@ -527,6 +577,24 @@ class Container(Sandbox):
                 self._reap()
             self._teardown()
             self._closed = True
+
+    def _let_go(self) -> None:
+        """Close this object's handles on a detached container and leave it running.
+
+        Its record stays (naming its init), so ``minibox ps`` lists it,
+        ``minibox kill`` ends it and ``minibox gc`` cleans up once it exits.
+        """
+        self._pipes.close()
+        for fd in (self._pty_master, self._pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._pty_master = self._pidfd = None
+        self._cleanups.clear()
+        if self._record is not None:
+            self._record.leave()
+            self._record = None
+        self._closed = True
 
     def _teardown(self) -> None:
         """Release host resources, newest first; also after a half-finished start."""
@@ -550,11 +618,15 @@ class Container(Sandbox):
                 cleanup()
             except (OSError, MiniboxError) as e:
                 errors.append(e)
-        if self._state_written and not errors:
-            from . import state as state_mod
-
-            state_mod.remove_state(self.id)
-            self._state_written = False
+        if self._record is not None:
+            try:
+                if errors:
+                    self._record.abandon()  # its owner gave up on it: `minibox gc` finishes the job
+                else:
+                    self._record.remove()
+            except (OSError, MiniboxError) as e:
+                errors.append(e)
+            self._record = None
         if errors:
             raise errors[0]
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import PreflightError, SetupError
@@ -93,14 +93,19 @@ def virtiofsd_argv(virtiofsd: str, listen_fd: int, share: Share) -> list[str]:
     return command
 
 
-def start(virtiofsd: str, share: Share) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start a virtiofsd for ``share``; its process and the socket end QEMU inherits."""
+def start(virtiofsd: str, share: Share, wrap: Callable[[list[str]], list[str]] = list,
+          extra_fds: Sequence[int] = ()) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a virtiofsd for ``share``; its process and the socket end QEMU inherits.
+
+    ``wrap`` rewrites the command line (minibox.owner.Held starts it held),
+    ``extra_fds`` are more fds it inherits.
+    """
     listener, qemu_end = vhost_user_socket()
     try:
         proc = subprocess.Popen(
-            virtiofsd_argv(virtiofsd, listener.fileno(), share),
+            wrap(virtiofsd_argv(virtiofsd, listener.fileno(), share)),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(listener.fileno(),), start_new_session=True)
+            pass_fds=(listener.fileno(), *extra_fds), start_new_session=True)
     except OSError:
         qemu_end.close()
         raise

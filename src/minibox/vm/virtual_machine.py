@@ -44,15 +44,15 @@ from typing import Any
 
 from .. import procfs
 from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
+from ..owner import Held, StartSteps
 from ..sandbox import Reason, Result, Sandbox, Stats, Usage
 from ..spec import Spec
 from . import accel as _accel
 from . import agent as _agent
-from . import leftovers, machine, virtiofs
+from . import machine, virtiofs
 from . import network as _network
 from . import plan as _plan
 from .channels import Channels, ExecState
-from .keeper import Keeper
 from .kernel import KernelInfo, ensure_kernel, modules_for
 from .plan import GUEST_MODULES as GUEST_MODULES  # re-exported: bench, compare, demos
 from .plan import guest_initramfs as guest_initramfs
@@ -154,12 +154,11 @@ class VirtualMachine(Sandbox):
         # host resources
         self._qemu: subprocess.Popen[bytes] | None = None
         self._helpers: list[subprocess.Popen[bytes]] = []  # one virtiofsd per share
-        self._keeper: Keeper | None = None
         self._socks: list[socket.socket] = []
         self._memfd: int | None = None
         self._monitor: Monitor | None = None
         self._ctl: socket.socket | None = None
-        self._state_file: Path | None = None
+        self._record: Any = None  # records.Record, written before anything else exists
         self._net: _network.VmNetwork | None = None  # network="bridge": lease, ports (vm/network.py)
         self._tap_fd: int | None = None  # our copy of the tap's fd, until QEMU holds its own
         # what we learned: the channels' state (agent frames, output) and QEMU's events
@@ -232,18 +231,27 @@ class VirtualMachine(Sandbox):
         agent_bin = _agent.build_agent()
         modules = modules_for(kernel, plan.modules)
         self._accel = _accel.choose(kernel, qemu_version(qemu), lambda: kvm_probe(qemu, kernel, agent_bin))
-        # -- execute: host-side preparation, network, initramfs, virtiofsd, QEMU
+        # -- execute: the record first, naming what is about to exist; then the
+        # network, the initramfs, virtiofsd and QEMU.  Each process starts held
+        # (see minibox.owner.Held): it runs only once the record and the
+        # keeper know it, so a caller killed at any instant leaves nothing
+        # `minibox gc` cannot find, and the keeper ends what it knows.
+        steps = StartSteps()
+        self._record = self._create_record(plan.spec)
+        steps.done("record")
         if plan.make_mount_points:
             virtiofs.make_mount_points(plan.rootfs, plan.spec.mounts)
         if plan.spec.network == "bridge":
-            # the lease (and published ports) before anything else exists; close() gives them back
+            # the lease (and published ports); close() gives them back
             self._net = _network.VmNetwork.prepare(self._id, plan.spec)
+            self._record.update(network=self._net.record())
+            steps.done("network")
         image = guest_initramfs(plan.spec, agent_bin, modules, plan.guest_mounts, self._stdin,
                                 packed_root=plan.packed_root, network=self._net)
         self._memfd = os.memfd_create(f"minibox-initramfs-{self._id}", 0)
         os.write(self._memfd, image)
         child_fds: list[int] = [self._memfd]
-        virtiofs_fds = self._start_virtiofsd(virtiofsd, plan.shares)
+        virtiofs_fds = self._start_virtiofsd(virtiofsd, plan.shares, steps)
         child_fds += [fd for _, fd in virtiofs_fds]
         # One socketpair per channel: we keep one end, QEMU inherits the other.
         ours: list[socket.socket] = []
@@ -268,7 +276,9 @@ class VirtualMachine(Sandbox):
             self._tap_fd = self._net.open_tap()
             child_fds.append(self._tap_fd)
             cfg.tap_fd, cfg.mac = self._tap_fd, self._net.mac
+            steps.done("tap")
         err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
+        steps.done("qemu")
         self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
         try:
             self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
@@ -276,37 +286,63 @@ class VirtualMachine(Sandbox):
             raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._ch.qemu_error()}") from e
         self._wait_for_start(plan.spec)
 
-    def _start_virtiofsd(self, virtiofsd: str, shares: Sequence[virtiofs.Share]) -> list[tuple[str, int]]:
-        """One virtiofsd per share; the (tag, fd) pairs QEMU inherits."""
+    def _create_record(self, spec: Spec) -> Any:
+        """This VM's record, before anything it names exists (see minibox/records.py)."""
+        from ..records import Record
+
+        network = None
+        if spec.network == "bridge":
+            from ..network import config_from_env
+
+            config = config_from_env()
+            network = {"id": self._id, "bridge": config.bridge, "link": _network.tap_name(self._id),
+                       "nft_table": config.nft_table if spec.ports else None}
+        return Record.create("vm", self._id, network=network)
+
+    def _start_virtiofsd(self, virtiofsd: str, shares: Sequence[virtiofs.Share],
+                         steps: StartSteps) -> list[tuple[str, int]]:
+        """One virtiofsd per share, each held until recorded and kept; the (tag, fd) pairs QEMU inherits."""
         fds = []
         for share in shares:
-            proc, qemu_end = virtiofs.start(virtiofsd, share)
-            self._socks.append(qemu_end)
-            self._helpers.append(proc)
+            held = Held()
+            try:
+                proc, qemu_end = virtiofs.start(virtiofsd, share, wrap=held.argv, extra_fds=(held.fd,))
+                self._socks.append(qemu_end)
+                self._helpers.append(proc)
+                held.supervise(proc.pid, self._record, "virtiofsd")
+                held.go()
+            finally:
+                held.close()
             fds.append((share.tag, qemu_end.fileno()))
+            steps.done("virtiofsd")
         return fds
 
     def _start_qemu(self, argv: list[str], child_fds: list[int]) -> int:
-        """Start QEMU with ``child_fds``, record it, arm the keeper; the read end of its stderr."""
+        """Start QEMU with ``child_fds``: held until recorded and kept, then released; its stderr's read end."""
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        held = Held()
         try:
-            self._qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=err_w,
-                                          pass_fds=child_fds, start_new_session=True)
-        except OSError as e:
-            os.close(err_r)
-            raise PreflightError(f"cannot start {argv[0]}: {e.strerror}") from e
+            try:
+                self._qemu = subprocess.Popen(held.argv(argv), stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=err_w,
+                                              pass_fds=[*child_fds, held.fd], start_new_session=True)
+            except OSError as e:
+                os.close(err_r)
+                raise PreflightError(f"cannot start {argv[0]}: {e.strerror}") from e
+            finally:
+                os.close(err_w)
+            # If this process dies from here on, the keeper ends QEMU (and the
+            # virtiofsd before it); if the keeper dies too, gc finds them in the record.
+            held.supervise(self._qemu.pid, self._record, "qemu")
+            if self._net is not None:
+                self._net.started(self._qemu.pid)  # the lease now names QEMU
+            held.go()
         finally:
-            os.close(err_w)
+            held.close()
         if self._net is not None:
             # QEMU holds the tap now: with our copy closed it lives exactly as long as QEMU.
             _network.close_fd(self._tap_fd)
             self._tap_fd = None
-        self._write_state_file()
-        # If this process dies without close(), the keeper ends QEMU and virtiofsd.
-        self._keeper = Keeper([self._qemu.pid, *(helper.pid for helper in self._helpers)])
-        if self._net is not None:
-            self._net.started(self._qemu.pid)  # the lease now names QEMU
         # QEMU holds its ends now; ours must go, or EOF would never come.
         for sock in list(self._socks):
             if sock.fileno() in child_fds:
@@ -333,12 +369,6 @@ class VirtualMachine(Sandbox):
             self._result = self._timeout_result()
             return
         raise SetupError("boot", None, self._why_it_died("the guest never started the command"))
-
-    def _write_state_file(self) -> None:
-        """Record our processes so that `minibox gc` can find them if this process dies."""
-        assert self._qemu is not None
-        self._state_file = leftovers.write_record(self._id, self._qemu.pid, [p.pid for p in self._helpers],
-                                                  network=self._net.record() if self._net is not None else None)
 
     # ---- QMP events -------------------------------------------------------------------
 
@@ -570,9 +600,6 @@ class VirtualMachine(Sandbox):
             except subprocess.TimeoutExpired:
                 helper.kill()
                 helper.wait()
-        if self._keeper is not None:
-            self._keeper.release()
-            self._keeper = None
         if self._memfd is not None:
             os.close(self._memfd)
             self._memfd = None
@@ -585,8 +612,12 @@ class VirtualMachine(Sandbox):
                 self._net.release()
             except (OSError, MiniboxError) as e:
                 net_error = e  # the state file stays, so `minibox gc` can finish the job
-        if self._state_file is not None and net_error is None:
-            self._state_file.unlink(missing_ok=True)
+        if self._record is not None:
+            if net_error is None:
+                self._record.remove()
+            else:
+                self._record.abandon()  # `minibox gc` finishes the job
+            self._record = None
         with self._cond:
             self._cond.notify_all()
         if net_error is not None:
