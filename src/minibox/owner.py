@@ -242,6 +242,11 @@ def _start_keeper() -> socket.socket:
     return ours
 
 
+def keeper_fd() -> int | None:
+    """This process's end of its keeper socket: one fd per process, for its whole life."""
+    return None if _keeper is None else _keeper.fileno()
+
+
 def keeper_pid() -> int | None:
     """The pid of this process's keeper, once started (the tests kill it to play the OOM killer)."""
     return _keeper_pid if _keeper is not None else None
