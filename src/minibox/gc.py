@@ -160,16 +160,19 @@ def _collect_unrecorded_cgroups(by_name: dict[str, list[str]], named: set[str], 
             report.skipped.append((f"cgroup {name}", "no record names it and it still holds processes; "
                                    "not minibox's to kill (remove it by hand if it is yours)"))
             continue
+        removed = 0
         for p in paths:
             try:
                 os.rmdir(p)
+                removed += 1
             except FileNotFoundError:
-                pass
+                pass  # its owner removed it meanwhile
             except OSError as e:
                 report.failed.append((f"cgroup {name}", f"rmdir {p}: {e.strerror}"))
                 break
         else:
-            report.removed.append(f"cgroup {name} (unrecorded)")
+            if removed:
+                report.removed.append(f"cgroup {name} (unrecorded)")
 
 
 def _procs(directory: str) -> bool:
