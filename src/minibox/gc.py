@@ -16,9 +16,14 @@ A *detached* sandbox is left alone while its own process runs, and
 collected once it has exited.
 
 Then the cgroups no record names: a cgroup is created only after its
-record exists, so one with no record was made by an older minibox or had
-its record deleted by hand.  Empty ones are removed; ones that still hold
-processes are reported, not touched (they are nobody's to kill).  The
+record exists, so one with no record was made by an older minibox, had its
+record deleted by hand -- or belongs to a minibox using another runtime
+directory (``MINIBOX_RUNTIME_DIR``), whose records this gc cannot see.
+Ones that hold processes are reported, not touched (they are nobody's to
+kill).  Empty ones are removed once older than :data:`UNRECORDED_GRACE`:
+the only empty cgroup of a live container is one being set up or torn down
+(milliseconds), and the grace keeps gc off another runtime directory's
+containers in that window; the report names every one it skips, and why.  The
 cgroups are listed *before* the records are read, so a container being
 started meanwhile is always seen through its record.  Lastly, the lock files
 of owners that are gone.
@@ -27,11 +32,15 @@ of owners that are gone.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import owner, records
 from .errors import MiniboxError
+
+#: Seconds an empty cgroup no record names is left alone (see the module docstring).
+UNRECORDED_GRACE = 10.0
 
 
 @dataclass
@@ -154,11 +163,17 @@ def _collect_unrecorded_cgroups(by_name: dict[str, list[str]], named: set[str], 
             continue
         try:
             busy = any(_procs(p) for p in paths)
+            age = time.time() - max(os.stat(p).st_mtime for p in paths)
         except OSError:
             continue  # vanished meanwhile
         if busy:
             report.skipped.append((f"cgroup {name}", "no record names it and it still holds processes; "
                                    "not minibox's to kill (remove it by hand if it is yours)"))
+            continue
+        if age < UNRECORDED_GRACE:
+            report.skipped.append((f"cgroup {name}", f"no record names it and it is {age:.1f} s old: it may be "
+                                   "another runtime directory's container being set up; gc removes it "
+                                   f"once older than {UNRECORDED_GRACE:.0f} s"))
             continue
         removed = 0
         for p in paths:
