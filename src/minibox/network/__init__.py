@@ -17,19 +17,27 @@ Modules:
   ``runtime_dir()/network/`` under an flock(2), so that threads and processes
   starting sandboxes at once never share an address.
 * :mod:`minibox.network.ports` -- ``-p HOSTPORT:PORT`` as nftables rules.
+* :mod:`minibox.network.guard` -- what each port may send (its own MAC and
+  address only) and reach (not the host, unless ``Spec.host_access``; never
+  off the bridge), as nftables rules per port.
+* :mod:`minibox.network.nft` -- running nft(8); minibox's own tables, and
+  the rules that belong to one sandbox.
 * :mod:`minibox.network.attachment` -- one port of the bridge from lease to
   release, container or VM alike: lease, ports, generated /etc files, and
   the undo of its record.
 
 Nothing here routes or NATs traffic off the machine: the bridge has no
-uplink, IP forwarding is never enabled, and the only NAT rule is DNAT for
-connections the host itself makes to the bridge's gateway address.
+uplink, IP forwarding is never enabled (and where the host enables it, each
+port's forward rules drop what would leave the bridge), and the only NAT
+rule is DNAT for connections the host itself makes to the bridge's gateway
+address.
 
 Configuration (read when a sandbox starts, so tests can point minibox at a
 bridge of their own): ``MINIBOX_BRIDGE`` (default ``minibox0``),
 ``MINIBOX_SUBNET`` (default: the first /24 of 10.88.0.0/16 that no host route
 overlaps; an explicit subnet that collides is refused) and
-``MINIBOX_NFT_TABLE`` (default ``minibox``, family ``ip``).
+``MINIBOX_NFT_TABLE`` (default ``minibox``; one table of that name in the
+``ip`` and one in the ``bridge`` family).
 
 pyroute2 is imported lazily, inside functions: ``network="none"`` never pays
 for it.

@@ -15,8 +15,9 @@ gateway's, so no masquerading and no ``route_localnet`` are needed.
 What is reachable, exactly: ``GATEWAY:HOSTPORT`` from processes on the
 host (in the host's network namespace).  Not 127.0.0.1:HOSTPORT, not the
 host's other addresses, and not from other machines: minibox never turns on
-IP forwarding and never adds a prerouting or forward rule, so nothing from
-outside is ever let in, and nothing leaves the machine.  Sandboxes reach one
+IP forwarding and never adds a prerouting rule, so nothing from outside is
+ever let in (and :mod:`minibox.network.guard`'s forward rules drop it even
+where the host forwards), and nothing leaves the machine.  Sandboxes reach one
 another directly by address on the bridge.
 
 Rules carry the owner's id in their comment.  They are added in one nft
