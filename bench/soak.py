@@ -36,6 +36,7 @@ import json
 import os
 import random
 import secrets
+import select
 import shutil
 import signal
 import statistics
@@ -283,6 +284,7 @@ def _links(bridge: str) -> list[str]:
 
 
 def _nft_tables() -> list[str]:
+    """Every nft table on the host, as ``nft list tables`` prints them."""
     nft = shutil.which("nft") or "/usr/sbin/nft"
     proc = subprocess.run([nft, "list", "tables"], capture_output=True, text=True, check=False)
     return sorted(line for line in proc.stdout.splitlines() if line.strip())
@@ -303,7 +305,7 @@ def inventory(soak: Soak, exclude: set[int]) -> dict[str, list[str]]:
         "cgroups": _cgroups(soak.cgroup_parent),
         "mounts": mounts,
         "links": _links(soak.env["MINIBOX_BRIDGE"]),
-        "nft tables": _nft_tables(),
+        "nft tables": [t for t in _nft_tables() if soak.tag in t],  # the soak's table only
         "processes": _marked_processes(soak.tag, exclude),
         "state files": _files(soak.base / "run"),
         "temp files": _files(soak.base / "tmp") + sorted(tmp),
@@ -375,7 +377,7 @@ def killed_run(soak: Soak, name: str, rng: random.Random, tally: Tally) -> None:
         tally.caller_pids.add(proc.pid)
     try:
         assert proc.stdout is not None
-        proc.stdout.readline()  # "ready": imported, about to start the sandbox
+        select.select([proc.stdout], [], [], 60)  # "ready": imported, about to start the sandbox
         time.sleep(rng.uniform(0, DURATION[name] * 1.2))
         proc.send_signal(signal.SIGKILL)  # our own child, by pid
     finally:
@@ -390,24 +392,38 @@ def killed_run(soak: Soak, name: str, rng: random.Random, tally: Tally) -> None:
 class Worker:
     """A steady caller process, fed scenario names; it lives through many runs (RSS, fds)."""
 
+    #: A run taking longer than this is a hang: the worker is killed and replaced.
+    RUN_TIMEOUT = 180.0
+
     def __init__(self, soak: Soak) -> None:
         self.proc = subprocess.Popen([*_python(), "--worker"], env=soak.env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
 
     def run(self, name: str) -> dict[str, Any]:
+        """One run's report; RuntimeError when the worker died or hung (it is then gone)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(name + "\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.RUN_TIMEOUT)
+        if not ready:
+            self.proc.kill()  # our own child, by pid
+            self.proc.wait()
+            raise RuntimeError(f"the worker {self.proc.pid} hung for {self.RUN_TIMEOUT:g} s in {name}; killed")
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the worker {self.proc.pid} died (exit {self.proc.wait()})")
+            raise RuntimeError(f"the worker {self.proc.pid} died (exit {self.proc.wait()}) in {name}")
         result: dict[str, Any] = json.loads(line)
         return result
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -433,14 +449,25 @@ def drive(soak: Soak, plan: list[tuple[str, bool]], concurrency: int, seed: int,
                 n, (name, kill) = item
                 if kill:
                     killed_run(soak, name, rng, tally)
-                else:
+                    progress(n)
+                    continue
+                try:
                     result = worker.run(name)
+                except RuntimeError as e:  # a dead or hung worker is an unexpected failure; go on
                     with tally.lock:
-                        tally.done[name] += 1
-                        tally.seconds.setdefault(name, []).append(result["seconds"])
-                        tally.workers[worker.proc.pid].append((result["rss_kib"], result["fds"]))
-                        if result["error"]:
-                            tally.unexpected.append(f"run {n} ({name}): {result['error']}")
+                        tally.unexpected.append(f"run {n} ({name}): {e}")
+                    worker.close()
+                    worker = Worker(soak)
+                    with tally.lock:
+                        tally.workers[worker.proc.pid] = []
+                    progress(n)
+                    continue
+                with tally.lock:
+                    tally.done[name] += 1
+                    tally.seconds.setdefault(name, []).append(result["seconds"])
+                    tally.workers[worker.proc.pid].append((result["rss_kib"], result["fds"]))
+                    if result["error"]:
+                        tally.unexpected.append(f"run {n} ({name}): {result['error']}")
                 progress(n)
         finally:
             worker.close()
