@@ -34,7 +34,7 @@ import select
 import signal as signal_mod
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Result, Sandbox, Stats, Usage
@@ -91,6 +91,7 @@ class Container(Sandbox):
         self._detached = detached
         self._record: Any = None  # records.Record, written before anything else exists
         self._rusage: Any = None
+        self._oom_event = False  # the cgroup's OOM event arrived while waiting
         self._status: int | None = None
 
     # -- properties ---------------------------------------------------------------
@@ -371,7 +372,8 @@ class Container(Sandbox):
             if self._pty_master is not None:
                 finished = relay_tty(self._pidfd, self._pty_master, self._stdin, self._stdout, deadline, out)
             else:
-                finished = communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err)
+                with self._oom_watch() as watch:
+                    finished = communicate(self._pidfd, self._pipes, stdin_data, deadline, out, err, watch)
             timed_out = not finished
             if timed_out:
                 self._kill_all()
@@ -380,6 +382,41 @@ class Container(Sandbox):
             self._result = self._make_result(b"".join(out), b"".join(err), timed_out)
             self._teardown()
             return self._result
+
+    @contextlib.contextmanager
+    def _oom_watch(self) -> Iterator[dict[int, Callable[[], None]]]:
+        """While waiting: on the cgroup's OOM event, SIGKILL every process of the container.
+
+        Measured (docs/cgroups.md, "When an OOM kill takes seconds"): the
+        OOM victim can be stuck on a lock held by another member that is
+        itself looping in the memory cgroup's reclaim, until the kernel's
+        OOM reaper frees the victim's memory -- 2 s later.  A pending
+        SIGKILL makes that member's charge fail at once, so every process
+        dies in milliseconds.  An OOM kill thereby ends the whole container,
+        as ``memory.oom.group`` makes the kernel do on cgroup v2.
+        """
+        cgroup = self._cgroup
+        fd = None
+        if cgroup is not None and self.spec.limits.memory is not None:
+            with contextlib.suppress(MiniboxError, OSError):
+                fd = cgroup.oom_watch()
+        if fd is None:
+            yield {}
+            return
+
+        def on_oom() -> None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
+            self._oom_event = True
+            with contextlib.suppress(OSError, MiniboxError):
+                cgroup.signal_all(signal_mod.SIGKILL)
+
+        try:
+            if cgroup.under_oom():  # an OOM before the watch existed
+                on_oom()
+            yield {fd: on_oom}
+        finally:
+            os.close(fd)
 
     def _reap(self) -> None:
         if self._status is not None or self._pid is None:
@@ -410,6 +447,7 @@ class Container(Sandbox):
         if self._cgroup is not None:
             with contextlib.suppress(OSError, MiniboxError):
                 oom = bool(self._cgroup.oom_killed())
+            oom = oom or self._oom_event  # our SIGKILL may have come before the kernel's
         if timed_out:
             reason = "timeout"
         elif oom and (sig == signal_mod.SIGKILL or exit_code_opt == 128 + signal_mod.SIGKILL):

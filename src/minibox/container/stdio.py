@@ -22,6 +22,7 @@ import time
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 READ_CHUNK = 1 << 16
@@ -55,12 +56,15 @@ class Pipes:
 
 
 def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: float | None,
-                 out: list[bytes], err: list[bytes]) -> bool:
+                 out: list[bytes], err: list[bytes],
+                 watch: dict[int, Callable[[], None]] | None = None) -> bool:
     """Feed stdin, drain stdout/stderr, until the process exits and the pipes close.
 
     Returns False when ``deadline`` (a time.monotonic() value) passed first.
     Draining while waiting means a child writing megabytes never blocks on a
-    full pipe (the deadlock subprocess.communicate() also avoids).
+    full pipe (the deadlock subprocess.communicate() also avoids).  ``watch``
+    maps more fds to what to do when one becomes readable (the cgroup's OOM
+    event); the callback must consume the event.
     """
     poller = select.poll()
     targets: dict[int, list[bytes]] = {}
@@ -79,6 +83,9 @@ def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: fl
             os.close(pipes.stdin_w)
             pipes.stdin_w = None
     poller.register(pidfd, select.POLLIN)
+    watch = dict(watch or {})
+    for fd in watch:
+        poller.register(fd, select.POLLIN)
     exited = False
     while targets or not exited:
         timeout_ms: float | None = None
@@ -91,6 +98,11 @@ def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: fl
             if fd == pidfd:
                 exited = True
                 poller.unregister(pidfd)
+                for other in watch:  # nothing left to watch for once the process is gone
+                    poller.unregister(other)
+                watch.clear()
+            elif fd in watch:
+                watch[fd]()
             elif fd == pipes.stdin_w:
                 try:
                     written = os.write(fd, pending[:READ_CHUNK])

@@ -186,6 +186,28 @@ class Cgroup:
         """
         self._backend.kill_all(timeout)
 
+    def oom_watch(self) -> int | None:
+        """A non-blocking, close-on-exec fd that becomes readable when the cgroup runs out of memory.
+
+        v1: an eventfd registered on ``memory.oom_control`` (read it to
+        re-arm it); v2: None -- ``memory.oom.group`` makes the kernel kill
+        the whole group itself.  The caller closes the fd.  After creating
+        it, check :meth:`under_oom`: an OOM that came before it is not counted.
+        """
+        return self._backend.oom_watch()
+
+    def under_oom(self) -> bool:
+        """Whether the cgroup is out of memory now, or was OOM-killed already."""
+        return False if self._removed else self._backend.under_oom()
+
+    def signal_all(self, sig: int) -> None:
+        """Send ``sig`` once to every process of the cgroup, without freezing or waiting.
+
+        The OOM path's kill: a process stuck in memory reclaim cannot be
+        frozen quickly, but a pending SIGKILL lets its charge fail at once.
+        """
+        self._backend.signal_all(sig)
+
     def remove(self) -> None:
         """Remove the container's directories (never the shared parent); idempotent.
 

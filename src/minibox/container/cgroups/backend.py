@@ -84,6 +84,22 @@ class Backend:
     def kill_all(self, timeout: float) -> None:
         raise NotImplementedError
 
+    def oom_watch(self) -> int | None:
+        """An fd that becomes readable when the cgroup runs out of memory, or None (see :meth:`Cgroup.oom_watch`)."""
+        return None
+
+    def under_oom(self) -> bool:
+        """Whether the cgroup is out of memory right now, or its OOM killer has already struck."""
+        return self.oom_killed()
+
+    def signal_all(self, sig: int) -> None:
+        """Send ``sig`` to every process of the cgroup once: no freezing, no waiting."""
+        for pid in self.procs():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
 
 def limit_fields(limits: Limits) -> dict[str, str | None]:
     """Controller -> the Spec field that needs it (None: used for stats only)."""

@@ -94,6 +94,30 @@ class V1(Backend):
             raise SetupError(step, e.errno, detail=path) from e
         raise SetupError(step, errno.ETIMEDOUT, detail=path)
 
+    def oom_watch(self) -> int | None:
+        # cgroup-v1/memory.rst, 9 "OOM Control": write "<eventfd> <fd of memory.oom_control>" to
+        # cgroup.event_control and the eventfd counts every OOM of this group.  The kernel keeps
+        # the eventfd (not the control file's fd), and drops the registration when it is closed.
+        control = self._file("memory", "memory.oom_control")
+        events = self._file("memory", "cgroup.event_control")
+        if control is None or events is None:
+            return None
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                files.write(events, f"{efd} {cfd}")
+            finally:
+                os.close(cfd)
+        except OSError as e:
+            os.close(efd)
+            raise SetupError("cgroup OOM watch", e.errno, detail=events) from e
+        return efd
+
+    def under_oom(self) -> bool:
+        control = files.keyed(files.read_opt(self._file("memory", "memory.oom_control") or ""))
+        return control.get("under_oom", "0") != "0" or int(control.get("oom_kill", "0")) > 0
+
     def kill_all(self, timeout: float) -> None:
         freezer = self.set_frozen if "freezer" in self.paths else None
         detail = next(iter(self.paths.values()), "")

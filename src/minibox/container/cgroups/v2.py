@@ -10,6 +10,7 @@ table is in :func:`create`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -149,6 +150,11 @@ def create(
         made.created.append(child)
         if limits.memory_bytes is not None:
             files.set_limit(child + "/memory.max", str(limits.memory_bytes), "limits.memory")
+            # An OOM kill ends the whole container, as on v1 (Container.wait kills the group on
+            # the OOM event): cgroup-v2.rst, memory.oom.group.  A victim stuck behind a lock that
+            # a member in reclaim holds would otherwise wait for the OOM reaper (docs/cgroups.md).
+            with contextlib.suppress(FileNotFoundError):  # before Linux 4.19
+                files.write(child + "/memory.oom.group", "1")
             if limits.memory_swap_bytes is not None:
                 swap = limits.memory_swap_bytes - limits.memory_bytes
                 files.set_limit(child + "/memory.swap.max", str(swap), "limits.memory_swap")
