@@ -47,7 +47,7 @@ apt:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/build_native.py
+$(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/rootfs.c csrc/rootfs.h csrc/build_native.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,compare,plot]'

@@ -4,7 +4,9 @@ Run by setup.py through ``cffi_modules``; produces the extension module
 ``minibox._minibox_native``.  Only ``minibox._native`` imports it.
 
 Two groups of declarations:
-* the spawn engine (csrc/spawn.h, csrc/spawn.c): the child's setup steps;
+* the spawn engine (csrc/spawn.h, csrc/spawn.c): the child's setup steps,
+  and its mount engine (csrc/rootfs.c): paths resolved inside the rootfs
+  through file descriptors, also called from Python (mb_open_in_root);
 * libseccomp, used in the *parent* to compile a seccomp profile into a
   classic-BPF program that the child installs as its last step.
 """
@@ -75,7 +77,7 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "minibox._minibox_native",
     '#include "spawn.h"\n#include <seccomp.h>\n',
-    sources=[f"{REL}/spawn.c"],
+    sources=[f"{REL}/spawn.c", f"{REL}/rootfs.c"],
     include_dirs=[REL],
     libraries=["seccomp"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],

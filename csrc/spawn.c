@@ -5,7 +5,8 @@
  * Kernel features: clone3(2) with CLONE_NEW* and CLONE_PIDFD (and
  * CLONE_INTO_CGROUP on cgroup v2), namespaces(7), mount_namespaces(7),
  * pivot_root(2), capabilities(7), prctl(2) PR_SET_NO_NEW_PRIVS,
- * seccomp(2), setns(2).
+ * seccomp(2), setns(2), cgroup_namespaces(7).  The mount steps themselves
+ * (paths resolved inside the rootfs through fds) are in rootfs.c.
  *
  * Why C: the Python process that calls us may run other threads.  After a
  * clone without CLONE_VM only the calling thread exists in the child, and
@@ -22,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include "spawn.h"
+#include "rootfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,9 +43,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/syscall.h>
-#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -198,99 +198,6 @@ static size_t str_len(const char *s)
     return n;
 }
 
-/* Translate statvfs flags into the mount flags a bind remount must keep.
- * In a user namespace the kernel "locks" nosuid/nodev/noexec/atime flags
- * of mounts inherited from a more privileged namespace, and a remount that
- * drops them fails with EPERM (see mount_namespaces(7)). */
-static unsigned long locked_flags(const char *path)
-{
-    struct statvfs sv;
-    unsigned long flags = 0;
-    if (statvfs(path, &sv) < 0)
-        return 0;
-    if (sv.f_flag & ST_NOSUID)
-        flags |= MS_NOSUID;
-    if (sv.f_flag & ST_NODEV)
-        flags |= MS_NODEV;
-    if (sv.f_flag & ST_NOEXEC)
-        flags |= MS_NOEXEC;
-    if (sv.f_flag & ST_NOATIME)
-        flags |= MS_NOATIME;
-    if (sv.f_flag & ST_NODIRATIME)
-        flags |= MS_NODIRATIME;
-    if (sv.f_flag & ST_RELATIME)
-        flags |= MS_RELATIME;
-    return flags;
-}
-
-static int remount_bind(const char *path, unsigned long flags)
-{
-    return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | locked_flags(path) | flags, NULL);
-}
-
-static int run_op(const struct mb_op *op)
-{
-    int fd;
-    switch (op->kind) {
-    case MB_OP_MOUNT:
-        return mount(op->source, op->target, op->fstype, op->flags, op->data);
-    case MB_OP_MKDIR:
-        if (mkdir(op->target, op->mode) < 0 && errno != EEXIST)
-            return -1;
-        return 0;
-    case MB_OP_TOUCH:
-        fd = open(op->target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, op->mode);
-        if (fd < 0) {
-            /* an existing file (or a read-only rootfs holding it) is fine */
-            int saved = errno;
-            struct stat st;
-            if (saved != ELOOP && stat(op->target, &st) == 0 && !S_ISDIR(st.st_mode))
-                return 0;
-            errno = saved;
-            return -1;
-        }
-        close(fd);
-        return 0;
-    case MB_OP_SYMLINK:
-        if (symlink(op->source, op->target) < 0 && errno != EEXIST)
-            return -1;
-        return 0;
-    case MB_OP_REMOUNT:
-        return remount_bind(op->target, op->flags);
-    case MB_OP_MKNOD:
-        if (mknod(op->target, op->mode, (dev_t)op->dev) < 0 && errno != EEXIST)
-            return -1;
-        return 0;
-    case MB_OP_WRITE: {
-        /* A per-pid-namespace sysctl (kernel.pid_max since Linux 6.14) is
-         * the writer's own namespace's: only pid 1 of a new one may write
-         * it, or the write would change the host's value. */
-        if ((op->flags & MB_WRITE_PID1) && getpid() != 1) {
-            errno = EPERM;
-            return -1;
-        }
-        fd = open(op->target, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-            return -1;
-        size_t len = str_len(op->data);
-        ssize_t n;
-        do {
-            n = write(fd, op->data, len);
-        } while (n < 0 && errno == EINTR);
-        int saved = errno;
-        close(fd);
-        if (n != (ssize_t)len) {
-            errno = n < 0 ? saved : EIO;
-            return -1;
-        }
-        return 0;
-    }
-    default:
-        errno = EINVAL;
-        return -1;
-    }
-}
-
 /* A new network namespace has a loopback device that is down; programs
  * expect 127.0.0.1 to work.  Two ioctls do it, no netlink needed. */
 static int loopback_up(void)
@@ -436,7 +343,8 @@ static void __attribute__((noreturn)) exec_command(const struct mb_plan *plan)
             fail(plan, MB_STEP_EXECVE, errno, -1);
         }
     }
-    const char *path = plan->path_env ? plan->path_env : "/usr/local/bin:/usr/bin:/bin";
+    /* Python always passes a PATH (its DEFAULT_PATH when the Spec has none) */
+    const char *path = plan->path_env ? plan->path_env : "";
     size_t file_len = str_len(file);
     int saved = ENOENT;
     char buf[4096];
@@ -465,16 +373,70 @@ static void __attribute__((noreturn)) exec_command(const struct mb_plan *plan)
     fail(plan, MB_STEP_EXECVE, saved, -1);
 }
 
-/* Read one byte from the parent; EOF means it died: give up. */
-static void wait_for_parent(const struct mb_plan *plan)
+/* Read the parent's next sync byte; EOF means it died: give up.  Any
+ * other byte than the expected one is a protocol error. */
+static void wait_for_parent(const struct mb_plan *plan, char expected)
 {
-    char go;
+    char got;
     ssize_t n;
     do {
-        n = read(plan->sync_fd, &go, 1);
+        n = read(plan->sync_fd, &got, 1);
     } while (n < 0 && errno == EINTR);
     if (n != 1)
         fail(plan, MB_STEP_WAIT_PARENT, n == 0 ? EPIPE : errno, -1);
+    if (got != expected)
+        fail(plan, MB_STEP_WAIT_PARENT, EPROTO, -1);
+}
+
+/* The file-system steps: build the root, bind it onto itself, run the
+ * mount plan below it through file descriptors (csrc/rootfs.c), seal it
+ * and pivot into it. */
+static void setup_root(const struct mb_plan *plan)
+{
+    int failed = -1;
+    /* Step: stop mount events from flowing back to the host. */
+    CHECK(plan, MB_STEP_MOUNT_PRIVATE, mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+    /* Step: a writable layer over a shared, read-only image, when asked:
+     * a tmpfs for the changes and an overlay mount that is the root.  Its
+     * paths are minibox's own, on the host. */
+    if (plan->n_root_ops > 0) {
+        int host_root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        int fds[plan->n_root_ops];
+        if (host_root < 0)
+            fail(plan, MB_STEP_ROOT_LAYER, errno, -1);
+        if (mb_run_ops(plan->root_ops, plan->n_root_ops, host_root, plan->compat, fds, &failed) < 0)
+            fail(plan, MB_STEP_ROOT_LAYER, errno, failed);
+        mb_close_ops(fds, plan->n_root_ops);
+        close(host_root);
+    }
+    /* Step: pivot_root needs the new root to be a mount point.  The
+     * rootfs's own path is the caller's (nothing inside the rootfs can
+     * change it); from here on everything inside it goes through root. */
+    CHECK(plan, MB_STEP_BIND_ROOTFS,
+          mount(plan->rootfs, plan->rootfs, NULL, MS_BIND | MS_REC, NULL));
+    int root = open(plan->rootfs, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (root < 0)
+        fail(plan, MB_STEP_BIND_ROOTFS, errno, -1);
+    {
+        int fds[plan->n_ops > 0 ? plan->n_ops : 1];
+        if (mb_run_ops(plan->ops, plan->n_ops, root, plan->compat, fds, &failed) < 0)
+            fail(plan, MB_STEP_MOUNTS, errno, failed);
+        mb_close_ops(fds, plan->n_ops);
+    }
+    /* Step: seal the rootfs.  nodev: CAP_MKNOD lets root inside create
+     * device nodes, but no node on a writable file system may open a
+     * host device; the few devices a container needs are bind-mounted
+     * into /dev by the plan. */
+    CHECK(plan, MB_STEP_SEAL_ROOTFS,
+          mb_seal_mount(root, MS_NODEV | (plan->readonly_rootfs ? MS_RDONLY : 0), plan->compat));
+    /* Step: pivot_root(".", ".") stacks the old root on top of the new
+     * one; unmounting "." then detaches it (the runc trick, which needs
+     * no put_old directory inside a possibly read-only rootfs). */
+    CHECK(plan, MB_STEP_PIVOT_ROOT, fchdir(root));
+    CHECK(plan, MB_STEP_PIVOT_ROOT, syscall(SYS_pivot_root, ".", "."));
+    CHECK(plan, MB_STEP_DETACH_OLD_ROOT, umount2(".", MNT_DETACH));
+    CHECK(plan, MB_STEP_DETACH_OLD_ROOT, chdir("/"));
+    close(root);
 }
 
 /* ---- the child: fixed, named steps ----------------------------------- */
@@ -487,7 +449,7 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     /* Step: in a new user namespace, wait for the parent to write our
      * uid/gid maps: nothing we create before that could be owned by anyone. */
     if (plan->sync_early)
-        wait_for_parent(plan);
+        wait_for_parent(plan, MB_SYNC_MAPS_WRITTEN);
 
     /* Step: in a new user namespace we start as the overflow id until we
      * switch to a mapped one; files we create would fail with EOVERFLOW. */
@@ -508,36 +470,8 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     if (plan->loopback_up)
         CHECK(plan, MB_STEP_LOOPBACK, loopback_up());
 
-    if (plan->rootfs) {
-        /* Step: stop mount events from flowing back to the host. */
-        CHECK(plan, MB_STEP_MOUNT_PRIVATE, mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
-        /* Step: a writable layer over a shared, read-only image, when asked:
-         * a tmpfs for the changes and an overlay mount that is the root. */
-        for (int i = 0; i < plan->n_root_ops; i++) {
-            if (run_op(&plan->root_ops[i]) < 0 && !plan->root_ops[i].optional)
-                fail(plan, MB_STEP_ROOT_LAYER, errno, i);
-        }
-        /* Step: pivot_root needs the new root to be a mount point. */
-        CHECK(plan, MB_STEP_BIND_ROOTFS,
-              mount(plan->rootfs, plan->rootfs, NULL, MS_BIND | MS_REC, NULL));
-        for (int i = 0; i < plan->n_ops; i++) {
-            if (run_op(&plan->ops[i]) < 0 && !plan->ops[i].optional)
-                fail(plan, MB_STEP_MOUNTS, errno, i);
-        }
-        /* Step: seal the rootfs.  nodev: CAP_MKNOD lets root inside create
-         * device nodes, but no node on a writable file system may open a
-         * host device; the few devices a container needs are bind-mounted
-         * into /dev by the plan. */
-        CHECK(plan, MB_STEP_SEAL_ROOTFS,
-              remount_bind(plan->rootfs, MS_NODEV | (plan->readonly_rootfs ? MS_RDONLY : 0)));
-        /* Step: pivot_root(".", ".") stacks the old root on top of the new
-         * one; unmounting "." then detaches it (the runc trick, which needs
-         * no put_old directory inside a possibly read-only rootfs). */
-        CHECK(plan, MB_STEP_PIVOT_ROOT, chdir(plan->rootfs));
-        CHECK(plan, MB_STEP_PIVOT_ROOT, syscall(SYS_pivot_root, ".", "."));
-        CHECK(plan, MB_STEP_DETACH_OLD_ROOT, umount2(".", MNT_DETACH));
-        CHECK(plan, MB_STEP_DETACH_OLD_ROOT, chdir("/"));
-    }
+    if (plan->rootfs)
+        setup_root(plan);
 
     if (plan->tty_socket >= 0)
         CHECK(plan, MB_STEP_PTY, open_pty(plan));
@@ -548,7 +482,7 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
      * above ran in parallel with that wait.  Nothing of the command runs
      * before it: rlimits, ids, capabilities and seccomp come next. */
     if (plan->sync_fd >= 0)
-        wait_for_parent(plan);
+        wait_for_parent(plan, MB_SYNC_GO);
 
     /* Step (vfork mode): join our cgroups ourselves, "0" meaning "me". */
     for (int i = 0; i < plan->n_cgroup_procs_fds; i++) {
@@ -560,6 +494,13 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
             fail(plan, MB_STEP_JOIN_CGROUP, errno, i);
         close(plan->cgroup_procs_fds[i]);
     }
+
+    /* Step: a cgroup namespace is rooted at the cgroups its creator is in.
+     * A child that joined its cgroups after the clone (vfork mode, cgroup
+     * v1, a parent that attaches it) makes its own now, as runc does, so
+     * /proc/self/cgroup shows "/" and not the host's layout. */
+    if (plan->unshare_cgroupns)
+        CHECK(plan, MB_STEP_CGROUP_NAMESPACE, unshare(CLONE_NEWCGROUP));
 
     for (int i = 0; i < plan->n_rlimits; i++) {
         struct rlimit lim = { plan->rlimits[i].soft, plan->rlimits[i].hard };

@@ -17,65 +17,87 @@
 
 #include <stdint.h>
 
-/* The child's setup steps, in the order it runs them.  The numbers travel
- * through the error pipe; minibox/container/spawn.py names them. */
+/* The child's setup steps.  The numbers travel through the error pipe
+ * (and from minibox-init, csrc/init/init.c, which reports MB_STEP_EXECVE),
+ * so each is written out and never reused; minibox/container/spawn.py
+ * names them, and tests/unit/test_spawn_protocol.py ties the two. */
 enum mb_step {
     MB_STEP_CLONE = 1,
-    MB_STEP_WAIT_PARENT,
-    MB_STEP_SETSID,
-    MB_STEP_TTY,
-    MB_STEP_STDIO,
-    MB_STEP_HOSTNAME,
-    MB_STEP_MOUNT_PRIVATE,
-    MB_STEP_BIND_ROOTFS,
-    MB_STEP_MOUNTS,          /* one of plan->ops; index says which */
-    MB_STEP_SEAL_ROOTFS,     /* remount the rootfs nodev (+ read-only) */
-    MB_STEP_PIVOT_ROOT,
-    MB_STEP_DETACH_OLD_ROOT,
-    MB_STEP_CHDIR,
-    MB_STEP_RLIMITS,
-    MB_STEP_SETGROUPS,
-    MB_STEP_SETGID,
-    MB_STEP_SETUID,
-    MB_STEP_CAPABILITIES,
-    MB_STEP_NO_NEW_PRIVS,
-    MB_STEP_SECCOMP,
-    MB_STEP_EXECVE,
-    MB_STEP_CLOSE_FDS,
-    MB_STEP_SETNS,           /* exec into a running container */
-    MB_STEP_FORK,
-    MB_STEP_BECOME_ROOT,
-    MB_STEP_LOOPBACK,
-    MB_STEP_PTY,
-    MB_STEP_JOIN_CGROUP,
-    MB_STEP_ROOT_LAYER,      /* one of plan->root_ops; index says which */
+    MB_STEP_WAIT_PARENT = 2,
+    MB_STEP_SETSID = 3,
+    MB_STEP_STDIO = 5,
+    MB_STEP_HOSTNAME = 6,
+    MB_STEP_MOUNT_PRIVATE = 7,
+    MB_STEP_BIND_ROOTFS = 8,
+    MB_STEP_MOUNTS = 9,            /* one of plan->ops; index says which */
+    MB_STEP_SEAL_ROOTFS = 10,      /* make the rootfs nodev (+ read-only) */
+    MB_STEP_PIVOT_ROOT = 11,
+    MB_STEP_DETACH_OLD_ROOT = 12,
+    MB_STEP_CHDIR = 13,
+    MB_STEP_RLIMITS = 14,
+    MB_STEP_SETGROUPS = 15,
+    MB_STEP_SETGID = 16,
+    MB_STEP_SETUID = 17,
+    MB_STEP_CAPABILITIES = 18,
+    MB_STEP_NO_NEW_PRIVS = 19,
+    MB_STEP_SECCOMP = 20,
+    MB_STEP_EXECVE = 21,
+    MB_STEP_SETNS = 23,            /* exec into a running container */
+    MB_STEP_FORK = 24,
+    MB_STEP_BECOME_ROOT = 25,
+    MB_STEP_LOOPBACK = 26,
+    MB_STEP_PTY = 27,
+    MB_STEP_JOIN_CGROUP = 28,
+    MB_STEP_ROOT_LAYER = 29,       /* one of plan->root_ops; index says which */
+    MB_STEP_CGROUP_NAMESPACE = 30, /* unshare(CLONE_NEWCGROUP) once in the cgroup */
+};
+
+/* The bytes the parent writes to sync_fd, in this order (runc also names
+ * its sync protocol): the child checks each one it reads. */
+enum mb_sync {
+    MB_SYNC_MAPS_WRITTEN = 'M',    /* uid/gid maps are written: set up (user namespace only) */
+    MB_SYNC_GO = 'G',              /* cgroups joined, network plugged in: run the command */
 };
 
 /* One file-system operation of the mount steps, run before pivot_root.
- * Paths are absolute host paths (Python prefixed the rootfs). */
+ * Each path lives inside a root and is resolved there through file
+ * descriptors (csrc/rootfs.c): the rootfs, or with base >= 0 the mount
+ * that op number `base` made (so "/dev/null" is "null" below the /dev
+ * tmpfs).  The root ops (plan->root_ops) use the host's "/" as root. */
 enum mb_op_kind {
-    MB_OP_MOUNT = 1,     /* mount(source, target, fstype, flags, data) */
-    MB_OP_MKDIR,         /* mkdir(target, mode), EEXIST is fine */
-    MB_OP_TOUCH,         /* create an empty file to bind a file onto */
-    MB_OP_SYMLINK,       /* symlink(source, target), EEXIST is fine */
-    MB_OP_REMOUNT,       /* bind-remount with flags (MS_RDONLY, MS_NODEV...), keeping locked ones */
-    MB_OP_MKNOD,         /* mknod(target, mode, dev), for /dev without userns */
-    MB_OP_WRITE,         /* write data into the existing file target (a sysctl); with
+    MB_OP_MOUNT = 1,     /* a new file system: fstype, source, flags, data */
+    MB_OP_MKDIR = 2,     /* mkdir(target, mode), EEXIST is fine */
+    MB_OP_TOUCH = 3,     /* create an empty file to bind a file onto; EEXIST is fine */
+    MB_OP_SYMLINK = 4,   /* symlink(source, target), EEXIST is fine */
+    MB_OP_BIND = 5,      /* bind source (MS_REC: with submounts), with MS_RDONLY,
+                          * MS_NOSUID, MS_NODEV, MS_NOEXEC set before it is attached */
+    MB_OP_WRITE = 6,     /* write data into the existing file target (a sysctl); with
                           * MB_WRITE_PID1 in flags only as pid 1 of a new pid namespace */
 };
 
 /* MB_OP_WRITE flags */
-#define MB_WRITE_PID1 1UL
+enum mb_write_flags {
+    MB_WRITE_PID1 = 1,
+};
+
+/* Force the fallbacks of old kernels (for tests): no openat2 (walk one
+ * O_NOFOLLOW component at a time), no new mount API (mount(2) on
+ * /proc/self/fd/N).  Each is also taken by itself on ENOSYS. */
+enum mb_compat {
+    MB_COMPAT_NO_OPENAT2 = 1,
+    MB_COMPAT_NO_MOUNT_API = 2,
+};
 
 struct mb_op {
     int kind;
-    const char *source;
+    int base;            /* -1: the root; else the index of an earlier mount op */
+    const char *source;  /* a host path, or with source_in_root one below base */
+    int source_in_root;
     const char *target;
     const char *fstype;
     unsigned long flags;
     const char *data;
     unsigned int mode;
-    unsigned long dev;
     int optional;        /* failure is ignored (e.g. masking a path that is absent) */
 };
 
@@ -97,9 +119,10 @@ struct mb_plan {
     const int *cgroup_procs_fds;
     int n_cgroup_procs_fds;
 
-    /* synchronisation: the child reads one byte from sync_fd after its
+    /* synchronisation: the child reads MB_SYNC_GO from sync_fd after its
      * file-system setup and before the command's own steps (rlimits, ids,
-     * caps, seccomp, execve); with sync_early one more before any setup.
+     * caps, seccomp, execve); with sync_early MB_SYNC_MAPS_WRITTEN before
+     * any setup.
      * On failure it writes struct mb_error to error_fd (close-on-exec). */
     int sync_fd;
     int sync_early;            /* also read one byte before setup (user namespace: maps) */
@@ -126,6 +149,10 @@ struct mb_plan {
     const struct mb_op *ops;
     int n_ops;
     int readonly_rootfs;       /* the rootfs is always sealed nodev; also read-only? */
+    int compat;                /* enum mb_compat bits: force old-kernel fallbacks */
+    int unshare_cgroupns;      /* unshare the cgroup namespace after joining the
+                                * cgroups (when they are joined after the clone),
+                                * so that its root is the container's cgroup */
 
     /* process */
     const char *cwd;
@@ -178,6 +205,12 @@ struct mb_error {
  * *pidfd (-1 when the kernel has no CLONE_PIDFD), or -errno on failure in
  * the parent. */
 int mb_spawn(const struct mb_plan *plan, int *pidfd);
+
+/* Open path inside the directory root_fd as the kernel would after a
+ * chroot there, without magic links: an O_PATH|O_CLOEXEC fd, or -errno.
+ * nofollow: do not follow a symlink in the last component.  compat: enum
+ * mb_compat bits.  (csrc/rootfs.c; used by minibox.images.paths.) */
+int mb_open_in_root(int root_fd, const char *path, int nofollow, int compat);
 
 
 #endif

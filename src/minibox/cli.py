@@ -58,7 +58,9 @@ def _parse_volume(text: str) -> Any:
 
 
 def _parse_env(items: Sequence[str]) -> dict[str, str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    from .spec import DEFAULT_PATH
+
+    env = {"PATH": DEFAULT_PATH}
     for item in items:
         if "=" in item:
             key, value = item.split("=", 1)

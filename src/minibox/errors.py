@@ -78,6 +78,19 @@ class CommandNotFoundError(SetupError):
         return 127 if self.errno == _errno.ENOENT else 126
 
 
+# execve(2) errors that mean "this command cannot run here" (missing, not
+# executable, not a program, a path through a non-directory) rather than a
+# failed setup step; both isolations map them through exec_failure().
+COMMAND_ERRNOS = frozenset({_errno.ENOENT, _errno.EACCES, _errno.ENOEXEC, _errno.ENOTDIR})
+
+
+def exec_failure(step: str, err: int, detail: str | None) -> SetupError:
+    """The error for a failed execve of ``detail``: CommandNotFoundError or SetupError."""
+    if err in COMMAND_ERRNOS:
+        return CommandNotFoundError(step, err, detail)
+    return SetupError(step, err, detail)
+
+
 __all__ = [
     "MiniboxError",
     "SpecError",

@@ -37,6 +37,8 @@ NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")
 NAMESPACES: tuple[str, ...] = ("user", "pid", "mnt", "uts", "ipc", "net", "cgroup", "time")
 #: What a container gets when the Spec does not say: everything but user and time.
 DEFAULT_NAMESPACES: tuple[str, ...] = ("pid", "mnt", "uts", "ipc", "net", "cgroup")
+#: The PATH a command is searched in when ``env`` sets none (docker's default), on both isolations.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -302,7 +304,7 @@ class Spec:
 
     argv: Sequence[str]
     rootfs: str | None = None
-    env: Mapping[str, str] = field(default_factory=lambda: {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    env: Mapping[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH})
     cwd: str = "/"
     hostname: str = "minibox"
     user: tuple[int, int] = (0, 0)

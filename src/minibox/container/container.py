@@ -39,10 +39,10 @@ from collections.abc import Callable, Iterator, Sequence
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError
 from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Spec
-from .namespaces import JOIN_ORDER, clone_flags
+from .namespaces import CLONE_NEWCGROUP, JOIN_ORDER, clone_flags
 from .plan import choose_root, pid_bound_ops, process_plan
 from .rootfs import mount_plan
-from .spawn import read_child_error, spawn
+from .spawn import SYNC_GO, SYNC_MAPS_WRITTEN, read_child_error, spawn
 from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
 from .userns import default_maps, write_id_maps
 
@@ -160,14 +160,14 @@ class Container(Sandbox):
             self._network = NetworkAttachment.prepare(self.id, spec)
             self._cleanups.append(self._network.release)
             steps.done("network")
-        extra = self._network.mount_ops(rootfs, mounted_at=root) if self._network is not None else []
+        extra = self._network.mount_ops(rootfs) if self._network is not None else []
         extra += pid_bound_ops(spec)
         plan.clone_flags = clone_flags(list(namespaces))
         plan.hostname = spec.hostname if "uts" in namespaces else None
         plan.loopback_up = "net" in namespaces
         plan.rootfs = root
         plan.readonly_rootfs = readonly
-        plan.ops = mount_plan(root, spec, in_userns=in_userns, extra=extra, lookup_root=rootfs)
+        plan.ops = mount_plan(spec, in_userns=in_userns, extra=extra)
 
         if self._want_cgroup:
             self._cgroup = self._create_cgroup()
@@ -237,6 +237,12 @@ class Container(Sandbox):
                 if cgroup_fd is not None:
                     child_ends.append(cgroup_fd)
                     plan.cgroup_fd = cgroup_fd
+            if self._cgroup is not None and cgroup_fd is None and "cgroup" in namespaces:
+                # A cgroup namespace is rooted where its creator is: a child
+                # that joins its cgroups after the clone makes its own once
+                # joined, so it sees its cgroup as "/" (csrc/spawn.c).
+                plan.clone_flags &= ~CLONE_NEWCGROUP
+                plan.unshare_cgroupns = True
             if plan.use_vfork:
                 child_ends.remove(sync_r)
                 os.close(sync_r)
@@ -253,7 +259,7 @@ class Container(Sandbox):
                 steps.done("spawn")
                 if in_userns:
                     write_id_maps(self._pid, uid_map, gid_map)
-                    os.write(sync_w, b"M")  # maps written: start the setup
+                    os.write(sync_w, SYNC_MAPS_WRITTEN)
                 # These run while the child sets up its mounts.
                 if self._cgroup is not None and cgroup_fd is None and not plan.use_vfork:
                     self._cgroup.attach(self._pid)
@@ -262,7 +268,7 @@ class Container(Sandbox):
                     steps.done("attach network")
                 if not plan.use_vfork:
                     # Everything that can fail has happened: only now may the command run.
-                    os.write(sync_w, b"G")
+                    os.write(sync_w, SYNC_GO)
             except (OSError, MiniboxError) as e:
                 # A child that failed its setup meanwhile explains better.
                 if self._child_exited():
@@ -564,7 +570,7 @@ class Container(Sandbox):
             pidfd = os.pidfd_open(grandchild)
             if self._cgroup is not None:
                 self._cgroup.attach(grandchild)
-            os.write(sync_w, b"G")
+            os.write(sync_w, SYNC_GO)
             failure = read_child_error(error_r, plan)
             if failure is not None:
                 raise failure

@@ -25,6 +25,8 @@ NAMESPACE_TABLE: dict[str, tuple[int, str]] = {
     "time":   (0x00000080, "CLOCK_MONOTONIC and CLOCK_BOOTTIME offsets"),
 }
 
+CLONE_NEWCGROUP = NAMESPACE_TABLE["cgroup"][0]
+
 # The order setns(2) must join them in when exec-ing into a running
 # container: the user namespace first (it grants the capabilities needed to
 # join the others), pid last (it only affects children).

@@ -33,13 +33,14 @@ drives it:
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from ..errors import SpecError
-from ..images.paths import resolve_in_root
+from ..images.paths import open_in_root, opened_root
 from ..network.attachment import ETC_FILES, BridgePort, release_record
 from ..spec import Spec
-from .rootfs import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, OP_MOUNT, OP_REMOUNT, MountOp
+from .rootfs import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MountOp, bind
 
 
 def veth_name(container_id: str) -> str:
@@ -84,23 +85,26 @@ class NetworkAttachment:
 
     # -- 2. the child's mount plan ----------------------------------------------
 
-    def mount_ops(self, rootfs: str, mounted_at: str | None = None) -> list[MountOp]:
+    def mount_ops(self, rootfs: str) -> list[MountOp]:
         """Read-only bind mounts of the generated /etc files over the rootfs's own ones.
 
-        ``mounted_at`` is where the child will see ``rootfs`` when that differs
-        (an overlay root, see rootfs.overlay_root).
+        Only files that exist in ``rootfs`` (looked up inside it, through an
+        fd) get one; the child resolves the paths inside its root again.
         """
         ops: list[MountOp] = []
-        for filename in ETC_FILES:
-            try:
-                found = resolve_in_root(rootfs, f"/etc/{filename}")
-            except OSError:
-                continue
-            target = (mounted_at or rootfs) + found[len(rootfs):]
-            if not os.path.isfile(found):
-                continue  # creating it would modify the rootfs
-            ops += [MountOp(OP_MOUNT, target, source=str(self.port.files_dir / filename), flags=MS_BIND),
-                    MountOp(OP_REMOUNT, target, flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)]
+        with opened_root(rootfs) as root:
+            for filename in ETC_FILES:
+                try:
+                    fd = open_in_root(root, f"/etc/{filename}")
+                except OSError:
+                    continue  # creating it would modify the rootfs
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        continue
+                finally:
+                    os.close(fd)
+                ops.append(bind(f"/etc/{filename}", str(self.port.files_dir / filename),
+                                MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC))
         return ops
 
     # -- 3. while the child waits -----------------------------------------------

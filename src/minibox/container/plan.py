@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from ..errors import PreflightError
 from ..images.busybox import default_rootfs
-from ..spec import Mount, Spec
+from ..spec import DEFAULT_PATH, Mount, Spec
 from .rootfs import OP_WRITE, WRITE_AS_PID1, MountOp, overlay_root
 from .spawn import ChildPlan
 from .userns import default_maps
@@ -27,8 +27,6 @@ from .userns import default_maps
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
     from typing import Any
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _scratch: str | None = None
 

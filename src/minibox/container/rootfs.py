@@ -19,19 +19,24 @@ overlay with a private tmpfs layer (:func:`overlay_root`).  Then:
 4. the Spec's own mounts (bind, tmpfs), in order.
 5. masked and read-only paths under /proc and /sys (see docs/hardening.md).
 
-Targets are resolved *inside* the rootfs: a symlink in the rootfs that
-points at ``/etc`` leads to the rootfs's /etc, never the host's.  (A rootfs
-that an untrusted party modifies while the container starts is outside this
-model; crun closes that race with openat2(RESOLVE_IN_ROOT).)
+Every path in the plan is a path *inside* a root, and the child resolves it
+there through file descriptors (csrc/rootfs.c: openat2 with
+RESOLVE_IN_ROOT, mounts made detached and moved onto the target's fd), so
+a symlink in the rootfs -- planted early, or swapped in by another
+container on the same rootfs while this one starts -- leads inside the
+rootfs, never to the host.  A step below a mount minibox made resolves
+from that mount (its *base*, see :func:`anchored`), not from the rootfs
+again.  docs/rootfs.md tells the race this closes (CVE-2021-30465).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
 
-from ..images.paths import resolve_in_root
+from .._native import lib
 from ..spec import Mount, Spec
 
 # mount(2) flags
@@ -44,9 +49,16 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
-# Op kinds, as in csrc/spawn.h enum mb_op_kind
-OP_MOUNT, OP_MKDIR, OP_TOUCH, OP_SYMLINK, OP_REMOUNT, OP_MKNOD, OP_WRITE = 1, 2, 3, 4, 5, 6, 7
-WRITE_AS_PID1 = 1  # OP_WRITE flag: only as pid 1 of a new pid namespace (csrc/spawn.h MB_WRITE_PID1)
+# Op kinds: csrc/spawn.h enum mb_op_kind
+OP_MOUNT: int = lib.MB_OP_MOUNT        # a new file system (proc, tmpfs...)
+OP_BIND: int = lib.MB_OP_BIND          # a bind mount, its flags set before it is attached
+OP_MKDIR: int = lib.MB_OP_MKDIR
+OP_TOUCH: int = lib.MB_OP_TOUCH
+OP_SYMLINK: int = lib.MB_OP_SYMLINK
+OP_WRITE: int = lib.MB_OP_WRITE        # write data into a file (a sysctl)
+WRITE_AS_PID1: int = lib.MB_WRITE_PID1  # OP_WRITE flag: only as pid 1 of a new pid namespace
+# The flags a bind takes on its detached mount (mount_setattr(2))
+BIND_ATTRS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
@@ -63,7 +75,13 @@ READONLY_PATHS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", 
 
 @dataclass(frozen=True)
 class MountOp:
-    """One step of the mount plan; mirrors ``struct mb_op`` in csrc/spawn.h."""
+    """One step of the mount plan; mirrors ``struct mb_op`` in csrc/spawn.h.
+
+    ``target`` (and ``source`` when ``source_in_root``) is a path as the
+    container will see it.  ``base`` is the index of the earlier mount the
+    path lies below (-1: the root); :func:`anchored` fills it in, and the
+    child resolves ``relative_target()`` from there.
+    """
 
     kind: int
     target: str
@@ -72,82 +90,118 @@ class MountOp:
     flags: int = 0
     data: str | None = None
     mode: int = 0o755
-    dev: int = 0
     optional: bool = False
+    source_in_root: bool = False
+    base: int = -1
+    base_path: str = ""
+
+    def relative_target(self) -> str:
+        return self.target[len(self.base_path):] or "/"
+
+    def relative_source(self) -> str | None:
+        if self.source is None or not self.source_in_root:
+            return self.source
+        return self.source[len(self.base_path):] or "/"
 
     def describe(self) -> str:
-        """Human words for error messages: 'mount proc on /proc'."""
-        names = {OP_MOUNT: "mount", OP_MKDIR: "mkdir", OP_TOUCH: "create", OP_SYMLINK: "symlink",
-                 OP_REMOUNT: "remount", OP_MKNOD: "mknod", OP_WRITE: "write"}
-        what = names.get(self.kind, "op")
+        """Human words for error messages, after the step's name: 'mount proc on /proc'."""
         if self.kind == OP_MOUNT:
-            src = self.fstype if self.fstype else self.source
-            return f"{what} {src} on {self.target}"
-        return f"{what} {self.target}"
+            return f"{self.fstype} on {self.target}"
+        if self.kind == OP_BIND:
+            return f"bind {self.source} on {self.target}"
+        names = {OP_MKDIR: "mkdir", OP_TOUCH: "create", OP_SYMLINK: "symlink", OP_WRITE: "write"}
+        return f"({names.get(self.kind, 'op')} {self.target})"
 
 
-def _proc_and_sys(root: str, spec: Spec, in_userns: bool) -> list[MountOp]:
-    ops = [MountOp(OP_MKDIR, f"{root}/proc"),
-           MountOp(OP_MOUNT, f"{root}/proc", source="proc", fstype="proc",
-                   flags=MS_NOSUID | MS_NODEV | MS_NOEXEC),
-           MountOp(OP_MKDIR, f"{root}/sys")]
+def bind(target: str, source: str, flags: int = 0, *, source_in_root: bool = False,
+         optional: bool = False) -> MountOp:
+    """A bind of ``source`` onto ``target``; ``flags`` may add MS_REC and :data:`BIND_ATTRS`."""
+    return MountOp(OP_BIND, target, source=source, flags=flags, source_in_root=source_in_root,
+                   optional=optional)
+
+
+def _is_below(path: str, parent: str) -> bool:
+    return parent == "/" or path.startswith(parent.rstrip("/") + "/")
+
+
+def anchored(ops: list[MountOp]) -> list[MountOp]:
+    """Give each op the latest earlier mount its path lies strictly below, as its base.
+
+    The child then resolves "/dev/null" as "null" from the fd of the /dev
+    tmpfs it mounted, not from the rootfs: renaming /dev in the rootfs
+    meanwhile (another container can) moves nothing under this one.
+    """
+    mounts: list[tuple[str, int]] = []
+    result: list[MountOp] = []
+    for index, op in enumerate(ops):
+        base, base_path = -1, ""
+        for path, at in reversed(mounts):
+            if op.target != path and _is_below(op.target, path):
+                base, base_path = at, path
+                break
+        if op.source_in_root and op.source is not None and not (
+                op.source == base_path or _is_below(op.source, base_path or "/")):
+            raise ValueError(f"{op.describe()}: the source must lie below the target's base {base_path}")
+        result.append(dataclasses.replace(op, base=base, base_path=base_path))
+        if op.kind in (OP_MOUNT, OP_BIND):
+            mounts.append((op.target, index))
+    return result
+
+
+def _proc_and_sys(spec: Spec, in_userns: bool) -> list[MountOp]:
+    ops = [MountOp(OP_MKDIR, "/proc"),
+           MountOp(OP_MOUNT, "/proc", source="proc", fstype="proc", flags=MS_NOSUID | MS_NODEV | MS_NOEXEC),
+           MountOp(OP_MKDIR, "/sys")]
     if "net" in spec.effective_namespaces or not in_userns:
-        ops.append(MountOp(OP_MOUNT, f"{root}/sys", source="sysfs", fstype="sysfs",
+        ops.append(MountOp(OP_MOUNT, "/sys", source="sysfs", fstype="sysfs",
                            flags=MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY))
     else:
         # sysfs may only be mounted by the owner of the network namespace;
         # a user namespace sharing the host's network binds the host's /sys.
-        ops += [MountOp(OP_MOUNT, f"{root}/sys", source="/sys", flags=MS_BIND | MS_REC),
-                MountOp(OP_REMOUNT, f"{root}/sys", flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)]
+        ops.append(bind("/sys", "/sys", MS_REC | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC))
     return ops
 
 
-def _dev(root: str) -> list[MountOp]:
-    dev = f"{root}/dev"
-    ops = [MountOp(OP_MKDIR, dev),
+def _dev() -> list[MountOp]:
+    ops = [MountOp(OP_MKDIR, "/dev"),
            # nodev on the tmpfs itself: a node mknod()ed here opens nothing;
            # the bind-mounted nodes below are mounts of their own
-           MountOp(OP_MOUNT, dev, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV,
+           MountOp(OP_MOUNT, "/dev", source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NOEXEC | MS_NODEV,
                    data="mode=755,size=65536k")]
     for name in DEVICES:
         # Bind-mounting the host's node works with and without a user
         # namespace (mknod does not), and keeps the device numbers right.
-        ops += [MountOp(OP_TOUCH, f"{dev}/{name}", mode=0o666),
-                MountOp(OP_MOUNT, f"{dev}/{name}", source=f"/dev/{name}", flags=MS_BIND)]
-    ops += [MountOp(OP_MKDIR, f"{dev}/pts"),
-            MountOp(OP_MOUNT, f"{dev}/pts", source="devpts", fstype="devpts", flags=MS_NOSUID | MS_NOEXEC,
+        ops += [MountOp(OP_TOUCH, f"/dev/{name}", mode=0o666), bind(f"/dev/{name}", f"/dev/{name}")]
+    ops += [MountOp(OP_MKDIR, "/dev/pts"),
+            MountOp(OP_MOUNT, "/dev/pts", source="devpts", fstype="devpts", flags=MS_NOSUID | MS_NOEXEC,
                     data="newinstance,ptmxmode=0666,mode=0620"),
-            MountOp(OP_MKDIR, f"{dev}/shm", mode=0o1777),
-            MountOp(OP_MOUNT, f"{dev}/shm", source="shm", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            MountOp(OP_MKDIR, "/dev/shm", mode=0o1777),
+            MountOp(OP_MOUNT, "/dev/shm", source="shm", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV | MS_NOEXEC,
                     data="mode=1777,size=65536k"),
-            MountOp(OP_MKDIR, f"{dev}/mqueue")]
+            MountOp(OP_MKDIR, "/dev/mqueue")]
     for source, name in DEV_LINKS:
-        ops.append(MountOp(OP_SYMLINK, f"{dev}/{name}", source=source))
+        ops.append(MountOp(OP_SYMLINK, f"/dev/{name}", source=source))
     return ops
 
 
-def _user_mount(root: str, index: int, mount: Mount, lookup_root: str) -> list[MountOp]:
-    # Symlinks are followed in the directory that holds the files now
-    # (``lookup_root``); the target is where the child will see them (``root``).
-    target = root + resolve_in_root(lookup_root, mount.target)[len(lookup_root):]
+def _user_mount(mount: Mount) -> list[MountOp]:
+    target = mount.target
     ops: list[MountOp] = []
     if mount.kind == "bind":
         assert mount.source is not None
-        if os.path.isdir(mount.source):
-            ops.append(MountOp(OP_MKDIR, target))
-        else:
-            ops.append(MountOp(OP_TOUCH, target, mode=0o644))
-        ops.append(MountOp(OP_MOUNT, target, source=mount.source, flags=MS_BIND | MS_REC))
+        mode = os.stat(mount.source).st_mode
+        ops.append(MountOp(OP_MKDIR, target) if stat.S_ISDIR(mode) else MountOp(OP_TOUCH, target, mode=0o644))
         # nodev: a device node created in a bind-mounted host directory must
         # not open a host device (see the seal step in csrc/spawn.c).  A bind
         # of a device node itself is a deliberate grant and keeps working.
-        is_device = stat.S_ISCHR(os.stat(mount.source).st_mode) or stat.S_ISBLK(os.stat(mount.source).st_mode)
-        flags = (0 if is_device else MS_NODEV) | (MS_RDONLY if mount.readonly else 0)
-        if flags:
-            ops.append(MountOp(OP_REMOUNT, target, flags=flags))
+        # Read-only holds for every mount below the source too, and from the
+        # start: the flags are set on the detached copy before it is attached.
+        is_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        flags = MS_REC | (0 if is_device else MS_NODEV) | (MS_RDONLY if mount.readonly else 0)
+        ops.append(bind(target, mount.source, flags))
     else:
-        mode = "1777" if mount.target == "/tmp" else "755"
-        data = f"mode={mode}"
+        mode_text = "1777" if target == "/tmp" else "755"
+        data = f"mode={mode_text}"
         if mount.size is not None:
             data += f",size={int(mount.size)}"
         flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if mount.readonly else 0)
@@ -156,17 +210,15 @@ def _user_mount(root: str, index: int, mount: Mount, lookup_root: str) -> list[M
     return ops
 
 
-def _masks(root: str) -> list[MountOp]:
+def _masks() -> list[MountOp]:
     ops: list[MountOp] = []
     for path in MASKED_FILES:
-        ops.append(MountOp(OP_MOUNT, f"{root}{path}", source=f"{root}/dev/null", flags=MS_BIND, optional=True))
+        ops.append(bind(path, "/dev/null", optional=True))
     for path in MASKED_DIRS:
-        ops.append(MountOp(OP_MOUNT, f"{root}{path}", source="tmpfs", fstype="tmpfs",
+        ops.append(MountOp(OP_MOUNT, path, source="tmpfs", fstype="tmpfs",
                            flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, data="size=0", optional=True))
     for path in READONLY_PATHS:
-        ops += [MountOp(OP_MOUNT, f"{root}{path}", source=f"{root}{path}", flags=MS_BIND | MS_REC, optional=True),
-                MountOp(OP_REMOUNT, f"{root}{path}", flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                        optional=True)]
+        ops.append(bind(path, path, MS_REC | BIND_ATTRS, source_in_root=True, optional=True))
     return ops
 
 
@@ -183,7 +235,9 @@ def overlay_root(image: str, scratch: str, *, size: int | None = None,
     ``size=``): a write beyond it fails with ENOSPC.  ``private_tmp`` mounts a
     fresh tmpfs (mode 1777) on ``/tmp``, for a shared image whose own ``tmp``
     is not world-writable (see images/busybox.py).  Returns the steps and
-    the new root.
+    the new root.  These paths are minibox's own on the host: the child
+    resolves them with the host's "/" as the root, below the tmpfs once it
+    is mounted.
     """
     merged = f"{scratch}/root"
     limit = "" if size is None else f",size={size}"
@@ -199,23 +253,21 @@ def overlay_root(image: str, scratch: str, *, size: int | None = None,
     if private_tmp:
         ops.append(MountOp(OP_MOUNT, f"{merged}/tmp", source="tmpfs", fstype="tmpfs",
                            flags=MS_NOSUID | MS_NODEV, data="mode=1777" + limit))
-    return ops, merged
+    return anchored(ops), merged
 
 
-def mount_plan(root: str, spec: Spec, *, in_userns: bool, extra: list[MountOp] | None = None,
-               mask_paths: bool = True, lookup_root: str | None = None) -> list[MountOp]:
-    """The ordered mount steps for ``spec`` with the rootfs at ``root`` (a host path).
+def mount_plan(spec: Spec, *, in_userns: bool, extra: list[MountOp] | None = None,
+               mask_paths: bool = True) -> list[MountOp]:
+    """The ordered mount steps for ``spec``, with paths inside the rootfs, anchored.
 
     ``extra`` steps (e.g. /etc/hosts for the network) run after the Spec's
-    own mounts and before the masks.  ``lookup_root`` is where the rootfs's
-    files can be inspected now, when ``root`` exists only in the child (an
-    overlay, see :func:`overlay_root`).
+    own mounts and before the masks.
     """
-    ops = _proc_and_sys(root, spec, in_userns)
-    ops += _dev(root)
-    for index, mount in enumerate(spec.mounts):
-        ops += _user_mount(root, index, mount, lookup_root or root)
+    ops = _proc_and_sys(spec, in_userns)
+    ops += _dev()
+    for mount in spec.mounts:
+        ops += _user_mount(mount)
     ops += extra or []
     if mask_paths:
-        ops += _masks(root)
-    return ops
+        ops += _masks()
+    return anchored(ops)

@@ -22,25 +22,58 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._native import ffi, lib
-from ..errors import CommandNotFoundError, SetupError
+from ..errors import SetupError, exec_failure
+from ..spec import DEFAULT_PATH
 from .rootfs import MountOp
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
     from typing import Any
 
-# csrc/spawn.h enum mb_step, in order
-STEP_NAMES = {
-    1: "clone", 2: "wait for parent", 3: "setsid", 4: "controlling tty", 5: "stdio",
-    6: "sethostname", 7: "make mounts private", 8: "bind rootfs", 9: "mount",
-    10: "seal rootfs (nodev, read-only)", 11: "pivot_root", 12: "detach old root", 13: "chdir",
-    14: "setrlimit", 15: "setgroups", 16: "setgid", 17: "setuid", 18: "capabilities",
-    19: "no_new_privs", 20: "seccomp", 21: "execve", 22: "close fds", 23: "setns", 24: "fork",
-    25: "become root in the user namespace", 26: "loopback up", 27: "allocate a pty", 28: "join cgroup",
-    29: "root layer",
+# What each step of csrc/spawn.h's enum mb_step is called in an error.  The
+# numbers come from the header itself (cffi), so they cannot drift;
+# tests/unit/test_spawn_protocol.py checks that every step has a name.
+STEP_NAMES: dict[int, str] = {
+    lib.MB_STEP_CLONE: "clone",
+    lib.MB_STEP_WAIT_PARENT: "wait for parent",
+    lib.MB_STEP_SETSID: "setsid",
+    lib.MB_STEP_STDIO: "stdio",
+    lib.MB_STEP_HOSTNAME: "sethostname",
+    lib.MB_STEP_MOUNT_PRIVATE: "make mounts private",
+    lib.MB_STEP_BIND_ROOTFS: "bind rootfs",
+    lib.MB_STEP_MOUNTS: "mount",
+    lib.MB_STEP_SEAL_ROOTFS: "seal rootfs (nodev, read-only)",
+    lib.MB_STEP_PIVOT_ROOT: "pivot_root",
+    lib.MB_STEP_DETACH_OLD_ROOT: "detach old root",
+    lib.MB_STEP_CHDIR: "chdir",
+    lib.MB_STEP_RLIMITS: "setrlimit",
+    lib.MB_STEP_SETGROUPS: "setgroups",
+    lib.MB_STEP_SETGID: "setgid",
+    lib.MB_STEP_SETUID: "setuid",
+    lib.MB_STEP_CAPABILITIES: "capabilities",
+    lib.MB_STEP_NO_NEW_PRIVS: "no_new_privs",
+    lib.MB_STEP_SECCOMP: "seccomp",
+    lib.MB_STEP_EXECVE: "execve",
+    lib.MB_STEP_SETNS: "setns",
+    lib.MB_STEP_FORK: "fork",
+    lib.MB_STEP_BECOME_ROOT: "become root in the user namespace",
+    lib.MB_STEP_LOOPBACK: "loopback up",
+    lib.MB_STEP_PTY: "allocate a pty",
+    lib.MB_STEP_JOIN_CGROUP: "join cgroup",
+    lib.MB_STEP_ROOT_LAYER: "root layer",
+    lib.MB_STEP_CGROUP_NAMESPACE: "unshare the cgroup namespace",
 }
-STEP_EXECVE = 21
-STEP_ROOT_LAYER = 29
+STEP_EXECVE: int = lib.MB_STEP_EXECVE
+STEP_ROOT_LAYER: int = lib.MB_STEP_ROOT_LAYER
+STEP_MOUNTS: int = lib.MB_STEP_MOUNTS
+
+# The bytes the parent writes to the child's sync pipe (enum mb_sync).
+SYNC_MAPS_WRITTEN = bytes([lib.MB_SYNC_MAPS_WRITTEN])  # user namespace: maps written, set up
+SYNC_GO = bytes([lib.MB_SYNC_GO])                      # cgroups and network ready: run the command
+
+# enum mb_compat: force the old-kernel fallbacks of csrc/rootfs.c.  Tests
+# set this to run the same containers through the fallback paths.
+COMPAT: int = 0
 _ERROR = struct.Struct("=iii")
 
 
@@ -68,8 +101,9 @@ class ChildPlan:
     root_ops: Sequence[MountOp] = ()
     ops: Sequence[MountOp] = ()
     readonly_rootfs: bool = False
+    unshare_cgroupns: bool = False
     cwd: str | None = None
-    path_env: str | None = None
+    path_env: str | None = DEFAULT_PATH
     init_fd: int = -1
     uid: int = 0
     gid: int = 0
@@ -124,6 +158,8 @@ class _CPlan:
         p.ops = self._ops(plan.ops)
         p.n_ops = len(plan.ops)
         p.readonly_rootfs = int(plan.readonly_rootfs)
+        p.compat = COMPAT
+        p.unshare_cgroupns = int(plan.unshare_cgroupns)
         p.cwd = self._str(plan.cwd)
         p.argv = self._strv(plan.argv)
         p.envp = self._strv(plan.envp)
@@ -168,13 +204,14 @@ class _CPlan:
         for i, op in enumerate(ops):
             c = array[i]
             c.kind = op.kind
-            c.source = self._str(op.source)
-            c.target = self._str(op.target)
+            c.base = op.base
+            c.source = self._str(op.relative_source())
+            c.source_in_root = int(op.source_in_root)
+            c.target = self._str(op.relative_target())
             c.fstype = self._str(op.fstype)
             c.flags = op.flags
             c.data = self._str(op.data)
             c.mode = op.mode
-            c.dev = op.dev
             c.optional = int(op.optional)
         return array
 
@@ -223,10 +260,10 @@ def read_child_error(error_fd: int, plan: ChildPlan) -> SetupError | None:
     step, err, index = _ERROR.unpack(data)
     name = STEP_NAMES.get(step, f"step {step}")
     if step == STEP_EXECVE:
-        if err in (errno_mod.ENOENT, errno_mod.EACCES, errno_mod.ENOEXEC, errno_mod.ENOTDIR):
-            return CommandNotFoundError(name, err, detail=plan.cmd or plan.argv[0])
-        return SetupError(name, err, detail=plan.cmd or plan.argv[0])
-    ops = plan.root_ops if step == STEP_ROOT_LAYER else plan.ops
-    if 0 <= index < len(ops):
-        return SetupError(name, err, detail=ops[index].describe())
+        return exec_failure(name, err, plan.cmd or plan.argv[0])
+    if step in (STEP_MOUNTS, STEP_ROOT_LAYER):  # the index is the op's (else a cgroup's, an fd's)
+        ops = plan.root_ops if step == STEP_ROOT_LAYER else plan.ops
+        if 0 <= index < len(ops):
+            where = "" if step == STEP_ROOT_LAYER else " in the rootfs"
+            return SetupError(name, err, detail=ops[index].describe() + where)
     return SetupError(name, err)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..spec import Spec
+from ..spec import DEFAULT_PATH, Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ def encode_config(spec: Spec, mounts: Sequence[GuestMount], *, root_tag: str = "
         return tag.encode() + b"".join(v.encode() + b"\0" for v in values)
 
     out = [rec("A", a) for a in spec.argv]
-    out += [rec("E", f"{k}={v}") for k, v in spec.env.items()]
+    env = {"PATH": DEFAULT_PATH, **spec.env}
+    out += [rec("E", f"{k}={v}") for k, v in env.items()]
     out += [rec("C", spec.cwd), rec("H", spec.hostname), rec("U", str(spec.user[0])),
             rec("G", str(spec.user[1])), rec("R", root_tag)]
     if spec.readonly_rootfs:

@@ -29,7 +29,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import PreflightError, SetupError
+from ..errors import PreflightError
 from ..spec import Mount
 
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
@@ -121,17 +121,8 @@ def make_mount_points(rootfs: str, mounts: Sequence[Mount]) -> None:
     create them; a container creates its own the same way, in the host
     directory, before the read-only remount.
     """
-    from ..images.paths import resolve_in_root
+    from ..images.paths import make_mount_point
 
-    for m in mounts:
-        target = resolve_in_root(rootfs, m.target)
-        if os.path.lexists(target):
-            continue
-        try:
-            if m.kind == "bind" and m.source is not None and not os.path.isdir(m.source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                open(target, "a").close()
-            else:
-                os.makedirs(target, exist_ok=True)
-        except OSError as e:
-            raise SetupError("mount point", e.errno, detail=f"{m.target} in {rootfs}") from e
+    for m in mounts:  # through fds inside the rootfs: a symlink there never leads out
+        is_file = m.kind == "bind" and m.source is not None and not os.path.isdir(m.source)
+        make_mount_point(rootfs, m.target, directory=not is_file)

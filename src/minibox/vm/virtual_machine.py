@@ -26,7 +26,6 @@ path reaches: normal exit, timeout, kill, an exception in the caller's
 
 from __future__ import annotations
 
-import errno as _errno
 import itertools
 import os
 import secrets
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import procfs
-from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
+from ..errors import MiniboxError, PreflightError, SetupError, SpecError, exec_failure
 from ..owner import Held, StartSteps
 from ..sandbox import Reason, Result, Sandbox, Stats, Usage
 from ..spec import Spec
@@ -410,8 +409,8 @@ class VirtualMachine(Sandbox):
 
     def _failure_error(self, failure: tuple[str, int, str]) -> SetupError:
         step, err, detail = failure
-        if step == "execve" and err in (_errno.ENOENT, _errno.EACCES):
-            return CommandNotFoundError(step, err, detail)
+        if step == "execve" and err:
+            return exec_failure(step, err, detail or None)
         return SetupError(step, err or None, detail or None)
 
     def _read_usage(self) -> None:
