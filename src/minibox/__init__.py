@@ -18,7 +18,7 @@ The heavy parts (the C core, QEMU control) are imported lazily, so that
 
 from __future__ import annotations
 
-from .errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError
+from .errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError, StateError
 from .sandbox import Result, Sandbox, Stats, Usage
 from .spec import IdMap, Limits, Mount, Spec
 
@@ -49,6 +49,7 @@ __all__ = [
     "SetupError",
     "PreflightError",
     "CommandNotFoundError",
+    "StateError",
 ]
 
 ISOLATIONS = ("container", "vm")

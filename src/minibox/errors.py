@@ -66,6 +66,11 @@ class SetupError(MiniboxError):
         super().__init__(text)
 
 
+class StateError(MiniboxError):
+    """A verb was used on a sandbox in the wrong state, or the sandbox's host state is gone
+    (``stats()`` on a container whose cgroup was removed from under it)."""
+
+
 class CommandNotFoundError(SetupError):
     """The command could not be executed inside the sandbox (ENOENT/EACCES at execve).
 
@@ -97,4 +102,5 @@ __all__ = [
     "PreflightError",
     "SetupError",
     "CommandNotFoundError",
+    "StateError",
 ]

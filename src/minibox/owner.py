@@ -85,6 +85,11 @@ def acquire() -> dict[str, Any]:
         return dict(_identity)
 
 
+def sandbox_count() -> int:
+    """How many sandboxes this process owns now (their records name its lock)."""
+    return _count
+
+
 def release() -> None:
     """One sandbox fewer; with the last one the lock file is removed and the lock dropped."""
     global _count, _lock_fd, _identity

@@ -138,9 +138,28 @@ class Container(Sandbox):
                 raise MiniboxError("this Container was already started; create a new one")
             try:
                 self._start()
+            except OSError as e:
+                self._teardown()
+                raise self._typed(e) from e
             except BaseException:
                 self._teardown()
                 raise
+
+    @staticmethod
+    def _typed(e: OSError) -> SetupError:
+        """An OS error of the start as a SetupError; EMFILE says what holds the fds and what to do."""
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            import resource
+
+            from ..owner import sandbox_count
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            return SetupError("file descriptors", e.errno, detail=(
+                f"this process owns {sandbox_count()} sandboxes (each holds about 3 fds: a pidfd and "
+                f"its stdout/stderr pipes) and its limit is {soft} (hard {hard}); raise it with "
+                "'ulimit -n' or resource.setrlimit(RLIMIT_NOFILE), pass stdout/stderr fds instead of "
+                "capturing, or close finished sandboxes"))
+        return SetupError("start", e.errno, detail=e.filename if isinstance(e.filename, str) else None)
 
     def _start(self) -> None:
         from ..owner import StartSteps
@@ -180,10 +199,13 @@ class Container(Sandbox):
         to_close: list[int] = []
         child_ends: list[int] = []
         try:
+            # Each fd goes on its list the moment it exists: a failure (EMFILE) leaks none.
             error_r, error_w = os.pipe()
+            to_close.append(error_r)
+            child_ends.append(error_w)
             sync_r, sync_w = os.pipe()
-            to_close += [error_r, sync_w]
-            child_ends += [error_w, sync_r]
+            to_close.append(sync_w)
+            child_ends.append(sync_r)
             plan.error_fd, plan.sync_fd = error_w, sync_r
             if spec.init:
                 from .init import init_fd
@@ -229,9 +251,12 @@ class Container(Sandbox):
             plan.use_vfork = not in_userns and self._network is None and "time" not in namespaces
             cgroup_fd = None
             if self._cgroup is not None and plan.use_vfork:
-                plan.cgroup_procs_fds = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-                                         for d in dict.fromkeys(self._cgroup.paths.values())]
-                child_ends += plan.cgroup_procs_fds
+                procs_fds: list[int] = []
+                for d in dict.fromkeys(self._cgroup.paths.values()):
+                    # one at a time into child_ends, so a failure (EMFILE) leaks none
+                    child_ends.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+                    procs_fds.append(child_ends[-1])
+                plan.cgroup_procs_fds = procs_fds
             elif self._cgroup is not None:
                 cgroup_fd = self._cgroup.clone_into_fd()
                 if cgroup_fd is not None:
@@ -255,7 +280,7 @@ class Container(Sandbox):
             child_ends = []
 
             try:
-                self._supervise()
+                self._supervise(released=plan.use_vfork)
                 steps.done("spawn")
                 if in_userns:
                     write_id_maps(self._pid, uid_map, gid_map)
@@ -347,16 +372,30 @@ class Container(Sandbox):
                                  "nft_table": config.nft_table if spec.ports else None}
         return Record.create("container", self.id, detached=self._detached, **fields)
 
-    def _supervise(self) -> None:
-        """Name the child in the record, and (unless detached) hand it to the owner's keeper."""
+    def _supervise(self, released: bool) -> None:
+        """Name the child in the record, and (unless detached) hand it to the owner's keeper.
+
+        ``released``: the command already runs (vfork mode: the child execs
+        without waiting for us).  Then a record that cannot be rewritten
+        (the runtime dir filled up since the record was created) must not
+        fail a command that already runs: the keeper ends it with its
+        owner, the record still names its cgroup, and close() reaps it.
+        """
         from ..owner import keep
 
         assert self._pid is not None and self._pidfd is not None
         if not self._detached:
             keep(self._pidfd)
-        self._record.add_process(self._pid, "init")
-        if self._network is not None:
-            self._record.update(network=self._network.record())
+        try:
+            self._record.add_process(self._pid, "init")
+            if self._network is not None:
+                self._record.update(network=self._network.record())
+        except SetupError as e:
+            if not released:
+                raise
+            import logging
+
+            logging.getLogger("minibox").warning("container %s: its record does not name its init: %s", self.id, e)
 
     # -- wait ---------------------------------------------------------------------
 
@@ -506,6 +545,12 @@ class Container(Sandbox):
             raise MiniboxError(f"{verb} needs the container's cgroup; create the Container with cgroup=True")
         if self.running is False:
             raise MiniboxError(f"cannot {verb}: the container is not running")
+        missing = [d for d in dict.fromkeys(self._cgroup.paths.values()) if not os.path.isdir(d)]
+        if missing:
+            from ..errors import StateError
+
+            raise StateError(f"cannot {verb}: the container's cgroup {missing[0]} was removed from under it "
+                             "(by hand, or by a tool that cleans cgroups)")
         return self._cgroup
 
     def pause(self) -> None:
@@ -527,7 +572,8 @@ class Container(Sandbox):
         """Run ``argv`` inside the running container (like ``docker exec``) and wait for it."""
         if not self.running or self._pid is None:
             raise MiniboxError("cannot exec: the container is not running")
-        probe = Spec(argv=list(argv), rootfs=self.spec.rootfs or "/")  # validates argv
+        # validates argv (the rootfs is the running container's, whatever became of its host directory)
+        probe = Spec(argv=list(argv), rootfs="/")
         namespaces = [ns for ns in JOIN_ORDER if ns in self.spec.effective_namespaces]
         plan = process_plan(self.spec, probe.argv)
         started = time.monotonic()
@@ -570,7 +616,10 @@ class Container(Sandbox):
             pidfd = os.pidfd_open(grandchild)
             if self._cgroup is not None:
                 self._cgroup.attach(grandchild)
-            os.write(sync_w, SYNC_GO)
+            try:
+                os.write(sync_w, SYNC_GO)
+            except OSError as e:  # it died first: its own report says why
+                raise read_child_error(error_r, plan) or SetupError("exec", e.errno) from e
             failure = read_child_error(error_r, plan)
             if failure is not None:
                 raise failure

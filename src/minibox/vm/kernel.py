@@ -354,6 +354,11 @@ def ensure_kernel(path: str | os.PathLike[str] | None = None) -> KernelInfo:
         if not image.is_file():
             raise PreflightError(f"kernel {image} does not exist; run 'minibox kernel' to provision one")
         return _prepare(image, root, None, None, "spec")
+    # A complete cache is enough, even on a read-only state directory: the
+    # lock (opened for writing) is needed only to provision.
+    installed = _installed_debian(root)
+    if installed is not None:
+        return installed
     with _locked(root / ".lock"):
         info = _installed_debian(root)
         if info is None:
