@@ -471,15 +471,9 @@ class Spec:
                                 f"expected (host_port, sandbox_port) within 1..65535, got {_shown(port)}")
             ports.append((int(port[0]), int(port[1])))
         set_(self, "ports", tuple(ports))
-        if self.ip is not None:
-            import ipaddress
-
-            try:
-                if not isinstance(self.ip, str):
-                    raise TypeError(type(self.ip).__name__)
-                ipaddress.IPv4Address(self.ip)
-            except (ValueError, TypeError) as e:
-                raise SpecError("ip", f"expected an IPv4 address like '10.88.0.5', got {_shown(self.ip)}") from e
+        if self.ip is not None and not isinstance(self.ip, str):
+            # the address itself is checked against the bridge's subnet when the lease is taken
+            raise SpecError("ip", f"expected an IPv4 address like '10.88.0.5', got {_shown(self.ip)}")
         if (self.ports or self.ip) and self.network != "bridge":
             raise SpecError("ports" if self.ports else "ip", "needs network='bridge'")
         if not isinstance(self.host_access, bool):
@@ -495,7 +489,10 @@ class Spec:
 
         Rootless mode: for a caller that is not root, ``"user"`` is always
         added -- creating any other namespace needs CAP_SYS_ADMIN, which an
-        unprivileged process has only inside a user namespace it owns.
+        unprivileged process has only inside a user namespace it owns.  For
+        a root caller whose ``user`` is not root, ``"user"`` is added too
+        (unless ``namespaces`` is given): the user then runs as a private
+        host uid, not as the host's user of the same number.
         """
         if self.namespaces is not None:
             names = tuple(self.namespaces)
@@ -503,6 +500,10 @@ class Spec:
             names = tuple(ns for ns in DEFAULT_NAMESPACES if ns != "net")
         else:
             names = DEFAULT_NAMESPACES
-        if os.geteuid() != 0 and "user" not in names:
+        if "user" not in names and (os.geteuid() != 0 or (self.namespaces is None and self.user[0] != 0)):
+            # A root caller running a non-root user: without a user namespace
+            # the command would share that uid with every host process of
+            # the same uid (signals, /proc/PID/environ, files); with one it
+            # gets a host uid of its own (container/userns.py, default_maps).
             names = ("user", *names)
         return names

@@ -283,3 +283,79 @@ def test_fork_bomb_in_a_default_container_stays_bounded() -> None:
     # the container's own count, and the host's view of it: both stay under the bound
     assert peak <= DEFAULT_PID_BOUND + 50  # other processes of this busy machine come and go
     assert peak > DEFAULT_PID_BOUND // 2  # the bomb did run into it
+
+
+# -- a non-root user gets a host uid of its own ------------------------------------------------
+
+def _as_uid(uid: int, work: Any) -> Any:
+    """Run ``work()`` in a forked child with all its ids set to ``uid``; return what it returns."""
+    import json
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            payload = work()
+        except BaseException as e:
+            payload = f"{type(e).__name__}: {e}"
+        os.write(write_end, json.dumps(payload).encode())
+        os._exit(0)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 65536):
+        data += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def _host_uid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def _reach(pid: int) -> Any:
+    def work() -> dict[str, str]:
+        outcome = {}
+        for what, attempt in (("signal", lambda: os.kill(pid, 0)),
+                              ("environ", lambda: open(f"/proc/{pid}/environ", "rb").read())):
+            try:
+                attempt()
+                outcome[what] = "allowed"
+            except OSError as e:
+                outcome[what] = errno.errorcode[e.errno or 0]
+        return outcome
+    return _as_uid(65534, work)
+
+
+def test_non_root_user_runs_as_a_private_host_uid() -> None:
+    from minibox.container.userns import PRIVATE_IDS
+
+    spec = Spec(argv=["sh", "-c", "id -u; exec sleep 30"], user=(65534, 65534), env={"SECRET": "s3cret"})
+    with minibox.Container(spec, stdout=None) as box:
+        assert box.pid is not None
+        host_uid = _host_uid(box.pid)
+        got = _reach(box.pid)
+        inside = box.exec(["id", "-u"]).stdout
+    assert host_uid in PRIVATE_IDS  # not 65534: the host's nobody is someone else
+    assert got == {"signal": "EPERM", "environ": "EACCES"}, got  # a host process of uid 65534 is a stranger
+    assert inside == b"65534\n"  # inside, the user is who the Spec says
+
+
+def test_two_containers_of_the_same_user_do_not_share_a_host_uid() -> None:
+    spec = Spec(argv=["sleep", "30"], user=(1000, 1000))
+    with minibox.Container(spec) as one, minibox.Container(spec) as two:
+        assert one.pid is not None and two.pid is not None
+        assert _host_uid(one.pid) != _host_uid(two.pid)
+
+
+def test_naming_the_namespaces_without_user_shares_the_host_uid_as_asked() -> None:
+    # the documented opt-out (docker's --user semantics): then the host's uid 65534 can reach it
+    spec = Spec(argv=["sleep", "30"], user=(65534, 65534), namespaces=["pid", "mnt", "uts", "ipc", "net", "cgroup"])
+    with minibox.Container(spec) as box:
+        assert box.pid is not None
+        assert _host_uid(box.pid) == 65534
+        assert _reach(box.pid)["signal"] == "allowed"

@@ -20,6 +20,22 @@ from collections.abc import Sequence
 from ..errors import SetupError
 from ..spec import IdMap, Spec
 
+#: Host ids minibox gives non-root container users of a root caller
+#: (0x78000000-0x78ffffff): above the ranges systemd hands out to users,
+#: dynamic users and nspawn containers (up to 0x6fffffff), below the
+#: 0x80000000 half that tools treat as negative.  No account owns them.
+PRIVATE_IDS = range(0x78000000, 0x79000000)
+
+
+def private_host_id() -> int:
+    """A host id for one container's user: random in :data:`PRIVATE_IDS`.
+
+    Random rather than leased: two live containers share one with
+    probability n/16M, and then only with each other, never with a host
+    account.
+    """
+    return PRIVATE_IDS.start + int.from_bytes(os.urandom(4), "little") % len(PRIVATE_IDS)
+
 
 def default_maps(spec: Spec) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...]]:
     """The maps used when the Spec asks for a user namespace without giving them.
@@ -27,8 +43,19 @@ def default_maps(spec: Spec) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...]]:
     The caller's own uid and gid become the Spec's user inside: as root
     that keeps files owned by root readable; as an unprivileged user that
     is all the kernel allows without newuidmap.
+
+    A root caller running a non-root user without naming namespaces
+    (see ``Spec.effective_namespaces``) gets 0 -> 0, so the setup runs as
+    it does without a user namespace, and the user -> a private host id
+    from :func:`private_host_id`: no host process, and no other
+    container, has the uid the command runs as.
     """
     uid, gid = spec.user
+    if os.geteuid() == 0 and spec.namespaces is None and uid != 0:
+        host = private_host_id()
+        uid_map = spec.uid_map or (IdMap(0, 0, 1), IdMap(uid, host, 1))
+        gid_map = spec.gid_map or ((IdMap(0, 0, 1),) if gid == 0 else (IdMap(0, 0, 1), IdMap(gid, host, 1)))
+        return tuple(uid_map), tuple(gid_map)
     uid_map = spec.uid_map or (IdMap(uid, os.geteuid(), 1),)
     gid_map = spec.gid_map or (IdMap(gid, os.getegid(), 1),)
     return tuple(uid_map), tuple(gid_map)
