@@ -471,9 +471,16 @@ class Spec:
                                 f"expected (host_port, sandbox_port) within 1..65535, got {_shown(port)}")
             ports.append((int(port[0]), int(port[1])))
         set_(self, "ports", tuple(ports))
-        if self.ip is not None and not isinstance(self.ip, str):
-            # the address itself is checked against the bridge's subnet when the lease is taken
-            raise SpecError("ip", f"expected an IPv4 address like '10.88.0.5', got {_shown(self.ip)}")
+        if self.ip is not None:
+            # the form here; whether it is free and in the bridge's subnet when the lease is taken
+            import ipaddress
+
+            try:
+                if not isinstance(self.ip, str):
+                    raise TypeError(type(self.ip).__name__)
+                ipaddress.IPv4Address(self.ip)
+            except (ValueError, TypeError) as e:
+                raise SpecError("ip", f"expected an IPv4 address like '10.88.0.5', got {_shown(self.ip)}") from e
         if (self.ports or self.ip) and self.network != "bridge":
             raise SpecError("ports" if self.ports else "ip", "needs network='bridge'")
         if not isinstance(self.host_access, bool):

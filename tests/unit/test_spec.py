@@ -156,6 +156,7 @@ def test_largest_values_the_kernel_accepts_pass() -> None:
     (dict(ports=[(True, 80)]), "ports[0]"),
     (dict(cap_add=5), "cap_add"),
     (dict(network="bridge", ip=5), "ip"),
+    (dict(network="bridge", ip="10.1.2"), "ip"),
     (dict(user=(10**5000, 0)), "user"),
     (dict(rootfs_overlay=1), "rootfs_overlay"),
     (dict(rootfs_overlay_size="0"), "rootfs_overlay_size"),
