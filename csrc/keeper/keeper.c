@@ -36,6 +36,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 #include <unistd.h>
 
 #define MAX_FDS_PER_MESSAGE 16
@@ -111,6 +114,10 @@ static int watch(int sock)
     if (pid > 0)
         _exit(0);
     setsid();   /* a Ctrl-C meant for the owner does not stop the watch */
+    /* Hold nothing of the owner's but our socket (0-2 are /dev/null). */
+    if (sock > 3)
+        syscall(SYS_close_range, 3, sock - 1, 0);
+    syscall(SYS_close_range, sock + 1, ~0U, 0);
     struct rlimit lim;
     if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {   /* one pidfd per sandbox process */
         lim.rlim_cur = lim.rlim_max;

