@@ -300,3 +300,20 @@ def test_random_cli_arguments_fail_in_one_line_and_leave_nothing(
     check()
     assert statuses.count(125) > EXAMPLES // 3  # many draws are bad input
     assert any(status != 125 for status in statuses)  # and some run
+
+
+def test_a_limit_the_kernel_refuses_late_leaves_no_parent_behind() -> None:
+    # Defence in depth behind the Spec's checks: a value the kernel refuses only
+    # when it is written (here a pids.max the Limits check was bypassed for)
+    # removes the container's cgroup *and* the parent that was made for it.
+    from minibox import SpecError
+    from minibox.container.cgroups import Cgroup
+
+    limits = Limits(pids=64)
+    object.__setattr__(limits, "pids", 10**12)  # what a kernel with a smaller PID_MAX_LIMIT would refuse
+    before = _inventory(False)
+    assert not before["cgroups"]
+    with pytest.raises(SpecError) as info:
+        Cgroup.create("refused-late", limits)
+    assert info.value.field == "limits.pids"
+    _assert_unchanged(before, False, "Cgroup.create with pids=10**12")

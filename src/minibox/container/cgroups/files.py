@@ -173,6 +173,14 @@ class Creation:
         if error is None:
             return
         cleanup(self.created)
+        # The shared parent goes too once empty, as after a container's end
+        # (Cgroup.remove): a limit the kernel refused must not leave an empty
+        # parent behind.  rmdir refuses a parent another container uses.
+        for parent in dict.fromkeys(os.path.dirname(d) for d in self.created):
+            try:
+                rmdir(parent)
+            except OSError:
+                pass
         if isinstance(error, OSError):
             if error.errno == errno.EEXIST:
                 detail = f"{self.path} (a container named {self.name!r} exists)"
