@@ -299,8 +299,6 @@ def inventory(soak: Soak, exclude: set[int]) -> dict[str, list[str]]:
     with open("/proc/self/mountinfo") as f:
         mounts = sorted(line.split(" - ")[0].split(" ", 4)[4] for line in f
                         if "minibox" in line or soak.tag in line)
-    tmp = [f"/tmp/{n}" for n in os.listdir("/tmp") if n.startswith("minibox-") and soak.tag not in n
-           and not n.startswith("minibox-test-run-")]
     return {
         "cgroups": _cgroups(soak.cgroup_parent),
         "mounts": mounts,
@@ -308,7 +306,9 @@ def inventory(soak: Soak, exclude: set[int]) -> dict[str, list[str]]:
         "nft tables": [t for t in _nft_tables() if soak.tag in t],  # the soak's table only
         "processes": _marked_processes(soak.tag, exclude),
         "state files": _files(soak.base / "run"),
-        "temp files": _files(soak.base / "tmp") + sorted(tmp),
+        # The callers' TMPDIR is private: whatever minibox makes with tempfile lands there
+        # (/tmp itself is shared with every other session on this machine).
+        "temp files": _files(soak.base / "tmp"),
     }
 
 
@@ -363,7 +363,7 @@ def _python() -> list[str]:
 
 #: Start steps the test hook can stop a caller after (minibox/owner.py, MINIBOX_TEST_DIE_AFTER_STEP);
 #: a runtime without the hook ignores the variable, and the caller is killed at a random moment instead.
-HOOK_STEPS = 8
+HOOK_STEPS = 6
 
 
 def killed_run(soak: Soak, name: str, rng: random.Random, tally: Tally) -> None:
@@ -429,8 +429,12 @@ class Worker:
 
 
 def drive(soak: Soak, plan: list[tuple[str, bool]], concurrency: int, seed: int, tally: Tally,
-          progress: Callable[[int], None]) -> None:
-    """``concurrency`` slots, each with its own steady worker, take runs off the plan."""
+          progress: Callable[[int], None], stop_at: float | None = None) -> None:
+    """``concurrency`` slots, each with its own steady worker, take runs off the plan.
+
+    With ``stop_at`` (a time.time() value), no run starts after it: the soak ends early
+    with what it has done (the report says how many runs that was).
+    """
     queue: Iterator[tuple[int, tuple[str, bool]]] = iter(enumerate(plan))
     qlock = threading.Lock()
 
@@ -443,7 +447,7 @@ def drive(soak: Soak, plan: list[tuple[str, bool]], concurrency: int, seed: int,
         try:
             while True:
                 with qlock:
-                    item = next(queue, None)
+                    item = None if stop_at is not None and time.time() >= stop_at else next(queue, None)
                 if item is None:
                     return
                 n, (name, kill) = item
@@ -514,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent callers")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", metavar="FILE", help="also write the whole report as JSON")
+    parser.add_argument("--stop-at", metavar="HH:MM", help="start no run after this time (UTC, today)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--caller", metavar="SCENARIO", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -525,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: needs root (cgroups, bridge networking, VMs)", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    stop_at = None
+    if args.stop_at:
+        hours, minutes = (int(x) for x in args.stop_at.split(":"))
+        now = time.gmtime()
+        stop_at = time.time() + ((hours - now.tm_hour) * 60 + minutes - now.tm_min) * 60 - now.tm_sec
     rng = random.Random(seed)
     soak = Soak.create()
     plan = schedule(args.runs, args.vm_runs, args.kill_fraction, rng)
@@ -544,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(tally.unexpected)} unexpected so far", flush=True)
 
     try:
-        drive(soak, plan, args.concurrency, seed, tally, progress)
+        drive(soak, plan, args.concurrency, seed, tally, progress, stop_at)
         ran = time.time() - started
         time.sleep(1.0)  # the last killed callers' children notice their parent is gone
         gc_status, gc_output = gc(soak)
@@ -558,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"kernel": os.uname().release, "cpus": os.cpu_count()},
         "parameters": {"runs": args.runs, "vm_runs": args.vm_runs, "kill_fraction": args.kill_fraction,
                        "concurrency": args.concurrency},
-        "seconds": round(ran, 1), "completed": dict(tally.done), "killed": dict(tally.killed),
+        "seconds": round(ran, 1), "planned": len(plan), "completed": dict(tally.done), "killed": dict(tally.killed),
         "unexpected": tally.unexpected, "gc": {"status": gc_status, "output": gc_output.splitlines()[-20:]},
         "leaks": leaks, "inventory_before": {k: len(v) for k, v in before.items()},
         "inventory_after": {k: len(v) for k, v in after.items()},
@@ -579,6 +589,9 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"soak {report['tag']} ({report['date']}, kernel {report['host']['kernel']}, "
              f"{report['host']['cpus']} CPUs): {report['seconds']} s, seed {report['seed']}"]
     done, killed = report["completed"], report["killed"]
+    ran = sum(done.values()) + sum(killed.values())
+    if ran < report["planned"]:
+        lines.append(f"stopped at --stop-at: {ran} of {report['planned']} planned runs made")
     lines.append(f"completed runs: {sum(done.values())}  " + ", ".join(f"{k} {v}" for k, v in sorted(done.items())))
     lines.append(f"killed callers: {sum(killed.values())}  " + ", ".join(f"{k} {v}" for k, v in sorted(killed.items())))
     lines.append(f"median seconds per run: {report['median_seconds']}")

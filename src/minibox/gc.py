@@ -88,6 +88,7 @@ def collect() -> Report:
             continue  # its owner closed it meanwhile: it was not ours to report
         report.removed.append(label)
     _collect_unrecorded_cgroups(cgroups_before, named, report)
+    _collect_half_written_records(report)
     report.locks_removed = len(owner.remove_stale_locks())
     if report.removed:
         from .container.cgroups import prune_parents
@@ -188,6 +189,28 @@ def _collect_unrecorded_cgroups(by_name: dict[str, list[str]], named: set[str], 
         else:
             if removed:
                 report.removed.append(f"cgroup {name} (unrecorded)")
+
+
+def _collect_half_written_records(report: Report) -> None:
+    """An owner killed between write(2) and rename(2) leaves ``<id>.json.<pid>.tmp`` (records.write_atomically).
+
+    Removed once no process has that pid; while one has (the writer, or a
+    recycled pid), it is left for a later gc.
+    """
+    directory = records.directory_name()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split(".")
+        if len(parts) < 4 or parts[-1] != "tmp" or not parts[-2].isdigit() or os.path.exists(f"/proc/{parts[-2]}"):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            continue
+        report.removed.append(f"half-written record {name} (its writer died before the rename)")
 
 
 def _procs(directory: str) -> bool:

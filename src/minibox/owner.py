@@ -41,6 +41,7 @@ gc`` can find.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -169,8 +170,17 @@ def remove_stale_locks() -> list[str]:
     except OSError:
         return removed
     for name in names:
+        if name.startswith(".") and name.endswith(".tmp"):
+            # A lock being made (".<pid>-<token>.tmp"), or one whose maker was killed before the
+            # rename: removed once no process has that pid (a recycled pid only delays it).
+            pid = name[1:].split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(owners_dir(), name))
+                    removed.append(name)
+            continue
         if not name.endswith(".lock"):
-            continue  # a ".tmp" is a lock being made right now
+            continue
         path = os.path.join(owners_dir(), name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
