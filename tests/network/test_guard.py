@@ -1,17 +1,25 @@
-"""The bridge port's guard rules as data, and the Spec field that opens the host (no root needed).
+"""The bridge port's guard rules as data, the Spec field that opens the host, and the rules
+accepted and removed by the kernel (root; in a network namespace of the test's own).
 
 The rules' effect on real frames is shown by tests/security/test_bridge_isolation.py.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import os
+import threading
+from collections.abc import Iterator
 
 import pytest
 
 from minibox import Spec, SpecError
-from minibox.network import guard
+from minibox.network import bridge as br
+from minibox.network import guard, nft
 from minibox.network.attachment import port_mac
+
+from ..conftest import needs_root
 
 
 def _guard(host_access: bool = False) -> guard.PortGuard:
@@ -64,3 +72,54 @@ def test_host_access_must_be_a_bool() -> None:
         Spec(argv=["true"], network="bridge", host_access="yes")  # type: ignore[arg-type]
     assert err.value.field == "host_access"
     assert Spec(argv=["true"], network="bridge", host_access=True).host_access is True
+
+
+@pytest.fixture
+def private_netns() -> Iterator[str]:
+    """A network namespace of the test's own (/proc/PID/fd/N), so no rule ever reaches the host's tables."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    holder: list[int] = []
+
+    def make() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            assert libc.unshare(0x40000000) == 0, os.strerror(ctypes.get_errno())  # CLONE_NEWNET
+            holder.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY))
+            assert libc.setns(own, 0x40000000) == 0
+        finally:
+            os.close(own)
+
+    helper = threading.Thread(target=make)
+    helper.start()
+    helper.join()
+    assert holder, "could not create a network namespace"
+    try:
+        yield f"/proc/{os.getpid()}/fd/{holder[0]}"
+    finally:
+        os.close(holder[0])
+
+
+@needs_root
+@pytest.mark.parametrize("backend", ["libnftables", "nft binary"])
+def test_the_kernel_takes_the_rules_and_removal_leaves_only_the_others(
+        private_netns: str, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    if backend == "nft binary":
+        monkeypatch.setattr(nft, "_libnftables", lambda: None)
+    elif nft._libnftables() is None:
+        pytest.skip("libnftables.so.1 is not installed")
+    other = guard.PortGuard("ffffffffffff", "mbt1", "mbvffffffffffff", port_mac("ffffffffffff"),
+                            ipaddress.IPv4Address("10.213.4.8"))
+
+    def work() -> tuple[set[str | None], set[str | None], bool, bool]:
+        nft.apply(guard.commands("mbtest", _guard()))
+        nft.apply(guard.commands("mbtest", other))
+        both = {nft.owner_of(r) for family in nft.FAMILIES for r in nft.rules("mbtest", family)}
+        nft.remove_owner("mbtest", "0123456789ab")
+        left = {nft.owner_of(r) for family in nft.FAMILIES for r in nft.rules("mbtest", family)}
+        nft.remove_owner("mbtest", "ffffffffffff")
+        return both, left, nft.table_exists("mbtest", "ip"), nft.table_exists("mbtest", "bridge")
+
+    both, left, ip_left, bridge_left = br.run_in_netns(private_netns, work)
+    assert both == {"0123456789ab", "ffffffffffff"}
+    assert left == {"ffffffffffff"}
+    assert not ip_left and not bridge_left  # the tables go with their last rule
