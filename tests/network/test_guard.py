@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -123,3 +124,74 @@ def test_the_kernel_takes_the_rules_and_removal_leaves_only_the_others(
     assert both == {"0123456789ab", "ffffffffffff"}
     assert left == {"ffffffffffff"}
     assert not ip_left and not bridge_left  # the tables go with their last rule
+
+
+def _new_netns() -> int:
+    """An fd of a new network namespace (made by a helper thread, which then returns to its own)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    holder: list[int] = []
+
+    def make() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            assert libc.unshare(0x40000000) == 0, os.strerror(ctypes.get_errno())
+            holder.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY))
+            assert libc.setns(own, 0x40000000) == 0
+        finally:
+            os.close(own)
+
+    helper = threading.Thread(target=make)
+    helper.start()
+    helper.join()
+    assert holder, "could not create a network namespace"
+    return holder[0]
+
+
+@needs_root
+def test_a_router_host_forwards_nothing_from_a_guarded_port() -> None:
+    """Where the host routes (ip_forward=1), the forward rules keep the port's traffic on the bridge.
+
+    Three namespaces of the test's own stand for the host (a router: forwarding on, a bridge
+    with one port), a sandbox on the port, and a machine beyond another interface.  Forwarding
+    is switched on only inside the router namespace (the sysctl is per namespace).
+    """
+    router, sandbox, outside = _new_netns(), _new_netns(), _new_netns()
+    path = {fd: f"/proc/{os.getpid()}/fd/{fd}" for fd in (router, sandbox, outside)}
+    mac = port_mac("0123456789ab")
+    try:
+        with br.opened(path[router]) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            ipr.addr("add", index=br.link_index(ipr, "br0"), address="10.77.0.1", prefixlen=24)
+            ipr.link("set", index=br.link_index(ipr, "br0"), state="up")
+            ipr.link("add", ifname="port0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": sandbox,
+                                                               "address": mac})
+            ipr.link("set", index=br.link_index(ipr, "port0"), master=br.link_index(ipr, "br0"), state="up")
+            ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": outside})
+            ipr.addr("add", index=br.link_index(ipr, "up0"), address="10.78.0.1", prefixlen=24)
+            ipr.link("set", index=br.link_index(ipr, "up0"), state="up")
+        for fd, address, gateway in ((sandbox, "10.77.0.2", "10.77.0.1"), (outside, "10.78.0.2", "10.78.0.1")):
+            br.configure_inside(path[fd], "eth0", ipaddress.IPv4Interface(f"{address}/24"),
+                                ipaddress.IPv4Address(gateway))
+
+        def forwarding_on() -> None:
+            with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+                f.write("1")
+
+        br.run_in_netns(path[router], forwarding_on)
+        receiver = br.run_in_netns(path[outside], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        sender = br.run_in_netns(path[sandbox], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        with receiver, sender:
+            receiver.bind(("0.0.0.0", 9999))
+            receiver.settimeout(3)
+            sender.sendto(b"before", ("10.78.0.2", 9999))
+            assert receiver.recv(64) == b"before"  # the router forwards: the path works
+            rules = guard.commands("mbfwd", guard.PortGuard("0123456789ab", "br0", "port0", mac,
+                                                            ipaddress.IPv4Address("10.77.0.2")))
+            br.run_in_netns(path[router], lambda: nft.apply(rules))
+            sender.sendto(b"after", ("10.78.0.2", 9999))
+            receiver.settimeout(2)
+            with pytest.raises(TimeoutError):
+                receiver.recv(64)
+    finally:
+        for fd in (router, sandbox, outside):
+            os.close(fd)  # the namespaces, their links and the rules go with the last reference
