@@ -31,7 +31,7 @@ again.  docs/rootfs.md tells the race this closes (CVE-2021-30465).
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -124,16 +124,19 @@ def _is_below(path: str, parent: str) -> bool:
     return parent == "/" or path.startswith(parent.rstrip("/") + "/")
 
 
-def anchored(ops: list[MountOp]) -> list[MountOp]:
+def anchored(ops: list[MountOp], *, start: int = 0,
+             mounts: list[tuple[str, int]] | None = None) -> list[MountOp]:
     """Give each op the latest earlier mount its path lies strictly below, as its base.
 
     The child then resolves "/dev/null" as "null" from the fd of the /dev
     tmpfs it mounted, not from the rootfs: renaming /dev in the rootfs
     meanwhile (another container can) moves nothing under this one.
+    ``start`` and ``mounts`` continue a plan whose first ``start`` ops are
+    anchored already (``mounts``: their mount targets and indices; extended).
     """
-    mounts: list[tuple[str, int]] = []
+    mounts = [] if mounts is None else mounts
     result: list[MountOp] = []
-    for index, op in enumerate(ops):
+    for index, op in enumerate(ops, start):
         base, base_path = -1, ""
         for path, at in reversed(mounts):
             if op.target != path and _is_below(op.target, path):
@@ -142,17 +145,20 @@ def anchored(ops: list[MountOp]) -> list[MountOp]:
         if op.source_in_root and op.source is not None and not (
                 op.source == base_path or _is_below(op.source, base_path or "/")):
             raise ValueError(f"{op.describe()}: the source must lie below the target's base {base_path}")
-        result.append(dataclasses.replace(op, base=base, base_path=base_path))
+        if base >= 0:  # the constructor, not dataclasses.replace: this runs on every start
+            op = MountOp(op.kind, op.target, op.source, op.fstype, op.flags, op.data, op.mode, op.optional,
+                         op.source_in_root, base, base_path)
+        result.append(op)
         if op.kind in (OP_MOUNT, OP_BIND):
             mounts.append((op.target, index))
     return result
 
 
-def _proc_and_sys(spec: Spec, in_userns: bool) -> list[MountOp]:
+def _proc_and_sys(own_net: bool, in_userns: bool) -> list[MountOp]:
     ops = [MountOp(OP_MKDIR, "/proc"),
            MountOp(OP_MOUNT, "/proc", source="proc", fstype="proc", flags=MS_NOSUID | MS_NODEV | MS_NOEXEC),
            MountOp(OP_MKDIR, "/sys")]
-    if "net" in spec.effective_namespaces or not in_userns:
+    if own_net or not in_userns:
         ops.append(MountOp(OP_MOUNT, "/sys", source="sysfs", fstype="sysfs",
                            flags=MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY))
     else:
@@ -210,7 +216,7 @@ def _user_mount(mount: Mount) -> list[MountOp]:
     return ops
 
 
-def _masks() -> list[MountOp]:
+def _masks() -> tuple[MountOp, ...]:
     ops: list[MountOp] = []
     for path in MASKED_FILES:
         ops.append(bind(path, "/dev/null", optional=True))
@@ -219,7 +225,10 @@ def _masks() -> list[MountOp]:
                            flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, data="size=0", optional=True))
     for path in READONLY_PATHS:
         ops.append(bind(path, path, MS_REC | BIND_ATTRS, source_in_root=True, optional=True))
-    return ops
+    return tuple(ops)
+
+
+_MASKS = _masks()
 
 
 def overlay_root(image: str, scratch: str, *, size: int | None = None,
@@ -263,11 +272,34 @@ def mount_plan(spec: Spec, *, in_userns: bool, extra: list[MountOp] | None = Non
     ``extra`` steps (e.g. /etc/hosts for the network) run after the Spec's
     own mounts and before the masks.
     """
-    ops = _proc_and_sys(spec, in_userns)
-    ops += _dev()
+    fixed, fixed_mounts, masks = _fixed_part(in_userns, "net" in spec.effective_namespaces)
+    ops: list[MountOp] = []
     for mount in spec.mounts:
         ops += _user_mount(mount)
     ops += extra or []
-    if mask_paths:
-        ops += _masks()
-    return anchored(ops)
+    middle = anchored(ops, start=len(fixed), mounts=list(fixed_mounts))
+    if not mask_paths:
+        return [*fixed, *middle]
+    # The masks' bases are the fixed /proc and /sys unless a mount of the
+    # Spec lies on their way (one at /proc, say): then anchor them afresh.
+    if any(op.kind in (OP_MOUNT, OP_BIND) and (op.target in ("/", "/proc", "/sys") or
+                                               _is_below(op.target, "/proc") or _is_below(op.target, "/sys"))
+           for op in middle):
+        mounts = list(fixed_mounts) + [(op.target, i) for i, op in enumerate(middle, len(fixed))
+                                       if op.kind in (OP_MOUNT, OP_BIND)]
+        masks = tuple(anchored(list(_MASKS), start=len(fixed) + len(middle), mounts=mounts))
+    return [*fixed, *middle, *masks]
+
+
+@functools.lru_cache(maxsize=4)
+def _fixed_part(in_userns: bool, own_net: bool) -> tuple[tuple[MountOp, ...], tuple[tuple[str, int], ...],
+                                                         tuple[MountOp, ...]]:
+    """/proc, /sys and /dev anchored, their mounts, and the masks anchored on them (cached).
+
+    They are the same for every start; the anchoring itself would cost a
+    few hundred microseconds of the fast path each time.
+    """
+    mounts: list[tuple[str, int]] = []
+    ops = anchored(_proc_and_sys(own_net, in_userns) + _dev(), mounts=mounts)
+    masks = anchored(list(_MASKS), start=len(ops), mounts=list(mounts))
+    return tuple(ops), tuple(mounts), tuple(masks)
