@@ -337,7 +337,9 @@ def host_facts() -> dict[str, Any]:
     """The machine the figures were measured on: kernel, CPUs, memory, cgroups, QEMU."""
     facts: dict[str, Any] = {"kernel": os.uname().release, "machine": os.uname().machine,
                              "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
-                             "memory_total_bytes": procfs.mem_total()}
+                             "memory_total_bytes": procfs.mem_total(),
+                             # a busy host stretches every timing: say how busy it was
+                             "load_average_1min": round(os.getloadavg()[0], 1)}
     with contextlib.suppress(Exception):
         from ..container.cgroups import detect_layout
 

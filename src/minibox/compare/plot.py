@@ -43,6 +43,7 @@ def _pyplot() -> Any:
         import matplotlib
 
         matplotlib.use("Agg")  # no display needed; must precede pyplot's import
+        matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in an SVG: smaller, searchable
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise PlotError("--plot needs matplotlib: pip install 'minibox[plot]' (or matplotlib)") from e

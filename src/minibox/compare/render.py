@@ -107,7 +107,9 @@ def _host_line(report: Report) -> str:
     if h.get("cgroups"):
         parts.append(f"cgroups {h['cgroups']}")
     if h.get("qemu"):
-        parts.append(f"QEMU {h['qemu']}")
+        parts.append(f"QEMU {str(h['qemu']).split()[0]}")
+    if isinstance(h.get("load_average_1min"), (int, float)):
+        parts.append(f"load average {h['load_average_1min']} at the start")
     return "; ".join(str(p) for p in parts)
 
 
