@@ -32,7 +32,7 @@ from pathlib import Path
 
 from minibox import Container, Mount, Result, Spec
 from minibox.container import network as container_network
-from minibox.network import bridge, config_from_env, ipam
+from minibox.network import bridge, config_from_env, guard, ipam, nft
 from minibox.vm import VirtualMachine
 from minibox.vm import network as vm_network
 
@@ -142,6 +142,15 @@ def main() -> int:
                 if entry.get("owner") in (box.id, vm.id):
                     show(f"lease {address}", f"{entry['kind']} {entry['owner']} via {entry['link']}")
 
+            heading("each port's guard: it sends only as itself, the host is closed, nothing is routed")
+            say("  (nftables rules per port, read back from the kernel; the published port's DNAT is left out)")
+            for owner in (box.id, vm.id):
+                whys = [str(rule.get("comment", "")).split(": ", 1)[-1]
+                        for family in nft.FAMILIES for rule in nft.rules(config.nft_table, family)
+                        if nft.owner_of(rule) == owner and rule.get("chain") != "output"]
+                show(owner, f"{len(whys)} rules: " + "; ".join(dict.fromkeys(whys)))
+            pointer("the rules, installed with the lease", guard.commands)
+
             heading("TCP both ways, over the bridge (layer 2: no routing, no NAT)")
             assert box.ip is not None and vm.ip is not None
             to_vm = CONNECT.format(msg="hello-from-the-container", ip=vm.ip, port=PORT)
@@ -166,7 +175,7 @@ def main() -> int:
             server.join()
             vm.kill()
         box.kill()
-    say("\nClosed: the tap went with QEMU; the veth, the port rule, both leases and (if minibox made it)")
+    say("\nClosed: the tap went with QEMU; the veth, the port rules, both leases and (if minibox made it)")
     say("the bridge are gone.")
     return 0
 
