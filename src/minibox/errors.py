@@ -96,6 +96,17 @@ def exec_failure(step: str, err: int, detail: str | None) -> SetupError:
     return SetupError(step, err, detail)
 
 
+class ProtocolError(SetupError):
+    """A VM guest broke the guest agent's protocol (docs/vm.md, "The control protocol").
+
+    The guest is untrusted: an oversized or malformed frame on the agent's
+    channel ends the VM.  ``detail`` names the violation.
+    """
+
+    def __init__(self, violation: str) -> None:
+        super().__init__("agent protocol", None, violation)
+
+
 __all__ = [
     "MiniboxError",
     "SpecError",
@@ -103,4 +114,5 @@ __all__ = [
     "SetupError",
     "CommandNotFoundError",
     "StateError",
+    "ProtocolError",
 ]

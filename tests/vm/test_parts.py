@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from minibox.errors import ProtocolError
 from minibox.spec import Limits, Mount, Spec
 from minibox.vm import accel, agent, initramfs, machine, plan, virtiofs
+from minibox.vm.channels import CappedBuffer
 from minibox.vm.kernel import ensure_kernel, has_pvh_note
 from minibox.vm.virtiofs import Share
 from minibox.vm.virtual_machine import find_qemu, kvm_probe, qemu_version
@@ -77,6 +80,33 @@ def test_agent_frames_round_trip() -> None:
     assert agent.parse_failure(b"execve\x002\x00/bin/nope") == ("execve", 2, "/bin/nope")
 
 
+def test_the_frame_reader_refuses_oversized_unknown_and_malformed_frames() -> None:
+    reader = agent.FrameReader()
+    with pytest.raises(ProtocolError, match="4294967295"):  # refused on the header, nothing buffered
+        list(reader.feed(struct.pack("<IBI", 0xFFFFFFFF, ord("O"), 1)))
+    with pytest.raises(ProtocolError, match="unknown frame type 0x7a"):
+        list(agent.FrameReader().feed(agent.frame(b"z", 0, b"")))
+    for bad in (b"x banana", b"x 256", b"s 0", b"q 1", b"x -1", b""):
+        with pytest.raises(ProtocolError):
+            agent.parse_exit(bad)
+    with pytest.raises(ProtocolError):
+        agent.parse_failure(b"execve\x00NaN\x00x")
+    with pytest.raises(ProtocolError):
+        agent.parse_started(b"-1")
+    many = agent.frame(b"O", 9, b"") * 10_000  # a flood of empty frames: parsed, nothing kept
+    assert len(list(agent.FrameReader().feed(many))) == 10_000
+
+
+def test_captured_output_is_capped_with_a_marker() -> None:
+    buf = CappedBuffer(cap=10)
+    for chunk in (b"0123", b"456789ab", b"cdef"):
+        buf.extend(chunk)
+    assert buf.value() == b"0123456789\n[minibox: output truncated, 6 bytes dropped after the first 10]\n"
+    small = CappedBuffer(cap=10)
+    small.extend(b"abc")
+    assert small.value() == b"abc"
+
+
 def test_qemu_command_line_follows_the_spec() -> None:
     spec = Spec(argv=["true"], limits=Limits(memory="100M", cpus=1.5 if (os.cpu_count() or 1) > 1 else 0.5))
     cfg = machine.MachineConfig(qemu="qemu", kernel="k", initrd="/dev/fd/3", cmdline=machine.kernel_cmdline(),
@@ -138,12 +168,13 @@ def test_the_plan_for_the_default_rootfs_is_read_only_with_a_private_tmp(tmp_pat
     assert packed.modules == ("virtio_mmio", "virtio_console", "virtio_net")  # no virtiofs module
 
 
-def test_virtiofsd_of_a_read_only_share_runs_over_a_read_only_bind() -> None:
-    rw = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", 9, Share("rootfs", "/srv/root", False))
-    assert rw[0] == "/usr/lib/qemu/virtiofsd" and "--fd=9" in rw and "source=/srv/root" in rw
-    ro = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", 9, Share("rootfs", "/srv/root", True))
-    assert ro[:3] == ["unshare", "--mount", "--propagation"] and "mount --bind -o ro" in " ".join(ro)
-    assert ro[-len(rw):] == rw  # the same virtiofsd, exec'd in place once the bind is read-only
+def test_virtiofsd_runs_through_the_guard_without_mknod_fsetid_setfcap_or_xattrs() -> None:
+    rw = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", 9, Share("rootfs", "/srv/root", False), "/g")
+    assert rw[:4] == ["/g", "/srv/root", "--", "/usr/lib/qemu/virtiofsd"]  # nosuid,nodev bind + seccomp
+    assert "--fd=9" in rw and "source=/srv/root" in rw and "no_xattr" in rw
+    assert "modcaps=-mknod:-fsetid:-setfcap" in rw
+    ro = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", 9, Share("rootfs", "/srv/root", True), "/g")
+    assert ro == ["/g", "-r", *rw[1:]]  # the same, over a read-only bind
 
 
 def test_the_planned_machine_config_wires_every_channel(tmp_path: Path) -> None:

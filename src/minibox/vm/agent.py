@@ -14,6 +14,11 @@ Guest -> host frames: ``H`` hello (the guest's ``uname -r``), ``S`` started
 (pid), ``O``/``E`` stdout/stderr of an exec, ``X`` exit (``x N`` exited with
 status N, ``s N`` killed by signal N), ``F`` failure (``step\\0errno\\0detail``).
 Host -> guest: ``x`` exec (argv), ``k`` kill (signal number).
+
+Every frame the guest sends is untrusted input: a payload is at most
+:data:`MAX_PAYLOAD` bytes, the type is one of the six above, and the numbers
+in ``S``, ``X`` and ``F`` frames parse and lie in range, or the reader raises
+:class:`~minibox.errors.ProtocolError` and the VM is ended.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ProtocolError
 from ..spec import DEFAULT_PATH, Spec
 
 TYPE_CHECKING = False
@@ -30,9 +36,13 @@ if TYPE_CHECKING:
     from .network import GuestNetwork
 
 HEADER = struct.Struct("<IBI")  # length, type, id
+#: The largest payload either side accepts (the agent's FRAME_MAX): the agent
+#: sends at most 64 KiB of output per frame, the host a command line.
+MAX_PAYLOAD = 1 << 20
 
 # Guest -> host
 HELLO, STARTED, STDOUT, STDERR, EXIT, FAIL = b"H", b"S", b"O", b"E", b"X", b"F"
+GUEST_TYPES = frozenset(HELLO + STARTED + STDOUT + STDERR + EXIT + FAIL)
 # Host -> guest
 EXEC, KILL = b"x", b"k"
 
@@ -105,7 +115,13 @@ def kill_frame(ident: int, sig: int) -> bytes:
 
 
 class FrameReader:
-    """Reassemble frames from the bytes of the control port as they arrive."""
+    """Reassemble frames from the bytes of the control port as they arrive.
+
+    The guest is untrusted, so the reader holds at most one frame's worth of
+    bytes: a header announcing more than :data:`MAX_PAYLOAD`, or a type this
+    protocol does not have, raises :class:`~minibox.errors.ProtocolError` as
+    soon as the header is in, before any payload is buffered.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -113,23 +129,48 @@ class FrameReader:
     def feed(self, data: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """Add ``data``; yield every complete ``(type, id, payload)``."""
         self._buf += data
-        while len(self._buf) >= HEADER.size:
-            length, kind, ident = HEADER.unpack_from(self._buf)
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                return
-            payload = bytes(self._buf[HEADER.size:end])
-            del self._buf[:end]
-            yield bytes([kind]), ident, payload
+        pos = 0
+        try:
+            while len(self._buf) - pos >= HEADER.size:
+                length, kind, ident = HEADER.unpack_from(self._buf, pos)
+                if kind not in GUEST_TYPES:
+                    raise ProtocolError(f"unknown frame type {kind:#04x} (id {ident})")
+                if length > MAX_PAYLOAD:
+                    raise ProtocolError(f"a {chr(kind)!r} frame announcing {length} bytes (id {ident}); "
+                                        f"the bound is {MAX_PAYLOAD} bytes")
+                end = pos + HEADER.size + length
+                if len(self._buf) < end:
+                    break
+                payload = bytes(self._buf[pos + HEADER.size:end])
+                pos = end
+                yield bytes([kind]), ident, payload
+        finally:
+            del self._buf[:pos]  # once per chunk: a flood of tiny frames costs no quadratic copying
+
+
+def _number(text: str, what: str, payload: bytes, low: int, high: int) -> int:
+    if not (text.isdigit() and low <= int(text) <= high):
+        raise ProtocolError(f"{what} is not a number in {low}..{high}: {payload[:64]!r}")
+    return int(text)
 
 
 def parse_exit(payload: bytes) -> tuple[int | None, int | None]:
-    """``b"x 3"`` -> (3, None); ``b"s 9"`` -> (None, 9)."""
-    kind, _, number = payload.decode().partition(" ")
-    return (int(number), None) if kind == "x" else (None, int(number))
+    """``b"x 3"`` -> (3, None); ``b"s 9"`` -> (None, 9); anything else is a ProtocolError."""
+    kind, _, number = payload.decode("ascii", errors="replace").partition(" ")
+    if kind == "x":
+        return _number(number, "an exit frame's status", payload, 0, 255), None
+    if kind == "s":
+        return None, _number(number, "an exit frame's signal", payload, 1, 64)
+    raise ProtocolError(f"an exit frame is neither 'x N' nor 's N': {payload[:64]!r}")
+
+
+def parse_started(payload: bytes) -> int:
+    """``b"42"`` -> 42: the guest pid of a command that started."""
+    return _number(payload.decode("ascii", errors="replace"), "a started frame's pid", payload, 1, 1 << 22)
 
 
 def parse_failure(payload: bytes) -> tuple[str, int, str]:
-    """``step\\0errno\\0detail`` -> (step, errno, detail)."""
+    """``step\0errno\0detail`` -> (step, errno, detail)."""
     step, err, detail = [*payload.split(b"\0"), b"", b""][:3]
-    return step.decode(), int(err or 0), detail.decode(errors="replace")
+    errno = _number(err.decode("ascii", errors="replace"), "a failure frame's errno", payload, 0, 4095) if err else 0
+    return step.decode(errors="replace")[:64], errno, detail.decode(errors="replace")[:4096]

@@ -9,10 +9,19 @@ selectors(3)/epoll(7) until QEMU has closed them all:
 * the console and QEMU's stderr keep only their last :data:`CONSOLE_KEEP`
   bytes, for error messages;
 * the command's stdout/stderr go to the caller's file descriptors, or into
-  buffers for the Result;
+  buffers for the Result, each capped at :data:`OUTPUT_CAP` bytes;
 * the control port carries the agent's frames (agent.py): each one updates
   :class:`AgentState` under the VM's condition variable, which the
   VM's verbs wait on.
+
+The guest is untrusted, and whatever it sends the host's memory stays
+bounded: at most one frame (agent.MAX_PAYLOAD) is buffered, output beyond
+the cap is counted and dropped (the Result ends with a marker saying how
+much), the console keeps a tail.  A frame that breaks the protocol is a
+:class:`~minibox.errors.ProtocolError`: the pump records it, stops reading
+the control port and calls ``on_violation`` (the VM kills QEMU); the VM's
+verbs then raise it.  Nothing the guest sends ends the pump thread with a
+traceback: any other exception is recorded the same way.
 """
 
 from __future__ import annotations
@@ -24,18 +33,46 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import ProtocolError
 from . import agent as _agent
 
 #: Bytes of console and QEMU stderr kept for error messages.
 CONSOLE_KEEP = 16 * 1024
+#: Bytes of each output stream the host keeps for a Result (docs/vm.md):
+#: like subprocess's capture, but bounded.
+OUTPUT_CAP = 16 << 20
+#: Characters of the guest's hello (its kernel release) kept.
+HELLO_KEEP = 256
+
+
+class CappedBuffer:
+    """Output kept up to ``cap`` bytes; the rest is counted, not kept."""
+
+    def __init__(self, cap: int = OUTPUT_CAP) -> None:
+        self._data = bytearray()
+        self._cap = cap
+        self.dropped = 0
+
+    def extend(self, data: bytes) -> None:
+        room = self._cap - len(self._data)
+        if room > 0:
+            self._data += data[:room]
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self) -> bytes:
+        """What was kept, followed by a marker line if anything was dropped."""
+        if not self.dropped:
+            return bytes(self._data)
+        return bytes(self._data) + (f"\n[minibox: output truncated, {self.dropped} bytes dropped "
+                                    f"after the first {self._cap}]\n").encode()
 
 
 @dataclass
 class ExecState:
     """The host's view of one command started through the agent."""
 
-    out: bytearray = field(default_factory=bytearray)
-    err: bytearray = field(default_factory=bytearray)
+    out: CappedBuffer = field(default_factory=CappedBuffer)
+    err: CappedBuffer = field(default_factory=CappedBuffer)
     exit: tuple[int | None, int | None] | None = None
     failure: tuple[str, int, str] | None = None
 
@@ -50,6 +87,8 @@ class AgentState:
     failure: tuple[str, int, str] | None = None         # a setup step of the main command failed
     execs: dict[int, ExecState] = field(default_factory=dict)
     io_done: bool = False                               # every channel reached EOF
+    violation: ProtocolError | None = None              # the guest broke the protocol
+    pump_error: BaseException | None = None             # the pump failed otherwise (a bug)
 
 
 def keep_tail(buf: bytearray, data: bytes, keep: int = CONSOLE_KEEP) -> None:
@@ -58,7 +97,7 @@ def keep_tail(buf: bytearray, data: bytes, keep: int = CONSOLE_KEEP) -> None:
     del buf[:-keep]
 
 
-def fd_sink(fd: int | None, buf: bytearray) -> Callable[[bytes], None]:
+def fd_sink(fd: int | None, buf: CappedBuffer) -> Callable[[bytes], None]:
     """Where a command's output goes: the caller's ``fd``, or ``buf`` when None."""
     if fd is None:
         return buf.extend
@@ -79,18 +118,24 @@ class Channels:
     ``cond`` is the VM's condition variable: every change of :attr:`state`
     happens under it and notifies it.  ``stdout``/``stderr`` are the
     caller's file descriptors for the main command's output (None: capture
-    into :attr:`stdout_buf`/:attr:`stderr_buf`).
+    into :attr:`stdout_buf`/:attr:`stderr_buf`).  ``on_violation`` is
+    called from the pump thread once the guest broke the protocol (or the
+    pump failed): it should end the VM.
     """
 
-    def __init__(self, cond: threading.Condition, stdout: int | None, stderr: int | None) -> None:
+    def __init__(self, cond: threading.Condition, stdout: int | None, stderr: int | None,
+                 on_violation: Callable[[], None] = lambda: None) -> None:
         self.cond = cond
         self.state = AgentState()
         self.console = bytearray()
         self.qemu_err = bytearray()
-        self.stdout_buf = bytearray()
-        self.stderr_buf = bytearray()
+        self.stdout_buf = CappedBuffer()
+        self.stderr_buf = CappedBuffer()
         self._out_fd, self._err_fd = stdout, stderr
+        self._on_violation = on_violation
         self._thread: threading.Thread | None = None
+        #: Bytes read on every channel so far: whether the pump still makes progress.
+        self.bytes_read = 0
 
     # ---- the pump ----------------------------------------------------------------
 
@@ -128,11 +173,17 @@ class Channels:
                         data = os.read(fd, 1 << 16)
                     except OSError:
                         data = b""
-                    if data:
-                        sinks[fd](data)
-                    else:
-                        sel.unregister(fd)
-                        del sinks[fd]
+                    self.bytes_read += len(data)
+                    try:
+                        if data:
+                            sinks[fd](data)
+                            continue
+                    except ProtocolError as e:
+                        self._fail(violation=e)
+                    sel.unregister(fd)  # EOF, or a control port that broke the protocol
+                    del sinks[fd]
+        except BaseException as e:  # a bug of ours: recorded for the caller, never a thread traceback
+            self._fail(error=e)
         finally:
             sel.close()
             os.close(qemu_err)
@@ -140,40 +191,60 @@ class Channels:
                 self.state.io_done = True
                 self.cond.notify_all()
 
+    def _fail(self, violation: ProtocolError | None = None, error: BaseException | None = None) -> None:
+        with self.cond:
+            if violation is not None and self.state.violation is None:
+                self.state.violation = violation
+            if error is not None and self.state.pump_error is None:
+                self.state.pump_error = error
+            self.cond.notify_all()
+        self._on_violation()
+
     # ---- frame dispatch -------------------------------------------------------------
 
     def _frames(self, reader: _agent.FrameReader, data: bytes) -> None:
-        for kind, ident, payload in reader.feed(data):
-            with self.cond:
-                self.dispatch(kind, ident, payload)
+        with self.cond:  # once per chunk: a flood of tiny frames takes the lock once per read
+            try:
+                for kind, ident, payload in reader.feed(data):
+                    self.dispatch(kind, ident, payload)
+            finally:
                 self.cond.notify_all()
 
     def dispatch(self, kind: bytes, ident: int, payload: bytes) -> None:
-        """Apply one guest -> host frame to :attr:`state` (the caller holds ``cond``)."""
+        """Apply one guest -> host frame to :attr:`state` (the caller holds ``cond``).
+
+        Frames for commands the host does not know (an exec already
+        collected, or ids the guest made up) cost nothing and are dropped.
+        """
         st = self.state
         if kind == _agent.HELLO:
-            st.release = payload.decode(errors="replace")
-        elif kind == _agent.STARTED and ident == 0:
-            st.running = True
-        elif kind in (_agent.STDOUT, _agent.STDERR) and ident in st.execs:
-            ex = st.execs[ident]
-            (ex.out if kind == _agent.STDOUT else ex.err).extend(payload)
+            st.release = payload[:HELLO_KEEP].decode(errors="replace")
+        elif kind == _agent.STARTED:
+            _agent.parse_started(payload)
+            if ident == 0:
+                st.running = True
+        elif kind in (_agent.STDOUT, _agent.STDERR):
+            if ident in st.execs:
+                ex = st.execs[ident]
+                (ex.out if kind == _agent.STDOUT else ex.err).extend(payload)
         elif kind == _agent.EXIT:
+            status = _agent.parse_exit(payload)
             if ident == 0:
-                st.main_exit = _agent.parse_exit(payload)
+                st.main_exit = status
             elif ident in st.execs:
-                st.execs[ident].exit = _agent.parse_exit(payload)
+                st.execs[ident].exit = status
         elif kind == _agent.FAIL:
+            failure = _agent.parse_failure(payload)
             if ident == 0:
-                st.failure = _agent.parse_failure(payload)
+                st.failure = failure
             elif ident in st.execs:
-                st.execs[ident].failure = _agent.parse_failure(payload)
+                st.execs[ident].failure = failure
 
     # ---- what the host reports -----------------------------------------------------
 
     def captured(self) -> tuple[bytes, bytes]:
         """The main command's captured stdout and stderr."""
-        return bytes(self.stdout_buf), bytes(self.stderr_buf)
+        return self.stdout_buf.value(), self.stderr_buf.value()
 
     def console_tail(self, lines: int = 15) -> str:
         text = self.console.decode(errors="replace").replace("\r", "")

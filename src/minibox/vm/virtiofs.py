@@ -11,10 +11,17 @@ This module owns a virtiofsd's lifecycle:
 * :func:`find_virtiofsd` -- Debian 12 ships the C one in /usr/lib/qemu;
 * :func:`vhost_user_socket` -- a listening socket on an abstract address
   (no file to leak or race for), QEMU's end already connected;
-* :func:`virtiofsd_argv` -- the command line, pure: a read-only share runs
-  in a private mount namespace (unshare(1), mount_namespaces(7)) in which
-  its directory is a read-only bind mount, because this virtiofsd has no
-  read-only option and the guest's own read-only mount is no boundary;
+* :func:`virtiofsd_argv` -- the command line, pure.  virtiofsd runs as
+  root and does what the guest's FUSE requests ask, so it is started
+  through minibox-fsguard (csrc/fsguard/fsguard.c): in a private mount
+  namespace (mount_namespaces(7)) its directory is a ``nosuid,nodev`` bind
+  mount, read-only too for a read-only share (this virtiofsd has no
+  read-only option, and the guest's own read-only mount is no boundary),
+  and a seccomp filter refuses set-id modes and device nodes; virtiofsd
+  itself drops CAP_MKNOD, CAP_FSETID and CAP_SETFCAP (``-o modcaps``) and
+  serves no extended attributes, so a guest cannot plant device nodes,
+  set-id files or file capabilities in the host directory (docs/vm.md,
+  "What a guest can do to a share");
 * :func:`start` -- the process itself, in its own session;
 * :func:`make_mount_points` -- what a read-only rootfs must have before the
   guest can mount over it.
@@ -28,11 +35,15 @@ import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import PreflightError
 from ..spec import Mount
 
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
+#: Capabilities virtiofsd gives up (its ``-o modcaps``; capabilities(7)):
+#: creating device nodes, keeping set-id bits, setting file capabilities.
+DROPPED_CAPS = ("mknod", "fsetid", "setfcap")
 
 
 @dataclass(frozen=True)
@@ -79,23 +90,30 @@ def vhost_user_socket() -> tuple[socket.socket, socket.socket]:
     return listener, client
 
 
-def virtiofsd_argv(virtiofsd: str, listen_fd: int, share: Share) -> list[str]:
-    """The command that serves ``share`` on the listening socket ``listen_fd``."""
+def build_guard() -> Path:
+    """The static minibox-fsguard (csrc/fsguard/fsguard.c), built once per source version."""
+    from .._static import build_static
+
+    return build_static("fsguard/fsguard.c", "minibox-fsguard")
+
+
+def virtiofsd_argv(virtiofsd: str, listen_fd: int, share: Share, guard: str) -> list[str]:
+    """The command that serves ``share`` on the listening socket ``listen_fd``, through ``guard``.
+
+    The guard (minibox-fsguard) makes the share a nosuid,nodev (and for a
+    read-only share read-only) bind mount in a private mount namespace,
+    installs its seccomp filter and execs virtiofsd in place, so the pid
+    minibox holds is virtiofsd's.
+    """
     command = [virtiofsd, f"--fd={listen_fd}", "-o", f"source={share.directory}",
-               "-o", "cache=auto", "-o", "log_level=err"]
-    if share.readonly:
-        # Read-only in the guest is not a boundary (the guest's root can
-        # remount), and this virtiofsd has no read-only option: give it a
-        # private mount namespace in which its source is a read-only bind
-        # mount.  unshare(1) and sh exec in place, so the pid is virtiofsd's.
-        command = ["unshare", "--mount", "--propagation", "private", "--",
-                   "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', share.directory, *command]
-    return command
+               "-o", "cache=auto", "-o", "log_level=err",
+               "-o", "modcaps=" + ":".join(f"-{cap}" for cap in DROPPED_CAPS), "-o", "no_xattr"]
+    return [guard, *(["-r"] if share.readonly else []), share.directory, "--", *command]
 
 
-def start(virtiofsd: str, share: Share, wrap: Callable[[list[str]], list[str]] = list,
+def start(virtiofsd: str, share: Share, guard: str, wrap: Callable[[list[str]], list[str]] = list,
           extra_fds: Sequence[int] = ()) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start a virtiofsd for ``share``; its process and the socket end QEMU inherits.
+    """Start a virtiofsd for ``share`` through ``guard``; its process and the socket end QEMU inherits.
 
     ``wrap`` rewrites the command line (minibox.owner.Held starts it held),
     ``extra_fds`` are more fds it inherits.
@@ -103,7 +121,7 @@ def start(virtiofsd: str, share: Share, wrap: Callable[[list[str]], list[str]] =
     listener, qemu_end = vhost_user_socket()
     try:
         proc = subprocess.Popen(
-            wrap(virtiofsd_argv(virtiofsd, listener.fileno(), share)),
+            wrap(virtiofsd_argv(virtiofsd, listener.fileno(), share, guard)),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(listener.fileno(), *extra_fds), start_new_session=True)
     except OSError:

@@ -62,6 +62,8 @@ from .virtiofs import find_virtiofsd as find_virtiofsd
 BOOT_TIMEOUT = 120.0
 #: How long the guest may take to power off after its command ended.
 POWEROFF_TIMEOUT = 10.0
+#: After a poweroff, the pump is drained once it read nothing for this long.
+DRAIN_IDLE = 0.5
 
 
 def find_qemu() -> str:
@@ -161,7 +163,7 @@ class VirtualMachine(Sandbox):
         self._net: _network.VmNetwork | None = None  # network="bridge": lease, ports (vm/network.py)
         self._tap_fd: int | None = None  # our copy of the tap's fd, until QEMU holds its own
         # what we learned: the channels' state (agent frames, output) and QEMU's events
-        self._ch = Channels(self._cond, stdout, stderr)
+        self._ch = Channels(self._cond, stdout, stderr, on_violation=self._kill_qemu)
         self._accel = _accel.Verdict("tcg", "not started")
         self._started = False
         self._paused = False
@@ -301,11 +303,14 @@ class VirtualMachine(Sandbox):
     def _start_virtiofsd(self, virtiofsd: str, shares: Sequence[virtiofs.Share],
                          steps: StartSteps) -> list[tuple[str, int]]:
         """One virtiofsd per share, each held until recorded and kept; the (tag, fd) pairs QEMU inherits."""
-        fds = []
+        fds: list[tuple[str, int]] = []
+        if not shares:
+            return fds
+        guard = str(virtiofs.build_guard())
         for share in shares:
             held = Held()
             try:
-                proc, qemu_end = virtiofs.start(virtiofsd, share, wrap=held.argv, extra_fds=(held.fd,))
+                proc, qemu_end = virtiofs.start(virtiofsd, share, guard, wrap=held.argv, extra_fds=(held.fd,))
                 self._socks.append(qemu_end)
                 self._helpers.append(proc)
                 held.supervise(proc.pid, self._record, "virtiofsd")
@@ -360,6 +365,9 @@ class VirtualMachine(Sandbox):
         with self._cond:
             self._cond.wait_for(lambda: self._ch.state.running or self._ended(), boot_deadline)
             running, failure, ended = self._ch.state.running, self._ch.state.failure, self._ended()
+            broken = self._channel_error()
+        if broken is not None:
+            raise broken
         if running:
             return
         if failure is not None:
@@ -387,7 +395,52 @@ class VirtualMachine(Sandbox):
         """The guest is gone or going: exited, failed, shut down, or QEMU died."""
         st = self._ch.state
         return (st.main_exit is not None or st.failure is not None
-                or self._shutdown is not None or self._panicked or st.io_done)
+                or self._shutdown is not None or self._panicked or st.io_done
+                or st.violation is not None or st.pump_error is not None)
+
+    def _drain_after_poweroff(self) -> None:
+        """The guest powered off (QEMU paused): let the pump catch up before deciding how it ended.
+
+        The agent's last frames (the exit status) may still be on their way
+        when QEMU reports the poweroff, behind whatever the guest sent
+        before (a guest flooding its control port).  What QEMU already
+        wrote to our sockets still arrives; what sits in the guest's
+        virtqueues does not (measured: a paused QEMU relays no more).  So
+        wait while the pump makes progress, until it has the exit, or read
+        nothing for :data:`DRAIN_IDLE` seconds.
+        """
+        st = self._ch.state
+
+        def decided() -> bool:
+            return (st.main_exit is not None or st.failure is not None or st.io_done
+                    or self._channel_error() is not None)
+
+        while True:
+            with self._cond:
+                if self._shutdown is None or decided():
+                    return
+                seen = self._ch.bytes_read
+                if self._cond.wait_for(decided, DRAIN_IDLE):
+                    return
+            if self._ch.bytes_read == seen:
+                return
+
+    def _channel_error(self) -> SetupError | None:
+        """The guest broke the agent protocol (ProtocolError), or the I/O pump failed: what to raise."""
+        st = self._ch.state
+        if st.violation is not None:
+            return st.violation
+        if st.pump_error is not None:
+            error = SetupError("vm channels", None, f"the host's I/O thread failed: {st.pump_error!r}")
+            error.__cause__ = st.pump_error
+            return error
+        return None
+
+    def _kill_qemu(self) -> None:
+        """End the VM at once (from the pump thread, on a protocol violation): SIGKILL our own child."""
+        qemu = self._qemu
+        if qemu is not None and qemu.poll() is None:
+            qemu.kill()
 
     # ---- ending ---------------------------------------------------------------
 
@@ -454,11 +507,20 @@ class VirtualMachine(Sandbox):
             timeout = max(0.0, self.spec.timeout - (time.monotonic() - self._t0))
         with self._cond:
             self._cond.wait_for(self._ended, timeout)
+        self._drain_after_poweroff()
+        with self._cond:
             main_exit, failure = self._ch.state.main_exit, self._ch.state.failure
         try:
             if main_exit is not None:
                 with self._cond:  # the agent powers off right after reporting
-                    self._cond.wait_for(lambda: self._shutdown is not None or self._ch.state.io_done, POWEROFF_TIMEOUT)
+                    self._cond.wait_for(lambda: self._shutdown is not None or self._ch.state.io_done
+                                        or self._channel_error() is not None, POWEROFF_TIMEOUT)
+            with self._cond:
+                broken = self._channel_error()
+            if broken is not None:
+                self._stop_qemu()
+                raise broken
+            if main_exit is not None:
                 self._read_usage()
                 self._stop_qemu(graceful=True)
                 code, sig = main_exit
@@ -516,6 +578,9 @@ class VirtualMachine(Sandbox):
                 self._cond.wait_for(finished, POWEROFF_TIMEOUT)
         with self._cond:
             del self._ch.state.execs[ident]
+            broken = self._channel_error()
+        if broken is not None:
+            raise broken
         if ex.failure is not None:
             raise self._failure_error(ex.failure)
         code: int | None
@@ -528,7 +593,7 @@ class VirtualMachine(Sandbox):
             code, sig = ex.exit
             if reason != "timeout":
                 reason = "exited" if sig is None else "signaled"
-        return Result(code, sig, reason, bytes(ex.out), bytes(ex.err), time.monotonic() - t0)
+        return Result(code, sig, reason, ex.out.value(), ex.err.value(), time.monotonic() - t0)
 
     def kill(self, sig: int = _signal.SIGKILL) -> None:
         """Send ``sig`` to the command's process group in the guest (through the agent)."""
