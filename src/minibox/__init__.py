@@ -18,7 +18,15 @@ The heavy parts (the C core, QEMU control) are imported lazily, so that
 
 from __future__ import annotations
 
-from .errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError, SpecError, StateError
+from .errors import (
+    CommandNotFoundError,
+    MiniboxError,
+    PreflightError,
+    ProtocolError,
+    SetupError,
+    SpecError,
+    StateError,
+)
 from .sandbox import Result, Sandbox, Stats, Usage
 from .spec import IdMap, Limits, Mount, Spec
 
@@ -50,6 +58,7 @@ __all__ = [
     "PreflightError",
     "CommandNotFoundError",
     "StateError",
+    "ProtocolError",
 ]
 
 ISOLATIONS = ("container", "vm")
