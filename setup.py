@@ -12,7 +12,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-STATIC_SOURCES = ("agent/agent.c", "init/init.c", "keeper/keeper.c", "fsguard/fsguard.c")
+STATIC_SOURCES = ("agent/agent.c", "init/init.c", "keeper/keeper.c", "fsguard/fsguard.c", "oci/gate.c")
 
 
 class BuildPyWithSources(build_py):

@@ -54,7 +54,7 @@
 #define CLOSE_RANGE_UNSHARE (1U << 1)
 #endif
 
-#define MB_MAX_KEEP_FDS 32
+#define MB_MAX_KEEP_FDS 64
 
 /* ---- reporting --------------------------------------------------------- */
 
@@ -135,6 +135,10 @@ static void close_other_fds(const struct mb_plan *plan)
         n = keep_fd(keep, n, plan->setns_fds[i]);
     for (int i = 0; i < plan->n_cgroup_procs_fds; i++)
         n = keep_fd(keep, n, plan->cgroup_procs_fds[i]);
+    for (int i = 0; i < plan->n_keep_fds; i++)
+        n = keep_fd(keep, n, plan->keep_fds[i]);
+    for (int i = 0; i < plan->n_join_fds; i++)
+        n = keep_fd(keep, n, plan->join_fds[i]);
     /* insertion sort: n is tiny */
     for (int i = 1; i < n; i++) {
         int v = keep[i], j = i - 1;
@@ -446,6 +450,12 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     reset_signals();
     close_other_fds(plan);
 
+    /* Step: join the namespaces given by path (a pod's shared ones). */
+    for (int i = 0; i < plan->n_join_fds; i++) {
+        CHECK(plan, MB_STEP_SETNS, setns(plan->join_fds[i], 0));
+        close(plan->join_fds[i]);
+    }
+
     /* Step: in a new user namespace, wait for the parent to write our
      * uid/gid maps: nothing we create before that could be owned by anyone. */
     if (plan->sync_early)
@@ -521,7 +531,9 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     }
     if (plan->set_ids) {
         gid_t gid = plan->gid;
-        if (plan->set_groups)
+        if (plan->set_groups && plan->n_groups > 0)
+            CHECK(plan, MB_STEP_SETGROUPS, setgroups((size_t)plan->n_groups, (const gid_t *)plan->groups));
+        else if (plan->set_groups)
             CHECK(plan, MB_STEP_SETGROUPS, setgroups(1, &gid));
         CHECK(plan, MB_STEP_SETGID, setresgid(plan->gid, plan->gid, plan->gid));
         CHECK(plan, MB_STEP_SETUID, setresuid(plan->uid, plan->uid, plan->uid));

@@ -193,6 +193,18 @@ struct mb_plan {
     const int *setns_fds;
     int n_setns_fds;
     int report_fd;
+
+    /* OCI runtime (minibox-oci): fds kept open through the child's fd
+     * cleanup, with their own close-on-exec flag (--preserve-fds, the
+     * start gate); supplementary groups for setgroups (none: just gid);
+     * namespaces joined by path right after the clone (a pod's network,
+     * IPC and UTS namespaces), while the others are new. */
+    const int *keep_fds;
+    int n_keep_fds;
+    const uint32_t *groups;
+    int n_groups;
+    const int *join_fds;
+    int n_join_fds;
 };
 
 struct mb_error {

@@ -120,6 +120,9 @@ class ChildPlan:
     seccomp_filter: bytes | None = None
     setns_fds: Sequence[int] = ()
     report_fd: int = -1
+    keep_fds: Sequence[int] = ()
+    groups: Sequence[int] = ()
+    join_fds: Sequence[int] = ()
     # for error messages
     cmd: str = field(default="")
 
@@ -197,6 +200,19 @@ class _CPlan:
         p.setns_fds = fds
         p.n_setns_fds = len(plan.setns_fds)
         p.report_fd = plan.report_fd
+        p.keep_fds = self._ints(plan.keep_fds)
+        p.n_keep_fds = len(plan.keep_fds)
+        groups = ffi.new("uint32_t[]", list(plan.groups) or [0])
+        self._keep.append(groups)
+        p.groups = groups
+        p.n_groups = len(plan.groups)
+        p.join_fds = self._ints(plan.join_fds)
+        p.n_join_fds = len(plan.join_fds)
+
+    def _ints(self, values: Sequence[int]) -> Any:
+        array = ffi.new("int[]", list(values) or [0])
+        self._keep.append(array)
+        return array
 
     def _ops(self, ops: Sequence[MountOp]) -> Any:
         array = ffi.new("struct mb_op[]", max(1, len(ops)))

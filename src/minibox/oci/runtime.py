@@ -1,0 +1,509 @@
+"""The runtime verbs of the OCI spec: create, start, kill, delete, pause, resume, ps.
+
+Spec: the OCI runtime specification's lifecycle (runtime.md#lifecycle) and
+runc's command line.  ``create`` translates config.json (oci/config.py,
+oci/mounts.py) into the same :class:`~minibox.container.spawn.ChildPlan`
+that :class:`minibox.Container` builds from a Spec, and hands it to the
+same C child (csrc/spawn.c).  The difference is the last step: the child
+execs the *gate* (csrc/oci/gate.c) instead of the command.  The gate closes
+the error pipe -- so ``create`` knows every setup step succeeded and
+returns -- and blocks on the container's exec fifo until ``start`` writes to
+it; then it execs the command, staying the same process.
+
+So once ``create`` has returned, no minibox process is left: the
+container's init is a child of the ``create`` process that exited, which
+the kernel re-parents to the engine's subreaper (conmon, the containerd
+shim) -- the one that reads its exit status, as with runc and crun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal as signal_mod
+import time
+
+from ..errors import MiniboxError, SetupError
+from .config import Config
+from .state import OciError, Record
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..container.spawn import ChildPlan
+
+# Order in which namespaces given by path are joined (before the clone's new
+# ones are set up); the rest of JOIN_ORDER is for exec.
+ISOLATION_ANNOTATION = "minibox.isolation"
+MAX_PRESERVED_FDS = 32
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def check_isolation(annotations: dict[str, str], vm: bool) -> None:
+    isolation = annotations.get(ISOLATION_ANNOTATION, "vm" if vm else "container")
+    if isolation == "vm":
+        raise OciError("minibox.isolation=vm (minibox-oci-vm) is not implemented yet; "
+                       "run this bundle with minibox-oci (container isolation)")
+    if isolation != "container":
+        raise OciError(f"annotation {ISOLATION_ANNOTATION}={isolation!r}: expected 'container' or 'vm'")
+
+
+def resolve_command(cfg: Config, args: list[str], path: str) -> None:
+    """Fail at create, as runc does, when the command is not in the rootfs (exit 127 for podman).
+
+    The lookup follows the image's symlinks inside the rootfs; a command on
+    a bind mount the engine adds is only found at exec time.
+    """
+    from ..images.paths import resolve_in_root
+
+    name = args[0]
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in path.split(":")]
+    mounted = [m.destination for m in cfg.mounts]
+    for candidate in candidates:
+        if not candidate.startswith("/"):
+            candidate = os.path.join(cfg.process.cwd, candidate)
+        if any(candidate == d or candidate.startswith(d.rstrip("/") + "/") for d in mounted):
+            return  # on a mount: cannot tell before it exists
+        host = resolve_in_root(cfg.root, candidate)
+        if os.path.isfile(host):
+            if not os.access(host, os.X_OK):
+                raise OciError(f"exec: {name!r}: permission denied")
+            return
+    if "/" in name:
+        raise OciError(f"exec: {name!r}: no such file or directory")
+    raise OciError(f"exec: {name!r}: executable file not found in $PATH")
+
+
+def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None) -> None:
+    """Capabilities, no_new_privs, seccomp and rlimits of an OCI process, into ``plan``."""
+    from ..container import capabilities
+
+    proc = cfg_process
+    if proc.capabilities is not None:
+        sets = {kind: capabilities.mask_of(proc.capabilities.get(kind, ())) for kind in
+                ("bounding", "effective", "permitted", "inheritable", "ambient")}
+        plan.set_caps = True
+        plan.cap_bounding = sets["bounding"]
+        plan.cap_effective = sets["effective"]
+        plan.cap_permitted = sets["permitted"]
+        plan.cap_inheritable = sets["inheritable"]
+        plan.cap_ambient = sets["ambient"]
+        kept = frozenset(proc.capabilities.get("bounding", ()))
+    else:
+        kept = frozenset(capabilities.supported_capabilities())
+    plan.no_new_privs = proc.no_new_privileges
+    if seccomp:
+        from ..container.seccomp import compile_profile
+
+        try:
+            plan.seccomp_filter = compile_profile(seccomp, caps=kept)
+        except MiniboxError as e:
+            raise OciError(f"config.json: linux.seccomp: {e}") from e
+    if proc.rlimits:
+        _check_raisable(proc.rlimits)
+        from ..container.rlimits import parse_rlimits
+
+        try:
+            plan.rlimits = [(r.resource, r.soft, r.hard) for r in parse_rlimits(proc.rlimits)]
+        except MiniboxError as e:
+            raise OciError(f"config.json: process.rlimits: {e}") from e
+
+
+def _check_raisable(rlimits: dict[str, tuple[int, int]]) -> None:
+    """A hard limit above our own needs CAP_SYS_RESOURCE (setrlimit(2)); say so before anything exists."""
+    import resource
+
+    with open("/proc/self/status") as f:
+        eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    if eff >> 24 & 1:  # CAP_SYS_RESOURCE
+        return
+    for name, (_soft, hard) in rlimits.items():
+        number = getattr(resource, name.upper(), None)
+        if not isinstance(number, int):
+            continue  # parse_rlimits names the unknown ones
+        own = resource.getrlimit(number)[1]
+        if own != resource.RLIM_INFINITY and hard > own:
+            raise OciError(f"config.json: process.rlimits {name}: hard limit {hard} is above minibox-oci's own "
+                           f"({own}) and raising it needs CAP_SYS_RESOURCE, which this process lacks; "
+                           "lower it (podman: --ulimit or default_ulimits in containers.conf)")
+
+
+def _open_console(path: str) -> int:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise OciError(f"--console-socket {path}: {e.strerror}") from e
+    return sock.detach()
+
+
+def _check_preserved(count: int) -> list[int]:
+    if not 0 <= count <= MAX_PRESERVED_FDS:
+        raise OciError(f"--preserve-fds {count}: expected 0..{MAX_PRESERVED_FDS}")
+    fds = list(range(3, 3 + count))
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, True)
+        except OSError as e:
+            raise OciError(f"--preserve-fds {count}: fd {fd} is not open") from e
+    return fds
+
+
+def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
+           console_socket: str | None = None, preserve_fds: int = 0, vm: bool = False,
+           warn: Any = None) -> Record:
+    """Build the container and leave its init blocked before exec; see the module docstring."""
+    from . import config as config_mod
+
+    record = Record(root, container_id)
+    cfg = config_mod.load(bundle)
+    check_isolation(cfg.annotations, vm)
+    if warn is not None:
+        for message in cfg.warnings:
+            warn(message)
+    with record.creating():
+        _build(record, cfg, pid_file=pid_file, console_socket=console_socket, preserve_fds=preserve_fds)
+    return record
+
+
+def _teardown_child(pid: int | None, pidfd: int | None) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        if pidfd is not None:
+            signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
+        else:
+            os.kill(pid, signal_mod.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    if pidfd is not None:
+        os.close(pidfd)
+
+
+def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket: str | None,
+           preserve_fds: int) -> None:
+    from ..container.namespaces import JOIN_ORDER, clone_flags
+    from ..container.spawn import ChildPlan, read_child_error, spawn
+    from ..container.userns import write_id_maps
+    from .gate import gate_fd
+    from .mounts import mount_ops
+
+    proc = cfg.process
+    if proc.terminal and not console_socket:
+        raise OciError("process.terminal is true: give --console-socket to receive the pty")
+    if console_socket and not proc.terminal:
+        raise OciError("--console-socket needs process.terminal true in config.json")
+    keep = _check_preserved(preserve_fds)
+    resolve_command(cfg, proc.args, proc.path)
+    new = [ns for ns, path in cfg.namespaces.items() if path is None]
+    joined = [ns for ns in JOIN_ORDER if cfg.namespaces.get(ns)]
+    in_userns = "user" in new
+    umask = "-" if proc.umask is None else f"{proc.umask:o}"
+
+    plan = ChildPlan(argv=[], envp=list(proc.env), path_env=proc.path, cwd=proc.cwd, uid=proc.uid,
+                     gid=proc.gid, cmd=proc.args[0])
+    plan.set_ids = True
+    plan.set_groups = not in_userns or os.geteuid() == 0
+    plan.groups = list(proc.groups)
+    if in_userns:
+        plan.become_root = any(m.inside == 0 for m in cfg.uid_map) and any(m.inside == 0 for m in cfg.gid_map)
+    hardening(plan, proc, cfg.seccomp)
+    plan.clone_flags = clone_flags(new)
+    plan.hostname = cfg.hostname if cfg.hostname and "uts" in new else None
+    if cfg.hostname and "uts" not in new:
+        raise OciError("config.json: hostname needs a new uts namespace in linux.namespaces")
+    plan.loopback_up = "net" in new
+    plan.rootfs = cfg.root
+    plan.readonly_rootfs = cfg.readonly
+
+    from ..container.cgroups import Cgroup
+
+    cgroup = Cgroup.create(record.id, cfg.limits)
+    fds: list[int] = []       # ours, closed at the end
+    child_ends: list[int] = []
+    pid: int | None = None
+    pidfd: int | None = None
+    try:
+        plan.ops = mount_ops(cfg, cgroup.paths, in_userns)
+        plan.join_fds = [os.open(cfg.namespaces[ns] or "", os.O_RDONLY | os.O_CLOEXEC) for ns in joined]
+        child_ends += plan.join_fds
+        os.mkfifo(record.fifo, 0o600)
+        gate = os.open(record.fifo, os.O_RDWR | os.O_CLOEXEC)
+        os.set_inheritable(gate, True)   # the gate (after two execs) reads it
+        child_ends.append(gate)
+        plan.keep_fds = [*keep, gate]
+        plan.init_fd = gate_fd()
+        fds.append(plan.init_fd)
+        error_r, error_w = os.pipe()
+        fds.append(error_r)
+        child_ends.append(error_w)
+        plan.error_fd = error_w
+        plan.argv = ["minibox-oci-gate", str(error_w), str(gate), umask, "--", *proc.args]
+        if console_socket:
+            plan.tty_socket = _open_console(console_socket)
+            child_ends.append(plan.tty_socket)
+        else:
+            plan.stdin_fd, plan.stdout_fd, plan.stderr_fd = 0, 1, 2
+        # vfork mode when we have nothing to do for the child before it runs
+        # (see container/container.py): it joins its cgroups itself.
+        plan.use_vfork = not in_userns and "time" not in new
+        sync_w = -1
+        if plan.use_vfork:
+            plan.cgroup_procs_fds = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                                     for d in dict.fromkeys(cgroup.paths.values())]
+            child_ends += plan.cgroup_procs_fds
+        else:
+            sync_r, sync_w = os.pipe()
+            fds.append(sync_w)
+            child_ends.append(sync_r)
+            plan.sync_fd = sync_r
+            plan.sync_early = in_userns
+
+        pid, pidfd = spawn(plan)
+        for fd in child_ends:
+            os.close(fd)
+        child_ends = []
+        if not plan.use_vfork:
+            try:
+                if in_userns:
+                    write_id_maps(pid, cfg.uid_map, cfg.gid_map)
+                    os.write(sync_w, b"M")
+                cgroup.attach(pid)
+                os.write(sync_w, b"G")
+            except (OSError, MiniboxError) as e:
+                failure = read_child_error(error_r, plan)
+                raise (failure or e) from e
+        failure = read_child_error(error_r, plan)
+        if failure is not None:
+            raise failure
+
+        from ..procfs import start_time
+
+        if proc.oom_score_adj is not None:
+            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                f.write(str(proc.oom_score_adj))
+        if cfg.sysctl or cfg.domainname:
+            _write_sysctls(pid, cfg)
+        record.data = {
+            "id": record.id, "pid": pid, "starttime": start_time(pid), "bundle": cfg.bundle,
+            "rootfs": cfg.root, "created": _now(), "annotations": cfg.annotations, "started": False,
+            "cgroup": {"version": cgroup.version, "paths": cgroup.paths},
+            "namespaces": sorted(cfg.namespaces),
+            "hooks": {kind: [vars(h) for h in hooks] for kind, hooks in cfg.hooks.items()
+                      if kind in ("poststart", "poststop")},
+        }
+        record.save()
+        from .hooks import run_hooks
+
+        for kind in ("prestart", "createRuntime"):
+            run_hooks(kind, [vars(h) for h in cfg.hooks.get(kind, [])], record.oci_state())
+        if pid_file:
+            tmp = f"{pid_file}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(str(pid))
+            os.replace(tmp, pid_file)
+        os.close(pidfd)
+        pidfd = None
+    except BaseException:
+        _teardown_child(pid, pidfd)
+        pidfd = None
+        with contextlib.suppress(OSError, MiniboxError):
+            cgroup.kill_all()
+        cgroup.remove()
+        raise
+    finally:
+        for fd in fds + child_ends:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _write_sysctls(pid: int, cfg: Config) -> None:
+    """linux.sysctl (and domainname) written from inside the container's namespaces.
+
+    /proc/sys/net and the IPC keys show the namespace of the *writer*, so a
+    short-lived forked helper joins the container's net, ipc and uts
+    namespaces with setns(2) and writes them there (Python 3.11 has no
+    os.setns: libc's, through ctypes).
+    """
+    import ctypes
+
+    values = dict(cfg.sysctl)
+    if cfg.domainname:
+        values["kernel.domainname"] = cfg.domainname
+    for key in values:
+        if not (key.startswith(("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue."))
+                or key in ("kernel.domainname", "kernel.hostname")):
+            raise OciError(f"config.json: linux.sysctl[{key!r}] is not namespaced; it would change the host")
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked helper
+        os.close(r)
+        code = 0
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for ns in ("net", "ipc", "uts"):
+                fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY)
+                if libc.setns(fd, 0) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {ns}")
+                os.close(fd)
+            for key, value in values.items():
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                    f.write(value)
+        except OSError as e:
+            os.write(w, f"linux.sysctl: {e}".encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    message = os.read(r, 4096).decode(errors="replace")
+    os.close(r)
+    os.waitpid(child, 0)
+    if message:
+        raise OciError(f"config.json: {message}")
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Wait until ``pid`` has exited (a zombie counts: its reaper is the engine)."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+
+
+def start(record: Record, warn: Any = None) -> None:
+    """Open the gate: the init execs the command.  Returns once the gate has read the byte."""
+    import fcntl
+    import termios
+
+    status = record.status()
+    if status != "created":
+        raise OciError(f"cannot start container {record.id}: it is {status}, not created")
+    try:
+        fd = os.open(record.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OciError(f"cannot start container {record.id}: its init has gone") from e
+        raise
+    try:
+        record.data["started"] = True
+        record.save()
+        os.write(fd, b"0")
+        # The gate execs the command right after reading: wait for the read.
+        deadline = time.monotonic() + 10
+        buf = bytearray(4)
+        while time.monotonic() < deadline:
+            fcntl.ioctl(fd, termios.FIONREAD, buf)
+            if int.from_bytes(buf, "little") == 0 or not record.alive():
+                break
+            time.sleep(0.0005)
+    finally:
+        os.close(fd)
+    from .hooks import run_hooks
+
+    try:
+        run_hooks("poststart", record.data.get("hooks", {}).get("poststart", []), record.oci_state())
+    except OciError as e:
+        if warn is not None:
+            warn(str(e))
+
+
+def parse_signal(value: str) -> int:
+    text = value.strip().upper()
+    if text.isdigit():
+        number = int(text)
+        if not 0 < number < signal_mod.NSIG:
+            raise OciError(f"invalid signal {value!r}")
+        return number
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal_mod.Signals[text])
+    except KeyError as e:
+        raise OciError(f"invalid signal {value!r}") from e
+
+
+def kill(record: Record, sig: int, all_processes: bool = False) -> None:
+    if not record.alive():
+        raise OciError(f"container {record.id} is not running")
+    if all_processes:
+        cgroup = record.cgroup()
+        for pid in cgroup.procs() if cgroup is not None else [record.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return
+    pidfd = os.pidfd_open(record.pid)
+    try:
+        if not record.alive():   # the pid was recycled between the check and the open
+            raise OciError(f"container {record.id} is not running")
+        signal_mod.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError as e:
+        raise OciError(f"container {record.id} is not running") from e
+    finally:
+        os.close(pidfd)
+
+
+def delete(record: Record, force: bool = False, warn: Any = None) -> None:
+    status = record.status()
+    if status in ("running", "paused") and not force:
+        raise OciError(f"cannot delete container {record.id} that is not stopped: it is {status} "
+                       "(use delete --force)")
+    cgroup = record.cgroup()
+    if status != "stopped":
+        if cgroup is not None:
+            with contextlib.suppress(OSError, MiniboxError):
+                cgroup.kill_all()
+        with contextlib.suppress(ProcessLookupError, OciError):
+            kill(record, signal_mod.SIGKILL)
+        if not wait_gone(record.pid):
+            raise OciError(f"container {record.id}: its init did not die within 5 s of SIGKILL")
+    if cgroup is not None:
+        try:
+            cgroup.remove()
+        except SetupError as e:
+            raise OciError(f"container {record.id}: {e}") from e
+    state = record.oci_state()
+    state["status"] = "stopped"
+    from .hooks import run_hooks
+
+    try:
+        run_hooks("poststop", record.data.get("hooks", {}).get("poststop", []), state)
+    except OciError as e:
+        if warn is not None:
+            warn(str(e))
+    record.remove()
+
+
+def pause(record: Record) -> None:
+    status = record.status()
+    if status != "running":
+        raise OciError(f"cannot pause container {record.id}: it is {status}")
+    record.cgroup().freeze()
+
+
+def resume(record: Record) -> None:
+    status = record.status()
+    if status != "paused":
+        raise OciError(f"cannot resume container {record.id}: it is {status}, not paused")
+    record.cgroup().thaw()
+
+
+def processes(record: Record) -> list[int]:
+    cgroup = record.cgroup()
+    if cgroup is None:
+        return [record.pid] if record.alive() else []
+    return list(cgroup.procs())

@@ -1,0 +1,175 @@
+"""minibox-oci's own record of each container: ``<root>/<id>/state.json``, under a lock.
+
+Spec: the OCI runtime spec's *state* (runtime.md#state) -- ``ociVersion``,
+``id``, ``status`` (created | running | paused | stopped), ``pid``,
+``bundle``, ``annotations``.  The engine asks for it with ``state ID``;
+every other verb reads it to find the container's init and cgroup.
+
+The record never claims a status: the status is *observed* each time.  The
+pid is remembered with its start time (proc(5) field 22), so a recycled pid
+is recognised as "stopped", never signalled; the freezer says "paused";
+``started`` (set by ``start``) separates "created" from "running".  Each
+container's directory holds a lock file; every verb that changes a
+container takes flock(2) on it, so two engines' calls never interleave.
+The directory also holds the exec fifo (oci/gate, see csrc/oci/gate.c).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+
+from ..errors import MiniboxError
+from .config import ID_RE
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+OCI_VERSION = "1.1.0"
+DEFAULT_ROOT = "/run/minibox-oci"
+
+
+class OciError(MiniboxError):
+    """A runtime verb cannot be done (unknown id, wrong state); one line for the engine."""
+
+
+def check_id(container_id: str) -> None:
+    if not ID_RE.match(container_id):
+        raise OciError(f"invalid container id {container_id!r}: use letters, digits, '_', '.', '+', '-' "
+                       "(at most 128, starting with a letter or digit)")
+
+
+class Record:
+    """One container's directory and state file."""
+
+    def __init__(self, root: str, container_id: str) -> None:
+        check_id(container_id)
+        self.id = container_id
+        self.dir = os.path.join(root, container_id)
+        self.file = os.path.join(self.dir, "state.json")
+        self.fifo = os.path.join(self.dir, "exec.fifo")
+        self.data: dict[str, Any] = {}
+
+    # -- files --------------------------------------------------------------------
+
+    def load(self) -> Record:
+        try:
+            with open(self.file, "rb") as f:
+                self.data = json.load(f)
+        except FileNotFoundError as e:
+            raise OciError(f"container {self.id} does not exist") from e
+        except (OSError, ValueError) as e:
+            raise OciError(f"the state of container {self.id} is unreadable ({self.file}): {e}") from e
+        return self
+
+    def save(self) -> None:
+        tmp = self.file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+        os.replace(tmp, self.file)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Record]:
+        """Hold the container's lock (flock(2)) for the block."""
+        try:
+            fd = os.open(os.path.join(self.dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise OciError(f"container {self.id} does not exist") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self.load()
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[Record]:
+        """Make the container's directory (exclusively: a duplicate id fails) and hold its
+        lock; on an exception inside the block the directory goes again."""
+        os.makedirs(os.path.dirname(self.dir), mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError as e:
+            raise OciError(f"container {self.id} already exists") from e
+        try:
+            fd = os.open(os.path.join(self.dir, "lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield self
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.remove()
+            raise
+
+    # -- what is observed -----------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return int(self.data.get("pid", 0))
+
+    def alive(self) -> bool:
+        """Whether the init process recorded here still runs (not a zombie, not a new process)."""
+        from ..procfs import stat
+
+        pid = self.pid
+        if pid <= 0:
+            return False
+        st = stat(pid)
+        return st is not None and st.starttime == self.data.get("starttime") and st.state not in ("Z", "X")
+
+    def cgroup(self) -> Any:
+        info = self.data.get("cgroup")
+        if not info:
+            return None
+        from ..container.cgroups import Cgroup
+
+        return Cgroup.from_paths(info["version"], info["paths"])
+
+    def frozen(self) -> bool:
+        info = self.data.get("cgroup") or {}
+        paths = info.get("paths", {})
+        try:
+            if info.get("version") == 2:
+                with open(os.path.join(paths["unified"], "cgroup.freeze")) as f:
+                    return f.read().strip() == "1"
+            if "freezer" in paths:
+                with open(os.path.join(paths["freezer"], "freezer.state")) as f:
+                    return f.read().strip() != "THAWED"
+        except (OSError, KeyError):
+            return False
+        return False
+
+    def status(self) -> str:
+        if not self.alive():
+            return "stopped"
+        if self.frozen():
+            return "paused"
+        return "running" if self.data.get("started") else "created"
+
+    def oci_state(self) -> dict[str, Any]:
+        """The state object of the runtime spec (runtime.md#state)."""
+        status = self.status()
+        return {"ociVersion": OCI_VERSION, "id": self.id, "status": status,
+                "pid": self.pid if status != "stopped" else 0, "bundle": self.data.get("bundle", ""),
+                "rootfs": self.data.get("rootfs", ""), "created": self.data.get("created", ""),
+                "owner": "", "annotations": self.data.get("annotations", {})}
+
+
+def list_ids(root: str) -> list[str]:
+    try:
+        return sorted(name for name in os.listdir(root) if os.path.isfile(os.path.join(root, name, "state.json")))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            raise OciError(f"--root {root} is not a directory") from e
+        raise
