@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 VERSION = "0.1.0"
+INHERITED_FDS: frozenset[int] = frozenset()
 # global flag -> takes a value
 GLOBAL_FLAGS = {"root": True, "log": True, "log-format": True, "systemd-cgroup": False, "debug": False,
                 "rootless": True, "criu": True, "help": False, "version": False}
@@ -127,8 +128,25 @@ def _int_flag(opts: dict[str, Any], name: str) -> int:
         raise OciError(f"--{name}: expected a number, got {opts[name]!r}") from e
 
 
+def _inherited_fds() -> frozenset[int]:
+    """Which of fds 3.. were open when we started: only those may be --preserve-fds'ed
+    (a closed one would be reused by our own files, the lock among them)."""
+    from .runtime import MAX_PRESERVED_FDS
+
+    found = set()
+    for fd in range(3, 3 + MAX_PRESERVED_FDS):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.add(fd)
+    return frozenset(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    global INHERITED_FDS
+    INHERITED_FDS = _inherited_fds()
     vm = os.path.basename(argv[0]).endswith("-vm")
     log = Log(None, "text", False)
     try:

@@ -237,10 +237,11 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
     if not root_path:
         raise field_error("root.path", "missing")
     root = os.path.normpath(os.path.join(bundle, root_path))
-    if not os.path.isdir(root):
-        raise field_error("root.path", f"{root} is not a directory: no such file or directory")
     if not os.path.isabs(root_path) and os.path.commonpath([root, bundle]) != bundle:
         raise field_error("root.path", f"{root_path!r} leads outside the bundle {bundle}")
+    if not os.path.isdir(root):
+        raise field_error("root.path", f"{root} is not a directory: no such file or directory")
+    root = os.path.realpath(root)  # mounts are resolved inside it, symlink by symlink
     readonly = _get(root_obj, "readonly", bool, "root.", False)
     process = parse_process(raw.get("process"), "process.", warnings)
     hostname = _get(raw, "hostname", str, "")

@@ -148,12 +148,13 @@ def _open_console(path: str) -> int:
 def _check_preserved(count: int) -> list[int]:
     if not 0 <= count <= MAX_PRESERVED_FDS:
         raise OciError(f"--preserve-fds {count}: expected 0..{MAX_PRESERVED_FDS}")
+    from .cli import INHERITED_FDS
+
     fds = list(range(3, 3 + count))
     for fd in fds:
-        try:
-            os.set_inheritable(fd, True)
-        except OSError as e:
-            raise OciError(f"--preserve-fds {count}: fd {fd} is not open") from e
+        if fd not in INHERITED_FDS:
+            raise OciError(f"--preserve-fds {count}: fd {fd} was not open when minibox-oci started")
+        os.set_inheritable(fd, True)
     return fds
 
 
@@ -226,7 +227,8 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
 
     from ..container.cgroups import Cgroup
 
-    cgroup = Cgroup.create(record.id, cfg.limits)
+    # unique per create: two --root directories may both hold an id
+    cgroup = Cgroup.create(f"{record.id}.{os.urandom(3).hex()}", cfg.limits)
     fds: list[int] = []       # ours, closed at the end
     child_ends: list[int] = []
     pid: int | None = None

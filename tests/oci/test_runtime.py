@@ -1,0 +1,197 @@
+"""minibox-oci driven directly, as an engine would: the verbs, config.json fields, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import needs_root
+
+from .conftest import Oci, cgroup_dirs
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def test_create_leaves_init_blocked_before_exec_then_start_runs_it(oci: Oci, tmp_path: os.PathLike[str]) -> None:
+    marker = "/tmp/started"
+    oci.write_config(["sh", "-c", f"echo ran > {marker}; exec sleep 30"])
+    pid_file = os.path.join(str(tmp_path), "pid")
+    oci.create("c1", "--pid-file", pid_file)
+    pid = int(open(pid_file).read())
+    state = oci.state("c1")
+    assert state["status"] == "created" and state["pid"] == pid and state["id"] == "c1"
+    assert state["bundle"] == str(oci.bundle)
+    # the init is alive, waits in the gate, and is our child now (we are the subreaper)
+    assert "minibox-oci-gate" in _cmdline(pid)
+    assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())
+    # no minibox-oci process of its own is left once create returned
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and p != str(pid)
+                and "minibox-oci" in _safe_cmdline(int(p)) and "--root" in _safe_cmdline(int(p))]
+    assert cgroup_dirs("c1"), "the container has its cgroup"
+
+    oci("start", "c1")
+    assert oci.state("c1")["status"] == "running"
+    assert _cmdline(pid).startswith("sleep 30")
+    assert oci("ps", "--format", "json", "c1").stdout.strip() == json.dumps([pid])
+
+    oci("kill", "c1", "KILL")
+    assert oci.reap(pid) == 128 + signal.SIGKILL
+    assert oci.state("c1")["status"] == "stopped"
+    oci("delete", "c1")
+    assert not (oci.root / "c1").exists()
+    assert not cgroup_dirs("c1")
+    missing = oci("state", "c1", check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def _safe_cmdline(pid: int) -> str:
+    try:
+        return _cmdline(pid)
+    except OSError:
+        return ""
+
+
+def test_run_passes_exit_code_stdio_and_config_fields(oci: Oci) -> None:
+    oci.write_config(["sh", "-c", "echo $(hostname) $(id -u):$(id -g) $(id -G) $(pwd) $FOO; umask; "
+                      "grep CapEff /proc/self/status; cat /proc/kcore | wc -c; exit 3"],
+                     process__env=["PATH=/bin", "FOO=bar"], process__cwd="/tmp",
+                     process__user={"uid": 1000, "gid": 1000, "additionalGids": [27, 44], "umask": 0o27})
+    oci.ids.append("r1")
+    done = oci("run", "--bundle", str(oci.bundle), "r1", check=False)
+    assert done.returncode == 3, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines[0] == "ocitest 1000:1000 1000 27 44 /tmp bar"
+    assert lines[1] == "0027"
+    assert lines[2].split() == ["CapEff:", "0000000000000000"]  # caps of a non-root user are cleared on exec
+    assert lines[3].strip() == "0"  # maskedPaths: /proc/kcore reads as /dev/null
+    assert not (oci.root / "r1").exists(), "run deletes the container it ran"
+    assert not cgroup_dirs("r1")
+
+
+def test_preserve_fds_and_stdin_pass_through(oci: Oci) -> None:
+    oci.write_config(["sh", "-c", "read line; echo got:$line >&3; echo done"])
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    oci.ids.append("p1")
+    # fd 3 of minibox-oci is our pipe's write end (the shell puts it there)
+    done = oci("run", "--preserve-fds", "1", "--bundle", str(oci.bundle), "p1", input="hello\n",
+               pass_fds=(w,), check=False, prefix=["bash", "-c", f'exec "$@" 3>&{w} {w}>&-', "bash"])
+    os.close(w)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "done\n"
+    assert os.read(r, 100) == b"got:hello\n"
+    os.close(r)
+
+
+def test_preserve_fds_refuses_fds_not_inherited(oci: Oci) -> None:
+    oci.write_config(["true"])
+    done = oci.create("p2", "--preserve-fds", "2", check=False)
+    assert done.returncode != 0 and "was not open" in done.stderr
+    assert not (oci.root / "p2").exists()
+
+
+def test_exec_pause_resume_kill_all_and_forced_delete(oci: Oci, tmp_path: os.PathLike[str]) -> None:
+    oci.write_config(["sh", "-c", "trap 'echo term; exit 0' TERM; while true; do sleep 0.1; done"])
+    oci.create("e1")
+    pid = oci.state("e1")["pid"]
+    oci("start", "e1")
+    done = oci("exec", "e1", "sh", "-c", "echo in $(hostname); ls /proc | grep -c '^[0-9]'; exit 4", check=False)
+    assert done.returncode == 4 and done.stdout.startswith("in ocitest\n"), done.stderr
+    oci("pause", "e1")
+    assert oci.state("e1")["status"] == "paused"
+    oci("resume", "e1")
+    assert oci.state("e1")["status"] == "running"
+    assert oci("delete", "e1", check=False).returncode != 0, "a running container is deleted only with --force"
+    oci("kill", "e1", "TERM")
+    assert oci.reap(pid) == 0, "the TERM trap ran"
+    oci("delete", "e1")
+
+    oci.create("e2")
+    pid = oci.state("e2")["pid"]
+    oci("start", "e2")
+    exec_pid_file = os.path.join(str(tmp_path), "exec.pid")
+    oci("exec", "--detach", "--pid-file", exec_pid_file, "e2", "sleep", "30")
+    exec_pid = int(open(exec_pid_file).read())
+    assert exec_pid in json.loads(oci("ps", "--format", "json", "e2").stdout)
+    oci("kill", "--all", "e2", "9")
+    # the detached process is ours to reap too (as conmon's): the namespace's
+    # init finishes exiting only once every process of it is reaped
+    assert oci.reap(exec_pid) == 128 + signal.SIGKILL
+    oci.reap(pid)
+    oci("delete", "--force", "e2")
+    assert not cgroup_dirs("e2") and not (oci.root / "e2").exists()
+
+
+def test_exec_of_missing_command_says_not_found(oci: Oci) -> None:
+    oci.write_config(["sleep", "30"])
+    oci.create("x1")
+    oci("start", "x1")
+    done = oci("exec", "x1", "no-such-command", check=False)
+    assert done.returncode != 0 and "executable file not found" in done.stderr
+
+
+def test_global_flag_forms_and_json_log(oci: Oci, tmp_path: os.PathLike[str]) -> None:
+    log = os.path.join(str(tmp_path), "log.json")
+    oci.write_config(["true"])
+    for form in (["--root", str(oci.root)], [f"--root={oci.root}"]):
+        done = oci("--log", log, "--log-format=json", *form, "state", "nope", check=False)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and "does not exist" in done.stderr
+    entries = [json.loads(line) for line in open(log)]
+    assert len(entries) == 2 and entries[0]["level"] == "error" and "does not exist" in entries[0]["msg"]
+    assert "time" in entries[0]
+    refused = oci("--systemd-cgroup", "state", "nope", check=False)
+    assert refused.returncode == 1 and "systemd" in refused.stderr
+    assert "minibox-oci version" in oci("--version").stdout
+    features = json.loads(oci("features").stdout)
+    assert "pid" in features["linux"]["namespaces"]
+
+
+BAD = {
+    "wrong type": {"process__args": "sh"},
+    "unknown namespace": {"linux__namespaces": [{"type": "mount"}, {"type": "bogus"}]},
+    "root outside bundle": {"root": {"path": "../../etc"}},
+    "unknown mount type": {"mounts": [{"destination": "/x", "type": "nosuchfs", "source": "x"}]},
+    "missing command": {"process__args": ["/no/such/program"]},
+    "systemd cgroups path": {"linux__cgroupsPath": "machine.slice:minibox:c1"},
+    "vm isolation": {"annotations": {"minibox.isolation": "vm"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_leaves_nothing(oci: Oci, case: str, tmp_path: os.PathLike[str]) -> None:
+    oci.write_config(["true"], **BAD[case])
+    log = os.path.join(str(tmp_path), "log.json")
+    before = set(os.listdir("/proc"))
+    done = oci("--log-format", "json", "--log", log, "create", "--bundle", str(oci.bundle), "bad", check=False)
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert json.loads(open(log).read().splitlines()[-1])["level"] == "error"
+    assert not (oci.root / "bad").exists()
+    assert not cgroup_dirs("bad")
+    time.sleep(0.05)
+    assert not [p for p in set(os.listdir("/proc")) - before if p.isdigit() and "minibox-oci-gate" in _safe_cmdline(int(p))]
+
+
+def test_missing_rootfs_and_duplicate_id(oci: Oci) -> None:
+    oci.write_config(["sleep", "30"])
+    oci.create("d1")
+    again = oci.create("d1", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert oci.state("d1")["status"] == "created", "the first container is untouched"
+    (oci.bundle / "rootfs").unlink()
+    gone = oci.create("d2", check=False)
+    assert gone.returncode != 0 and "root.path" in gone.stderr
+    assert not (oci.root / "d2").exists()
+    pid = oci.state("d1")["pid"]
+    oci("delete", "d1")  # a created container may be deleted without --force (it is killed)
+    oci.reap(pid)
+    assert not cgroup_dirs("d1")
