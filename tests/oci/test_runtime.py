@@ -178,7 +178,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(oci: Oci, case: str, tmp_path:
     assert not (oci.root / "bad").exists()
     assert not cgroup_dirs("bad")
     time.sleep(0.05)
-    assert not [p for p in set(os.listdir("/proc")) - before if p.isdigit() and "minibox-oci-gate" in _safe_cmdline(int(p))]
+    new = set(os.listdir("/proc")) - before
+    assert not [p for p in new if p.isdigit() and "minibox-oci-gate" in _safe_cmdline(int(p))]
 
 
 def test_missing_rootfs_and_duplicate_id(oci: Oci) -> None:

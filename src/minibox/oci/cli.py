@@ -310,7 +310,7 @@ def _exec(record: Record, opts: dict[str, Any], args: list[str], log: Log) -> in
 
 
 def _features() -> dict[str, Any]:
-    from ..container.capabilities import supported_capabilities
+    from ..policy.capabilities import supported_capabilities
     from .config import NAMESPACE_TYPES
     from .mounts import FLAG_OPTIONS, PROPAGATION
 
@@ -331,7 +331,7 @@ def _features() -> dict[str, Any]:
 
 def _spec(opts: dict[str, Any]) -> int:
     """Write a default config.json (runc spec's) into --bundle or the current directory."""
-    from ..container.capabilities import DEFAULT_CAPABILITIES
+    from ..policy.capabilities import DEFAULT_CAPABILITIES
 
     caps = sorted(DEFAULT_CAPABILITIES)
     config = {

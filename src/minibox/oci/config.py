@@ -125,7 +125,7 @@ def parse_process(obj: Any, where: str = "process.", warnings: list[str] | None 
     caps_obj = _get(obj, "capabilities", dict, where)
     capabilities: dict[str, list[str]] | None = None
     if caps_obj is not None:
-        from ..container.capabilities import CAPABILITIES
+        from ..policy.capabilities import CAPABILITIES
 
         capabilities = {}
         for kind in ("bounding", "effective", "permitted", "inheritable", "ambient"):

@@ -21,22 +21,26 @@ import os
 import stat
 
 from ..container.rootfs import (
-    MS_BIND,
+    BIND_ATTRS,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
     MS_RDONLY,
     MS_REC,
     OP_MKDIR,
-    OP_MKNOD,
     OP_MOUNT,
-    OP_REMOUNT,
     OP_SYMLINK,
     OP_TOUCH,
+    OP_WRITE,
     MountOp,
+    anchored,
+    bind,
 )
-from ..images.paths import resolve_in_root
 from .config import Config, field_error
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 MS_SYNCHRONOUS, MS_MANDLOCK, MS_DIRSYNC = 0x10, 0x40, 0x80
 MS_NOATIME, MS_NODIRATIME, MS_SILENT = 0x400, 0x800, 0x8000
@@ -91,132 +95,149 @@ def _parse_options(options: list[str]) -> tuple[int, int, list[str]]:
     return flags, propagation, data
 
 
-def _mkdirs(root: str, target: str) -> list[MountOp]:
-    """mkdir each missing component of ``target`` (a host path under ``root``)."""
+def _mkdirs(path: str) -> list[MountOp]:
+    """mkdir each component of ``path`` (inside the root; existing ones are fine)."""
     ops = []
-    relative = os.path.relpath(target, root)
-    path = root
-    for part in relative.split("/"):
+    current = ""
+    for part in path.split("/"):
         if part in ("", "."):
             continue
-        path = os.path.join(path, part)
-        ops.append(MountOp(OP_MKDIR, path))
+        current += "/" + part
+        ops.append(MountOp(OP_MKDIR, current))
     return ops
 
 
-def _target(root: str, destination: str) -> str:
-    return resolve_in_root(root, destination)
+def _propagation(option: int, where: str) -> None:
+    # The child makes every mount private (MS_REC|MS_PRIVATE on "/") before it
+    # starts; shared or slave propagation back to the host is not offered.
+    if option and not option & MS_PRIVATE:
+        raise field_error(where, "only private propagation is supported by minibox-oci "
+                          "(mounts never propagate to or from the host)")
 
 
-def mount_ops(cfg: Config, cgroup_paths: dict[str, str], in_userns: bool) -> list[MountOp]:
-    """Every mount step for ``cfg``, in the order the spec requires (config order first)."""
-    root = cfg.root
+def mount_ops(cfg: Config, cgroup_paths: dict[str, str]) -> list[MountOp]:
+    """Every mount step for ``cfg``, in the order the spec requires (config order first), anchored.
+
+    Paths are inside the rootfs; the C child resolves them there through
+    file descriptors, so a symlink in the image never leads outside it.
+    """
     known = _filesystems()
     ops: list[MountOp] = []
     dev_is_mounted = False
     for i, m in enumerate(cfg.mounts):
         where = f"mounts[{i}]"
-        target = _target(root, m.destination)
+        target = os.path.normpath(m.destination)
+        if ".." in target.split("/"):
+            raise field_error(f"{where}.destination", f"must not contain '..', got {m.destination!r}")
         flags, propagation, data = _parse_options(m.options)
-        if m.destination == "/dev":
+        _propagation(propagation, f"{where}.options")
+        if target == "/dev":
             dev_is_mounted = True
         if m.type == "bind":
             if not m.source:
                 raise field_error(f"{where}.source", "a bind mount needs a source")
             source = m.source if os.path.isabs(m.source) else os.path.join(cfg.bundle, m.source)
-            if not os.path.exists(source):
-                raise field_error(f"{where}.source", f"{source}: no such file or directory")
-            is_dir = os.path.isdir(source)
-            ops += _mkdirs(root, target if is_dir else os.path.dirname(target))
+            try:
+                mode = os.stat(source).st_mode
+            except OSError as e:
+                raise field_error(f"{where}.source", f"{source}: {(e.strerror or str(e)).lower()}") from e
+            is_dir = stat.S_ISDIR(mode)
+            ops += _mkdirs(target if is_dir else os.path.dirname(target))
             if not is_dir:
                 ops.append(MountOp(OP_TOUCH, target, mode=0o644))
             rec = MS_REC if "rbind" in m.options else 0
-            ops.append(MountOp(OP_MOUNT, target, source=source, flags=MS_BIND | rec))
-            remount = flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME
-                               | MS_RELATIME | MS_STRICTATIME)
-            if remount:
-                ops.append(MountOp(OP_REMOUNT, target, flags=remount))
+            ops.append(bind(target, source, rec | (flags & BIND_ATTRS)))
         elif m.type in ("cgroup", "cgroup2"):
-            ops += _mkdirs(root, target)
-            ops += _cgroup_mount(target, cgroup_paths, cfg, flags)
+            ops += _mkdirs(target)
+            ops += _cgroup_mount(target, cgroup_paths, flags)
         else:
             if m.type not in known:
                 raise field_error(f"{where}.type", f"unknown file system type {m.type!r} (not in /proc/filesystems)")
-            ops += _mkdirs(root, target)
-            source = m.source or m.type
-            ops.append(MountOp(OP_MOUNT, target, source=source, fstype=m.type, flags=flags,
+            ops += _mkdirs(target)
+            ops.append(MountOp(OP_MOUNT, target, source=m.source or m.type, fstype=m.type, flags=flags,
                                data=",".join(data) or None))
-        if propagation:
-            ops.append(MountOp(OP_MOUNT, target, flags=propagation))
     if dev_is_mounted:
-        ops += _devices(cfg, in_userns)
+        ops += _devices(cfg)
+    ops += _sysctls(cfg)
     ops += _masks(cfg)
-    if cfg.propagation and cfg.propagation not in ("private", "rprivate"):
-        ops.append(MountOp(OP_MOUNT, root, flags=PROPAGATION[cfg.propagation]))
-    return ops
+    if cfg.propagation:
+        _propagation(PROPAGATION[cfg.propagation], "linux.rootfsPropagation")
+    return anchored(ops)
 
 
-def _cgroup_mount(target: str, cgroup_paths: dict[str, str], cfg: Config, flags: int) -> list[MountOp]:
+def _cgroup_mount(target: str, cgroup_paths: dict[str, str], flags: int) -> list[MountOp]:
     """/sys/fs/cgroup inside: the container's own cgroup directories, bound read-only.
 
     runc does the same without a cgroup namespace: a tmpfs holding one bind
     of the container's cgroup per hierarchy, so the process sees its own
     limits and nothing of the host's tree.
     """
-    ro = flags & MS_RDONLY
     ops = [MountOp(OP_MOUNT, target, source="tmpfs", fstype="tmpfs",
-                   flags=MS_NOSUID | MS_NODEV | MS_NOEXEC, data="mode=755")]
+                   flags=MS_NOSUID | MS_NODEV | MS_NOEXEC, data="mode=755,size=64k")]
     seen: set[str] = set()
     for directory in cgroup_paths.values():
-        # /sys/fs/cgroup/<hierarchy>/<path...>
-        parts = directory.split("/")
+        parts = directory.split("/")   # /sys/fs/cgroup/<hierarchy>/<path...>
         if len(parts) < 5 or directory in seen:
             continue
         seen.add(directory)
         inside = f"{target}/{parts[4]}"
         ops += [MountOp(OP_MKDIR, inside),
-                MountOp(OP_MOUNT, inside, source=directory, flags=MS_BIND),
-                MountOp(OP_REMOUNT, inside, flags=MS_NOSUID | MS_NODEV | MS_NOEXEC | ro)]
-    if ro:
-        ops.append(MountOp(OP_REMOUNT, target, flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC))
+                bind(inside, directory, MS_NOSUID | MS_NODEV | MS_NOEXEC | (flags & MS_RDONLY))]
     return ops
 
 
-def _devices(cfg: Config, in_userns: bool) -> list[MountOp]:
+def _devices(cfg: Config) -> list[MountOp]:
     """The default device nodes and linux.devices in the container's /dev, and its links.
 
-    A node is bind-mounted from the host when the host has the same device
-    at that path (this works in a user namespace too); otherwise it is
-    created with mknod (root without a user namespace only).
+    Each node is bind-mounted from the host's node of the same path and
+    device number (which works in a user namespace too, and needs no mknod
+    on a nodev tmpfs); a device the host has not got is refused.
     """
-    dev = _target(cfg.root, "/dev")
     ops: list[MountOp] = []
-    wanted = {d.path: d for d in cfg.devices}
+    wanted: dict[str, Any] = {d.path: d for d in cfg.devices}
     for name in DEFAULT_DEVICES:
-        wanted.setdefault(f"/dev/{name}", None)  # type: ignore[arg-type]
+        wanted.setdefault(f"/dev/{name}", None)
     for path, device in wanted.items():
-        target = dev + path[len("/dev"):]
-        ops += _mkdirs(dev, os.path.dirname(target))
-        host = path
         try:
-            st = os.stat(host)
-            same = device is None or (os.major(st.st_rdev), os.minor(st.st_rdev)) == (device.major, device.minor)
+            st = os.stat(path)
+            same = (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and (
+                device is None or (os.major(st.st_rdev), os.minor(st.st_rdev)) == (device.major, device.minor))
         except OSError:
             same = False
-        if same and (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            ops += [MountOp(OP_TOUCH, target, mode=0o666),
-                    MountOp(OP_MOUNT, target, source=host, flags=MS_BIND)]
-        elif device is None:
-            continue  # a default node the host lacks
-        elif in_userns:
-            raise field_error(f"linux.devices ({path})", "cannot create a device node in a user namespace "
-                              "and the host has no such node to bind")
-        else:
-            kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[device.type]
-            ops.append(MountOp(OP_MKNOD, target, mode=kind | (device.mode & 0o7777),
-                               dev=os.makedev(device.major, device.minor)))
+        if not same:
+            if device is None:
+                continue  # a default node the host lacks
+            raise field_error(f"linux.devices ({path})", f"the host has no device {device.major}:{device.minor} "
+                              f"at {path} to bind; minibox-oci binds device nodes, it does not mknod them")
+        ops += _mkdirs(os.path.dirname(path))
+        ops += [MountOp(OP_TOUCH, path, mode=0o666), bind(path, path)]
     for source, name in DEV_LINKS:
-        ops.append(MountOp(OP_SYMLINK, f"{dev}/{name}", source=source))
+        ops.append(MountOp(OP_SYMLINK, f"/dev/{name}", source=source))
+    return ops
+
+
+def _sysctls(cfg: Config) -> list[MountOp]:
+    """linux.sysctl (and domainname) written into the container's own /proc/sys.
+
+    The child writes them after mounting the container's procfs, inside its
+    new namespaces, so only namespaced keys are accepted: another would
+    change the host.
+    """
+    values = dict(cfg.sysctl)
+    if cfg.domainname:
+        if "uts" not in cfg.namespaces or cfg.namespaces["uts"] is not None:
+            raise field_error("domainname", "needs a new uts namespace in linux.namespaces")
+        values["kernel.domainname"] = cfg.domainname
+    ops = []
+    for key, value in values.items():
+        namespace = ("net" if key.startswith("net.") else
+                     "ipc" if key.startswith(("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")) else
+                     "uts" if key in ("kernel.domainname", "kernel.hostname") else None)
+        if namespace is None or cfg.namespaces.get(namespace, "absent") is not None:
+            raise field_error(f"linux.sysctl[{key!r}]", "only sysctls of a namespace the container creates "
+                              "(net.*, kernel.shm*/msg*/sem, fs.mqueue.*, kernel.domainname) are allowed; "
+                              "this one would change the host")
+        ops.append(MountOp(OP_WRITE, "/proc/sys/" + key.replace(".", "/"), data=value))
     return ops
 
 
@@ -224,15 +245,11 @@ def _masks(cfg: Config) -> list[MountOp]:
     """maskedPaths: /dev/null over a file, an empty read-only tmpfs over a directory;
     readonlyPaths: a read-only bind of itself.  Absent paths are skipped, as runc does."""
     ops: list[MountOp] = []
-    null = _target(cfg.root, "/dev/null")
     for path in cfg.masked_paths:
-        target = _target(cfg.root, path)
         # one of the two succeeds: the bind on a file, the tmpfs on a directory
-        ops += [MountOp(OP_MOUNT, target, source=null, flags=MS_BIND, optional=True),
-                MountOp(OP_MOUNT, target, source="tmpfs", fstype="tmpfs",
+        ops += [bind(path, "/dev/null", optional=True),
+                MountOp(OP_MOUNT, path, source="tmpfs", fstype="tmpfs",
                         flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, data="size=0", optional=True)]
     for path in cfg.readonly_paths:
-        target = _target(cfg.root, path)
-        ops += [MountOp(OP_MOUNT, target, source=target, flags=MS_BIND | MS_REC, optional=True),
-                MountOp(OP_REMOUNT, target, flags=MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, optional=True)]
+        ops.append(bind(path, path, MS_REC | BIND_ATTRS, source_in_root=True, optional=True))
     return ops

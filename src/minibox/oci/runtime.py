@@ -59,21 +59,32 @@ def resolve_command(cfg: Config, args: list[str], path: str) -> None:
     The lookup follows the image's symlinks inside the rootfs; a command on
     a bind mount the engine adds is only found at exec time.
     """
-    from ..images.paths import resolve_in_root
+    import stat
+
+    from ..images.paths import open_in_root, opened_root
 
     name = args[0]
     candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in path.split(":")]
     mounted = [m.destination for m in cfg.mounts]
-    for candidate in candidates:
-        if not candidate.startswith("/"):
-            candidate = os.path.join(cfg.process.cwd, candidate)
-        if any(candidate == d or candidate.startswith(d.rstrip("/") + "/") for d in mounted):
-            return  # on a mount: cannot tell before it exists
-        host = resolve_in_root(cfg.root, candidate)
-        if os.path.isfile(host):
-            if not os.access(host, os.X_OK):
-                raise OciError(f"exec: {name!r}: permission denied")
-            return
+    with opened_root(cfg.root) as root_fd:
+        for candidate in candidates:
+            if not candidate.startswith("/"):
+                candidate = os.path.join(cfg.process.cwd, candidate)
+            if any(candidate == d or candidate.startswith(d.rstrip("/") + "/") for d in mounted):
+                return  # on a mount: cannot tell before it exists
+            try:
+                fd = open_in_root(root_fd, candidate)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if not st.st_mode & 0o111:
+                    raise OciError(f"exec: {name!r}: permission denied")
+                return
+            finally:
+                os.close(fd)
     if "/" in name:
         raise OciError(f"exec: {name!r}: no such file or directory")
     raise OciError(f"exec: {name!r}: executable file not found in $PATH")
@@ -81,7 +92,7 @@ def resolve_command(cfg: Config, args: list[str], path: str) -> None:
 
 def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None) -> None:
     """Capabilities, no_new_privs, seccomp and rlimits of an OCI process, into ``plan``."""
-    from ..container import capabilities
+    from ..policy import capabilities
 
     proc = cfg_process
     if proc.capabilities is not None:
@@ -98,7 +109,7 @@ def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None)
         kept = frozenset(capabilities.supported_capabilities())
     plan.no_new_privs = proc.no_new_privileges
     if seccomp:
-        from ..container.seccomp import compile_profile
+        from ..policy.seccomp.compile import compile_profile
 
         try:
             plan.seccomp_filter = compile_profile(seccomp, caps=kept)
@@ -106,7 +117,7 @@ def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None)
             raise OciError(f"config.json: linux.seccomp: {e}") from e
     if proc.rlimits:
         _check_raisable(proc.rlimits)
-        from ..container.rlimits import parse_rlimits
+        from ..policy.rlimits import parse_rlimits
 
         try:
             plan.rlimits = [(r.resource, r.soft, r.hard) for r in parse_rlimits(proc.rlimits)]
@@ -234,7 +245,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     pid: int | None = None
     pidfd: int | None = None
     try:
-        plan.ops = mount_ops(cfg, cgroup.paths, in_userns)
+        plan.ops = mount_ops(cfg, cgroup.paths)
         plan.join_fds = [os.open(cfg.namespaces[ns] or "", os.O_RDONLY | os.O_CLOEXEC) for ns in joined]
         child_ends += plan.join_fds
         os.mkfifo(record.fifo, 0o600)
@@ -269,6 +280,12 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             plan.sync_fd = sync_r
             plan.sync_early = in_userns
 
+        if "cgroup" in new:
+            # A cgroup namespace is rooted where its creator is: the child
+            # makes its own once it has joined its cgroups (csrc/spawn.c),
+            # so it sees its cgroup as "/".
+            plan.clone_flags &= ~clone_flags(["cgroup"])
+            plan.unshare_cgroupns = True
         pid, pidfd = spawn(plan)
         for fd in child_ends:
             os.close(fd)
@@ -292,8 +309,6 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
         if proc.oom_score_adj is not None:
             with open(f"/proc/{pid}/oom_score_adj", "w") as f:
                 f.write(str(proc.oom_score_adj))
-        if cfg.sysctl or cfg.domainname:
-            _write_sysctls(pid, cfg)
         record.data = {
             "id": record.id, "pid": pid, "starttime": start_time(pid), "bundle": cfg.bundle,
             "rootfs": cfg.root, "created": _now(), "annotations": cfg.annotations, "started": False,
@@ -327,50 +342,6 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
                 os.close(fd)
         if pidfd is not None:
             os.close(pidfd)
-
-
-def _write_sysctls(pid: int, cfg: Config) -> None:
-    """linux.sysctl (and domainname) written from inside the container's namespaces.
-
-    /proc/sys/net and the IPC keys show the namespace of the *writer*, so a
-    short-lived forked helper joins the container's net, ipc and uts
-    namespaces with setns(2) and writes them there (Python 3.11 has no
-    os.setns: libc's, through ctypes).
-    """
-    import ctypes
-
-    values = dict(cfg.sysctl)
-    if cfg.domainname:
-        values["kernel.domainname"] = cfg.domainname
-    for key in values:
-        if not (key.startswith(("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue."))
-                or key in ("kernel.domainname", "kernel.hostname")):
-            raise OciError(f"config.json: linux.sysctl[{key!r}] is not namespaced; it would change the host")
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked helper
-        os.close(r)
-        code = 0
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            for ns in ("net", "ipc", "uts"):
-                fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY)
-                if libc.setns(fd, 0) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-                os.close(fd)
-            for key, value in values.items():
-                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                    f.write(value)
-        except OSError as e:
-            os.write(w, f"linux.sysctl: {e}".encode())
-            code = 1
-        os._exit(code)
-    os.close(w)
-    message = os.read(r, 4096).decode(errors="replace")
-    os.close(r)
-    os.waitpid(child, 0)
-    if message:
-        raise OciError(f"config.json: {message}")
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> bool:
