@@ -332,12 +332,13 @@ def _features() -> dict[str, Any]:
 def _spec(opts: dict[str, Any]) -> int:
     """Write a default config.json (runc spec's) into --bundle or the current directory."""
     from ..policy.capabilities import DEFAULT_CAPABILITIES
+    from ..spec import DEFAULT_PATH
 
     caps = sorted(DEFAULT_CAPABILITIES)
     config = {
         "ociVersion": OCI_VERSION,
         "process": {"terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
-                    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+                    "env": [f"PATH={DEFAULT_PATH}", "TERM=xterm"],
                     "cwd": "/", "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
                     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
                     "noNewPrivileges": True},

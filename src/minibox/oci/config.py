@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import SpecError
-from ..spec import IdMap, Limits
+from ..spec import DEFAULT_PATH, IdMap, Limits
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class Process:
         for entry in reversed(self.env):
             if entry.startswith("PATH="):
                 return entry[5:]
-        return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        return DEFAULT_PATH
 
 
 def parse_process(obj: Any, where: str = "process.", warnings: list[str] | None = None) -> Process:
