@@ -14,7 +14,8 @@ PY := $(VENV)/bin/python
 # /root (mode 0700), which an unprivileged test user could not run.
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
 APT_PACKAGES := gcc libc6-dev libcap-dev libseccomp-dev busybox-static cpio \
-	qemu-system-x86 qemu-system-common iproute2 nftables python3-venv python3-dev
+	qemu-system-x86 qemu-system-common iproute2 nftables python3-venv python3-dev \
+	podman conmon
 PEER_PACKAGES := crun runc bubblewrap
 STAMP := $(VENV)/.installed
 

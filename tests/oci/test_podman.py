@@ -1,0 +1,160 @@
+"""podman drives minibox-oci: the real engine, through conmon, as a user would run it.
+
+Podman runs with private storage (vfs), run and tmp directories under a
+temporary directory, the cgroupfs manager and no network (this host has
+hybrid cgroups and no systemd), and an image imported from the busybox
+rootfs.  The containers.conf is the one docs/oci.md shows, with the runtime
+pointed at a two-line wrapper that adds a private ``--root`` for the test.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_root
+
+from .conftest import MINIBOX_OCI
+
+pytestmark = [needs_root, pytest.mark.root,
+              pytest.mark.skipif(shutil.which("podman") is None or shutil.which("conmon") is None,
+                                 reason="podman and conmon are not installed (make setup installs them)")]
+
+IMAGE = "localhost/minibox-busybox:latest"
+
+
+class Podman:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.state = base / "oci-state"
+        wrapper = base / "minibox-oci"
+        wrapper.write_text(f'#!/bin/sh\nexec {MINIBOX_OCI} --root {self.state} "$@"\n')
+        wrapper.chmod(0o755)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        # podman asks root containers for 1048576 open files; a host whose
+        # root lacks CAP_SYS_RESOURCE (this one) cannot grant more than its own
+        (base / "containers.conf").write_text(f"""\
+[containers]
+netns = "none"
+default_ulimits = ["nofile={hard}:{hard}", "nproc=4096:4096"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "minibox"
+runtime_supports_json = ["minibox"]
+
+[engine.runtimes]
+minibox = ["{wrapper}"]
+""")
+        self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf")}
+
+    def __call__(self, *args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        command = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
+                   "--tmpdir", str(self.base / "tmp"), "--storage-driver", "vfs", *args]
+        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=120,
+                              check=False, **kwargs)  # type: ignore[call-overload]
+        if check and done.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done  # type: ignore[no-any-return]
+
+    def leftovers(self, container_id: str) -> list[str]:
+        found = glob.glob(f"/sys/fs/cgroup/*/**/minibox/{container_id}.*", recursive=True)
+        if (self.state / container_id).exists():
+            found.append(str(self.state / container_id))
+        return found
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory, oci_rootfs: Path) -> Iterator[Podman]:
+    base = tmp_path_factory.mktemp("podman")
+    runner = Podman(base)
+    parents_before = set(glob.glob("/sys/fs/cgroup/*/libpod_parent"))
+    tar = base / "busybox.tar"
+    with tarfile.open(tar, "w") as archive:
+        archive.add(oci_rootfs, arcname=".")
+    runner("import", str(tar), IMAGE)
+    try:
+        yield runner
+    finally:
+        runner("rm", "--all", "--force", "--time", "0", check=False)
+        # conmon's own cgroup (podman's cgroupfs layout) goes too, if we made it
+        for parent in set(glob.glob("/sys/fs/cgroup/*/libpod_parent")) - parents_before:
+            for directory in (f"{parent}/conmon", parent):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+        with open("/proc/self/mountinfo") as f:
+            mounted = [line for line in f if str(base) in line]
+        assert not mounted, f"podman left mounts behind: {mounted}"
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_run_passes_exit_code_env_and_stdin(podman: Podman) -> None:
+    done = podman("run", "--rm", "-i", "-e", "FOO=bar", IMAGE, "sh", "-c", "cat; echo FOO=$FOO; exit 3",
+                  input="piped in\n", check=False)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "piped in\nFOO=bar\n"
+    assert not list(podman.state.iterdir()) if podman.state.exists() else True
+
+
+def test_missing_command_is_127(podman: Podman) -> None:
+    done = podman("run", "--rm", IMAGE, "no-such-command", check=False)
+    assert done.returncode == 127, done.stderr
+    assert "not found" in done.stderr
+
+
+def test_tty(podman: Podman) -> None:
+    done = podman("run", "--rm", "-t", IMAGE, "sh", "-c", "tty; exit 4", stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 4, done.stderr
+    assert done.stdout.strip() == "/dev/pts/0"
+
+
+def test_detached_exec_pause_stop_and_rm(podman: Podman) -> None:
+    script = "trap 'echo got term; exit 0' TERM; while true; do sleep 0.1; done"
+    container_id = podman("run", "-d", "--name", "mbx-detached", IMAGE, "sh", "-c", script).stdout.strip()
+    try:
+        pid = int(podman("inspect", "-f", "{{.State.Pid}}", container_id).stdout)
+        # no minibox process supervises it: its parent is conmon
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{parent}/comm") as f:
+            assert f.read().strip() == "conmon"
+        done = podman("exec", container_id, "sh", "-c", "echo in $(hostname); exit 5", check=False)
+        assert done.returncode == 5 and done.stdout == f"in {container_id[:12]}\n", done.stderr
+        tty = podman("exec", "-t", container_id, "tty", stdin=subprocess.DEVNULL)
+        assert tty.stdout.strip().startswith("/dev/pts/")
+        top = podman("top", container_id, "pid", "args").stdout
+        assert "sleep" in top or "while true" in top
+        podman("pause", container_id)
+        assert podman("inspect", "-f", "{{.State.Status}}", container_id).stdout.strip() == "paused"
+        podman("unpause", container_id)
+        podman("stop", "-t", "10", container_id)
+        assert podman("inspect", "-f", "{{.State.ExitCode}}", container_id).stdout.strip() == "0"
+        assert "got term" in podman("logs", container_id).stdout
+    finally:
+        podman("rm", "-f", container_id, check=False)
+    assert not podman.leftovers(container_id)
+
+
+def test_second_container_joins_the_network_namespace(podman: Podman) -> None:
+    first = podman("run", "-d", IMAGE, "sleep", "60").stdout.strip()
+    try:
+        pid = int(podman("inspect", "-f", "{{.State.Pid}}", first).stdout)
+        theirs = os.readlink(f"/proc/{pid}/ns/net")
+        done = podman("run", "--rm", "--network", f"container:{first}", IMAGE, "readlink", "/proc/self/ns/net")
+        assert done.stdout.strip() == theirs
+        assert json.loads(podman("inspect", first).stdout)[0]["State"]["Running"]
+    finally:
+        podman("rm", "-f", "-t", "0", first, check=False)
+    assert not podman.leftovers(first)
