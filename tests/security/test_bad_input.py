@@ -41,7 +41,7 @@ st = pytest.importorskip("hypothesis.strategies")
 pytestmark = needs_root
 
 PARENT = f"minibox-fuzz-{os.getpid()}"
-EXAMPLES = 80  # per test: about 10-20 s each on a busy 2-core machine
+EXAMPLES = 60  # per test: about 8-14 s each on a busy 2-core machine
 
 
 @pytest.fixture(scope="module", autouse=True)
