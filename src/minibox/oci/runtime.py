@@ -90,7 +90,7 @@ def resolve_command(cfg: Config, args: list[str], path: str) -> None:
     raise OciError(f"exec: {name!r}: executable file not found in $PATH")
 
 
-def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None) -> None:
+def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None, warn: Any = None) -> None:
     """Capabilities, no_new_privs, seccomp and rlimits of an OCI process, into ``plan``."""
     from ..policy import capabilities
 
@@ -103,7 +103,13 @@ def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None)
         plan.cap_effective = sets["effective"]
         plan.cap_permitted = sets["permitted"]
         plan.cap_inheritable = sets["inheritable"]
-        plan.cap_ambient = sets["ambient"]
+        # The kernel raises an ambient capability only if it is permitted and
+        # inheritable (capabilities(7)); runc skips the others with a warning,
+        # and so do we (runc spec's default bundle lists ambient ones alone).
+        plan.cap_ambient = sets["ambient"] & sets["inheritable"] & sets["permitted"]
+        if plan.cap_ambient != sets["ambient"] and warn is not None:
+            warn("process.capabilities.ambient: capabilities that are not also inheritable and permitted "
+                 "cannot be ambient; skipped")
         kept = frozenset(proc.capabilities.get("bounding", ()))
     else:
         kept = frozenset(capabilities.supported_capabilities())
@@ -182,7 +188,8 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
         for message in cfg.warnings:
             warn(message)
     with record.creating():
-        _build(record, cfg, pid_file=pid_file, console_socket=console_socket, preserve_fds=preserve_fds)
+        _build(record, cfg, pid_file=pid_file, console_socket=console_socket, preserve_fds=preserve_fds,
+               warn=warn)
     return record
 
 
@@ -201,7 +208,7 @@ def _teardown_child(pid: int | None, pidfd: int | None) -> None:
 
 
 def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket: str | None,
-           preserve_fds: int) -> None:
+           preserve_fds: int, warn: Any = None) -> None:
     from ..container.namespaces import JOIN_ORDER, clone_flags
     from ..container.spawn import ChildPlan, read_child_error, spawn
     from ..container.userns import write_id_maps
@@ -227,7 +234,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     plan.groups = list(proc.groups)
     if in_userns:
         plan.become_root = any(m.inside == 0 for m in cfg.uid_map) and any(m.inside == 0 for m in cfg.gid_map)
-    hardening(plan, proc, cfg.seccomp)
+    hardening(plan, proc, cfg.seccomp, warn)
     plan.clone_flags = clone_flags(new)
     plan.hostname = cfg.hostname if cfg.hostname and "uts" in new else None
     if cfg.hostname and "uts" not in new:
