@@ -132,6 +132,13 @@ def test_an_image_another_user_could_write_is_refused(fresh_state: str, plant: s
     os.chmod(fresh_state, 0o755)
 
 
+def test_the_world_writable_tmp_of_an_older_image_is_closed(fresh_state: str) -> None:
+    legacy = busybox.build_busybox_rootfs(os.path.join(fresh_state, "rootfs", "busybox"))  # the old layout
+    assert stat.S_IMODE(os.stat(legacy / "tmp").st_mode) == 0o1777
+    minibox.run(Spec(argv=["true"]))  # builds the current image, and closes the old one's tmp
+    assert stat.S_IMODE(os.stat(legacy / "tmp").st_mode) == 0o755
+
+
 def test_a_sound_fresh_image_is_accepted(fresh_state: str) -> None:
     result = minibox.run(Spec(argv=["cat", "/etc/hostname"]))
     assert result.stdout == b"minibox\n"

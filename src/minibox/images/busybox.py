@@ -149,12 +149,25 @@ def default_rootfs() -> str:
             # Another process may have built it concurrently: fine if it is complete.
             if not os.path.exists(os.path.join(path, "bin", "busybox")):
                 raise
+        _close_legacy_tmp(os.path.join(os.path.dirname(path), "busybox"))
     if path not in _checked:
         # Once per process: after a passing check only root (or the caller)
         # can change the image, so a later run need not walk it again.
         check_image(path)
         _checked.add(path)
     return path
+
+
+def _close_legacy_tmp(legacy: str) -> None:
+    """An image of the older layout is never used again; its world-writable tmp
+    must not stay a place for other users to write in minibox's state dir."""
+    tmp = os.path.join(legacy, "tmp")
+    try:
+        st = os.lstat(tmp)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o002:
+            os.chmod(tmp, 0o755)
+    except OSError:
+        pass  # none there, or not ours: nothing to close
 
 
 def _trusted(st: os.stat_result, trusted: tuple[int, ...]) -> bool:
