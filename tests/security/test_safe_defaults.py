@@ -177,6 +177,15 @@ def test_without_rootfs_overlay_a_named_rootfs_is_written_in_place(scratch_rootf
     assert Path(scratch_rootfs, "created").read_text() == "in-place\n"
 
 
+@pytest.mark.parametrize(("kwargs", "field"), [(dict(rootfs_overlay=True), "rootfs_overlay"),
+                                               (dict(rootfs_overlay_size="8M"), "rootfs_overlay_size")])
+def test_a_vm_refuses_the_overlay_fields_it_cannot_honour(scratch_rootfs: str, kwargs: dict[str, Any],
+                                                          field: str) -> None:
+    with pytest.raises(minibox.SpecError) as info:  # refused before anything is started
+        minibox.VirtualMachine(Spec(argv=["true"], rootfs=scratch_rootfs, **kwargs))
+    assert info.value.field == field
+
+
 def test_cli_rootfs_overlay_flags(scratch_rootfs: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "minibox.cli", "run", "--rootfs", scratch_rootfs,
                            "--rootfs-overlay", "--rootfs-overlay-size", "4M", "--",

@@ -138,9 +138,10 @@ class VirtualMachine(Sandbox):
                  rootfs_sharing: str = "virtiofs") -> None:
         if spec.network == "host":
             raise SpecError("network", "a VM cannot share the host's network stack; use 'none' or 'bridge'")
-        if spec.rootfs_overlay:
-            raise SpecError("rootfs_overlay", "containers only: a VM writes its rootfs share in place; "
-                                              "use readonly_rootfs=True with a tmpfs mount")
+        if spec.rootfs_overlay or spec.rootfs_overlay_size is not None:
+            field = "rootfs_overlay" if spec.rootfs_overlay else "rootfs_overlay_size"
+            raise SpecError(field, "containers only: a VM writes its rootfs share in place (the default "
+                                   "image is shared read-only); use readonly_rootfs=True with a sized tmpfs mount")
         self.spec = spec
         self._memory = machine.memory_bytes(spec)
         self._stdin = stdin
