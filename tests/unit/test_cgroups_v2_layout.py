@@ -306,8 +306,9 @@ def test_an_existing_container_is_not_clobbered(fake: FakeCgroup2, tmp_path: Pat
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", "."])
 def test_bad_names_are_refused_before_anything_exists(fake: FakeCgroup2, tmp_path: Path, name: str) -> None:
-    with pytest.raises(SpecError):
+    with pytest.raises(SetupError) as info:  # the name is minibox's container id, not a Spec field
         Cgroup.create(name, Limits(), layout=layout_for(fake, tmp_path))
+    assert info.value.errno == errno.EINVAL and info.value.step == "cgroup"
     assert fake.writes == []
 
 
