@@ -51,20 +51,28 @@ class CappedBuffer:
     def __init__(self, cap: int = OUTPUT_CAP) -> None:
         self._data = bytearray()
         self._cap = cap
+        self._value: bytes | None = None
         self.dropped = 0
 
     def extend(self, data: bytes) -> None:
         room = self._cap - len(self._data)
-        if room > 0:
+        if room > 0 and self._value is None:
             self._data += data[:room]
         self.dropped += max(0, len(data) - max(room, 0))
 
     def value(self) -> bytes:
-        """What was kept, followed by a marker line if anything was dropped."""
-        if not self.dropped:
-            return bytes(self._data)
-        return bytes(self._data) + (f"\n[minibox: output truncated, {self.dropped} bytes dropped "
-                                    f"after the first {self._cap}]\n").encode()
+        """What was kept, followed by a marker line if anything was dropped.
+
+        The buffer is turned into bytes once and then freed, so the host
+        holds at most two copies of the cap for a moment, never three.
+        """
+        if self._value is None:
+            if self.dropped:
+                self._data += (f"\n[minibox: output truncated, {self.dropped} bytes dropped "
+                               f"after the first {self._cap}]\n").encode()
+            self._value = bytes(self._data)
+            self._data = bytearray()
+        return self._value
 
 
 @dataclass
