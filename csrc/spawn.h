@@ -99,6 +99,7 @@ struct mb_op {
     const char *data;
     unsigned int mode;
     int optional;        /* failure is ignored (e.g. masking a path that is absent) */
+    int keep_fd;         /* a later op's base: keep the fd of the mount's root */
 };
 
 struct mb_rlimit {

@@ -217,6 +217,7 @@ class _CPlan:
     def _ops(self, ops: Sequence[MountOp]) -> Any:
         array = ffi.new("struct mb_op[]", max(1, len(ops)))
         self._keep.append(array)
+        bases = {op.base for op in ops}
         for i, op in enumerate(ops):
             c = array[i]
             c.kind = op.kind
@@ -228,6 +229,7 @@ class _CPlan:
             c.flags = op.flags
             c.data = self._str(op.data)
             c.mode = op.mode
+            c.keep_fd = int(i in bases)
             c.optional = int(op.optional)
         return array
 
