@@ -139,7 +139,7 @@ def apply(tree: Path, mutant: Mutant) -> None:
 def build_core(tree: Path, python: str) -> None:
     """Compile the cffi core of ``tree`` in place (src/minibox/_minibox_native.abi3.so).
 
-    cffi writes the module's C; gcc builds it with csrc/spawn.c, as setup.py would.
+    cffi writes the module's C; gcc builds it with csrc/spawn.c and csrc/rootfs.c, as setup.py would.
     """
     out = tree / "build" / "mutation"
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def build_core(tree: Path, python: str) -> None:
     include = subprocess.run([python, "-c", code], cwd=tree, check=True, capture_output=True,
                              text=True).stdout.strip().splitlines()[-1]
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-I", "csrc", "-I", include,
-                    f"{out}/_minibox_native.c", "csrc/spawn.c", "-lseccomp",
+                    f"{out}/_minibox_native.c", "csrc/spawn.c", "csrc/rootfs.c", "-lseccomp",
                     "-o", "src/minibox/_minibox_native.abi3.so"], cwd=tree, check=True, capture_output=True)
 
 
