@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
 APT_PACKAGES := gcc libc6-dev libcap-dev libseccomp-dev busybox-static cpio \
 	qemu-system-x86 qemu-system-common iproute2 nftables python3-venv python3-dev \
-	podman conmon
+	podman conmon containerd
 PEER_PACKAGES := crun runc bubblewrap
 STAMP := $(VENV)/.installed
 
