@@ -159,7 +159,8 @@ struct mb_plan {
     const char *cwd;
     const char *const *argv;
     const char *const *envp;
-    const char *path_env;      /* PATH used to search argv[0], or NULL */
+    const char *path_env;      /* PATH used to search argv[0] (NULL: search nothing;
+                                * Python passes the Spec's or spec.DEFAULT_PATH) */
     int init_fd;               /* >= 0: execveat() this fd (minibox-init) instead
                                 * of searching argv[0]; argv is then
                                 * {"minibox-init", "<error_fd>", "--", cmd...}
