@@ -158,3 +158,16 @@ def test_second_container_joins_the_network_namespace(podman: Podman) -> None:
     finally:
         podman("rm", "-f", "-t", "0", first, check=False)
     assert not podman.leftovers(first)
+
+
+def test_user_cwd_bind_mount_and_oom(podman: Podman, tmp_path: Path) -> None:
+    done = podman("run", "--rm", "--user", "1000:1000", "-w", "/tmp", IMAGE, "sh", "-c", "id -u; id -g; pwd")
+    assert done.stdout == "1000\n1000\n/tmp\n"
+    (tmp_path / "f").write_text("data\n")
+    done = podman("run", "--rm", "-v", f"{tmp_path}:/data:ro", IMAGE, "sh", "-c", "cat /data/f; touch /data/g",
+                  check=False)
+    assert done.returncode == 1 and done.stdout == "data\n" and "Read-only file system" in done.stderr
+    assert not (tmp_path / "g").exists()
+    # tail buffers /dev/zero looking for a newline until the memory cgroup's OOM killer ends it
+    done = podman("run", "--rm", "--memory", "16m", IMAGE, "tail", "/dev/zero", check=False)
+    assert done.returncode == 137, done.stderr

@@ -196,3 +196,27 @@ def test_missing_rootfs_and_duplicate_id(oci: Oci) -> None:
     oci("delete", "d1")  # a created container may be deleted without --force (it is killed)
     oci.reap(pid)
     assert not cgroup_dirs("d1")
+
+
+def test_hooks_get_the_state_on_stdin(oci: Oci, tmp_path: os.PathLike[str]) -> None:
+    out = os.path.join(str(tmp_path), "hooks")
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"cat >> {out}; echo >> {out}"]}
+    oci.write_config(["sleep", "30"], hooks={"prestart": [hook], "createRuntime": [hook], "poststart": [hook],
+                                             "poststop": [hook]})
+    oci.create("h1")
+    pid = oci.state("h1")["pid"]
+    oci("start", "h1")
+    oci("kill", "h1", "KILL")
+    oci.reap(pid)
+    oci("delete", "h1")
+    states = [json.loads(line) for line in open(out).read().splitlines() if line]
+    assert [s["status"] for s in states] == ["created", "created", "running", "stopped"]
+    assert all(s["id"] == "h1" and s["bundle"] == str(oci.bundle) for s in states)
+    assert states[0]["pid"] > 0
+
+
+def test_failing_create_hook_undoes_everything(oci: Oci) -> None:
+    oci.write_config(["sleep", "30"], hooks={"createRuntime": [{"path": "/bin/false"}]})
+    done = oci.create("h2", check=False)
+    assert done.returncode != 0 and "hooks.createRuntime[0]" in done.stderr
+    assert not (oci.root / "h2").exists() and not cgroup_dirs("h2")
