@@ -61,8 +61,9 @@ minibox = ["{wrapper}"]
     def __call__(self, *args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
         command = ["podman", "--root", str(self.base / "root"), "--runroot", str(self.base / "run"),
                    "--tmpdir", str(self.base / "tmp"), "--storage-driver", "vfs", *args]
+        # conmon writes an "oom" marker into its working directory: keep it in ours
         done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=120,
-                              check=False, **kwargs)  # type: ignore[call-overload]
+                              check=False, cwd=self.base, **kwargs)  # type: ignore[call-overload]
         if check and done.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({done.returncode}): {done.stderr}")
         return done  # type: ignore[no-any-return]
