@@ -122,32 +122,34 @@ def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None,
         except MiniboxError as e:
             raise OciError(f"config.json: linux.seccomp: {e}") from e
     if proc.rlimits:
-        _check_raisable(proc.rlimits)
-        from ..policy.rlimits import parse_rlimits
-
-        try:
-            plan.rlimits = [(r.resource, r.soft, r.hard) for r in parse_rlimits(proc.rlimits)]
-        except MiniboxError as e:
-            raise OciError(f"config.json: process.rlimits: {e}") from e
+        plan.rlimits = _rlimits(proc.rlimits)
 
 
-def _check_raisable(rlimits: dict[str, tuple[int, int]]) -> None:
-    """A hard limit above our own needs CAP_SYS_RESOURCE (setrlimit(2)); say so before anything exists."""
+def _rlimits(rlimits: dict[str, tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """process.rlimits -> (resource, soft, hard) for the C child, checked before anything exists.
+
+    The names are setrlimit(2)'s; a hard limit above our own needs
+    CAP_SYS_RESOURCE.  (policy/rlimits.py does the same for a Spec; this
+    copy keeps its typing import off the create path.)
+    """
     import resource
 
     with open("/proc/self/status") as f:
-        eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-    if eff >> 24 & 1:  # CAP_SYS_RESOURCE
-        return
-    for name, (_soft, hard) in rlimits.items():
-        number = getattr(resource, name.upper(), None)
+        may_raise = bool(next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:")) >> 24 & 1)
+    result = []
+    for name, (soft, hard) in rlimits.items():
+        number = getattr(resource, name, None) if name.startswith("RLIMIT_") else None
         if not isinstance(number, int):
-            continue  # parse_rlimits names the unknown ones
+            raise OciError(f"config.json: process.rlimits {name!r}: unknown; names are RLIMIT_* of setrlimit(2)")
+        if soft > hard:
+            raise OciError(f"config.json: process.rlimits {name}: soft limit {soft} is above the hard limit {hard}")
         own = resource.getrlimit(number)[1]
-        if own != resource.RLIM_INFINITY and hard > own:
+        if not may_raise and own != resource.RLIM_INFINITY and hard > own:
             raise OciError(f"config.json: process.rlimits {name}: hard limit {hard} is above minibox-oci's own "
                            f"({own}) and raising it needs CAP_SYS_RESOURCE, which this process lacks; "
                            "lower it (podman: --ulimit or default_ulimits in containers.conf)")
+        result.append((number, soft, hard))
+    return result
 
 
 def _open_console(path: str) -> int:

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 
 from ..errors import MiniboxError
 from .config import ID_RE
@@ -75,6 +74,8 @@ class Record:
         os.replace(tmp, self.file)
 
     def remove(self) -> None:
+        import shutil  # only here: it pulls in the compression modules
+
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @contextlib.contextmanager
