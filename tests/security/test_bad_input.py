@@ -317,3 +317,24 @@ def test_a_limit_the_kernel_refuses_late_leaves_no_parent_behind() -> None:
         Cgroup.create("refused-late", limits)
     assert info.value.field == "limits.pids"
     _assert_unchanged(before, False, "Cgroup.create with pids=10**12")
+
+
+def test_verbs_on_a_container_in_the_wrong_state_are_state_errors() -> None:
+    from minibox import StateError
+
+    box = minibox.Container(Spec(argv=["true"]))
+    with pytest.raises(StateError):
+        box.exec(["true"])  # not started
+    box.start()
+    deadline = time.monotonic() + 10
+    assert box.pid is not None
+    while time.monotonic() < deadline and open(f"/proc/{box.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)  # the command has exited; nobody has waited for it yet
+    with pytest.raises(StateError, match="has exited"):
+        box.exec(["true"])  # was an untyped FileNotFoundError (/proc/PID/ns/mnt)
+    box.close()
+    for verb in (lambda: box.exec(["true"]), box.kill, box.pause, box.stats):
+        with pytest.raises(StateError):
+            verb()
+    with pytest.raises(StateError):
+        box.start()

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from ..errors import MiniboxError, PreflightError, SetupError, SpecError
+from ..errors import MiniboxError, PreflightError, SetupError, SpecError, StateError
 from ..sandbox import Result, Sandbox, Stats, Usage
 from ..spec import Spec
 from .namespaces import CLONE_NEWCGROUP, JOIN_ORDER, clone_flags
@@ -128,14 +128,14 @@ class Container(Sandbox):
 
     @property
     def running(self) -> bool:
-        return self._pid is not None and self._result is None
+        return self._pid is not None and self._result is None and self._status is None and not self._closed
 
     # -- start --------------------------------------------------------------------
 
     def start(self) -> None:
         with self._lock:
             if self._pid is not None or self._closed:
-                raise MiniboxError("this Container was already started; create a new one")
+                raise StateError("this Container was already started; create a new one")
             try:
                 self._start()
             except OSError as e:
@@ -404,7 +404,7 @@ class Container(Sandbox):
             if self._result is not None:
                 return self._result
             if self._pid is None or self._pidfd is None:
-                raise MiniboxError("the container was not started; call start() or use 'with'")
+                raise StateError("the container was not started; call start() or use 'with'")
             if timeout is None and self.spec.timeout is not None:
                 deadline: float | None = self._started_at + self.spec.timeout
             elif timeout is not None:
@@ -531,7 +531,7 @@ class Container(Sandbox):
     def kill(self, sig: int = signal_mod.SIGKILL) -> None:
         """Send ``sig`` to the container's init; SIGKILL ends every process in it."""
         if self._pidfd is None:
-            raise MiniboxError("the container is not running")
+            raise StateError("the container is not running")
         if sig == signal_mod.SIGKILL:
             self._kill_all()
             return
@@ -544,11 +544,9 @@ class Container(Sandbox):
         if self._cgroup is None:
             raise MiniboxError(f"{verb} needs the container's cgroup; create the Container with cgroup=True")
         if self.running is False:
-            raise MiniboxError(f"cannot {verb}: the container is not running")
+            raise StateError(f"cannot {verb}: the container is not running")
         missing = [d for d in dict.fromkeys(self._cgroup.paths.values()) if not os.path.isdir(d)]
         if missing:
-            from ..errors import StateError
-
             raise StateError(f"cannot {verb}: the container's cgroup {missing[0]} was removed from under it "
                              "(by hand, or by a tool that cleans cgroups)")
         return self._cgroup
@@ -571,7 +569,7 @@ class Container(Sandbox):
     def exec(self, argv: Sequence[str], timeout: float | None = None, *, stdin: bytes | None = None) -> Result:
         """Run ``argv`` inside the running container (like ``docker exec``) and wait for it."""
         if not self.running or self._pid is None:
-            raise MiniboxError("cannot exec: the container is not running")
+            raise StateError("cannot exec: the container is not running")
         # validates argv (the rootfs is the running container's, whatever became of its host directory)
         probe = Spec(argv=list(argv), rootfs="/")
         namespaces = [ns for ns in JOIN_ORDER if ns in self.spec.effective_namespaces]
@@ -584,7 +582,12 @@ class Container(Sandbox):
         grandchild: int | None = None
         try:
             for ns in namespaces:
-                fds.append(os.open(f"/proc/{self._pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+                try:
+                    fds.append(os.open(f"/proc/{self._pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+                except (FileNotFoundError, ProcessLookupError) as e:
+                    # its init exited (a zombie has no namespaces left to join)
+                    raise StateError("cannot exec: the container's command has exited; "
+                                     "start a new container") from e
             plan.setns_fds = list(fds)
             error_r, error_w = os.pipe()
             sync_r, sync_w = os.pipe()
