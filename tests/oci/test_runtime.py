@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import needs_root
 
-from .conftest import Oci, cgroup_dirs
+from .conftest import MINIBOX_OCI, Oci, cgroup_dirs
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -220,3 +220,30 @@ def test_failing_create_hook_undoes_everything(oci: Oci) -> None:
     done = oci.create("h2", check=False)
     assert done.returncode != 0 and "hooks.createRuntime[0]" in done.stderr
     assert not (oci.root / "h2").exists() and not cgroup_dirs("h2")
+
+
+def test_forced_delete_cleans_up_after_a_killed_create(oci: Oci) -> None:
+    import subprocess
+
+    from minibox import procfs
+
+    # the createRuntime hook holds create after the clone; the engine's timeout then kills it
+    oci.write_config(["sleep", "30"], hooks={"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"]}]})
+    oci.ids.append("k1")
+    create = subprocess.Popen([MINIBOX_OCI, "--root", str(oci.root), "create", "--bundle", str(oci.bundle), "k1"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = oci.root / "k1" / "state.json"
+    deadline = time.monotonic() + 30
+    while not (state_file.exists() and json.loads(state_file.read_text()).get("hooks") is not None):
+        assert time.monotonic() < deadline and create.poll() is None
+        time.sleep(0.05)
+    pid = json.loads(state_file.read_text())["pid"]
+    create.kill()
+    create.wait()
+    oci("delete", "--force", "k1")
+    assert not (oci.root / "k1").exists() and not cgroup_dirs("k1")
+    assert oci.reap(pid) == 128 + signal.SIGKILL
+    for orphan in procfs.children(os.getpid()):   # the hook's sleep, ours now (subreaper)
+        if orphan.comm == "sleep":
+            os.kill(orphan.pid, signal.SIGKILL)
+            os.waitpid(orphan.pid, 0)

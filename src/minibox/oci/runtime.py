@@ -254,6 +254,14 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     pid: int | None = None
     pidfd: int | None = None
     try:
+        # Recorded at once, and again with the pid right after the clone: if
+        # this process is killed half way, `delete --force` still finds the
+        # cgroup and whatever runs in it.
+        record.data = {"id": record.id, "pid": 0, "bundle": cfg.bundle, "rootfs": cfg.root, "created": _now(),
+                       "annotations": cfg.annotations, "started": False,
+                       "cgroup": {"version": cgroup.version, "paths": cgroup.paths},
+                       "namespaces": sorted(cfg.namespaces)}
+        record.save()
         plan.ops = mount_ops(cfg, cgroup.paths)
         plan.join_fds = [os.open(cfg.namespaces[ns] or "", os.O_RDONLY | os.O_CLOEXEC) for ns in joined]
         child_ends += plan.join_fds
@@ -296,6 +304,10 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             plan.clone_flags &= ~clone_flags(["cgroup"])
             plan.unshare_cgroupns = True
         pid, pidfd = spawn(plan)
+        from ..procfs import start_time
+
+        record.data.update(pid=pid, starttime=start_time(pid))
+        record.save()
         for fd in child_ends:
             os.close(fd)
         child_ends = []
@@ -313,19 +325,11 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
         if failure is not None:
             raise failure
 
-        from ..procfs import start_time
-
         if proc.oom_score_adj is not None:
             with open(f"/proc/{pid}/oom_score_adj", "w") as f:
                 f.write(str(proc.oom_score_adj))
-        record.data = {
-            "id": record.id, "pid": pid, "starttime": start_time(pid), "bundle": cfg.bundle,
-            "rootfs": cfg.root, "created": _now(), "annotations": cfg.annotations, "started": False,
-            "cgroup": {"version": cgroup.version, "paths": cgroup.paths},
-            "namespaces": sorted(cfg.namespaces),
-            "hooks": {kind: [vars(h) for h in hooks] for kind, hooks in cfg.hooks.items()
-                      if kind in ("poststart", "poststop")},
-        }
+        record.data["hooks"] = {kind: [vars(h) for h in hooks] for kind, hooks in cfg.hooks.items()
+                                if kind in ("poststart", "poststop")}
         record.save()
         from .hooks import run_hooks
 
@@ -445,13 +449,15 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
         raise OciError(f"cannot delete container {record.id} that is not stopped: it is {status} "
                        "(use delete --force)")
     cgroup = record.cgroup()
-    if status != "stopped":
+    # a "stopped" record may still have processes in its cgroup: a create
+    # killed half way, or exec'd processes of an init that has gone
+    if status != "stopped" or (cgroup is not None and cgroup.procs()):
         if cgroup is not None:
             with contextlib.suppress(OSError, MiniboxError):
                 cgroup.kill_all()
         with contextlib.suppress(ProcessLookupError, OciError):
             kill(record, signal_mod.SIGKILL)
-        if not wait_gone(record.pid):
+        if record.pid and status != "stopped" and not wait_gone(record.pid):
             raise OciError(f"container {record.id}: its init did not die within 5 s of SIGKILL")
     if cgroup is not None:
         try:
