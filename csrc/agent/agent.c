@@ -17,8 +17,11 @@
  *   4. mounts the Spec's rootfs, shared by the host through virtiofs, and the
  *      Spec's extra mounts, then makes it the root   (MS_MOVE + chroot, as
  *      switch_root(8) does)
- *   5. applies the rest of the Spec: hostname, environment, working
- *      directory, uid/gid                     (sethostname(2), setuid(2)...)
+ *   5. applies the rest of the Spec to every command it starts, in the
+ *      order the container path's C child uses (csrc/spawn.c): session and
+ *      pty, rlimits, the capability bounding set, uid/gid, the other
+ *      capability sets, cwd, no_new_privs, the seccomp filter the host
+ *      compiled, execve         (setrlimit(2), capset(2), prctl(2), seccomp(2))
  *   6. runs the command with its stdout/stderr wired straight to the ports,
  *      serves exec requests from the host while it runs, reports how each
  *      command ended, and
@@ -29,7 +32,9 @@
  * Guest -> host:  'H' hello (uname release)   'S' started (pid)
  *                 'O'/'E' output of an exec   'X' exit ("x N" or "s N")
  *                 'F' failure ("step\0errno\0detail")
- * Host -> guest:  'x' exec (argv, each NUL-terminated)   'k' kill (signal)
+ * Host -> guest:  'x' exec (records like the config's: A argv, E env, C cwd,
+ *                 U uid, G gid, T tty, and last I + raw stdin bytes)
+ *                 'k' kill (signal)
  *
  * It is built by minibox itself with `cc -static -O2` and never allocates
  * more than fixed tables: a guest has no one to report a malloc failure to.
@@ -46,8 +51,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -55,6 +63,11 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
+/* the hardening: capabilities and seccomp */
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <termios.h>
 /* the network: netdevice(7) and route(4) ioctls on an AF_INET socket */
 #include <arpa/inet.h>
 #include <net/if.h>
@@ -81,14 +94,42 @@ struct mount_req {
     const char *size;   /* tmpfs size= option or "" */
 };
 
+/* One command to start: the Spec's (from the config) or an exec's (from
+ * its request frame).  Strings point into the config or the frame. */
+struct command {
+    char *argv[MAX_ARGS + 1];
+    char *envp[MAX_ENV + 1];
+    int argc, envc;
+    const char *cwd;
+    uid_t uid;
+    gid_t gid;
+    int tty;                /* a new pty: its slave is stdin, stdout and stderr */
+    const char *stdin_data; /* exec only: bytes to feed (NULL: /dev/null) */
+    size_t stdin_len;
+};
+
 static char config[CONFIG_MAX];
-static char *argv_[MAX_ARGS + 1];
-static char *envp_[MAX_ENV + 1];
-static int argc_, envc_;
-static const char *cwd_ = "/", *hostname_ = "minibox", *root_tag = "rootfs";
-static uid_t uid_;
-static gid_t gid_;
+static struct command main_cmd = { .cwd = "/" };
+static const char *hostname_ = "minibox", *root_tag = "rootfs";
 static int root_readonly, probe_mode, have_stdin;
+/* init semantics (Spec.init): the command's end by signal N is reported as
+ * exit status 128+N, as minibox-init (csrc/init/init.c) reports it */
+static int init_mode;
+
+/* The hardening every command gets, from records K, n, S and L: the same
+ * masks, flag, filter and limits the container path's child applies. */
+#define MAX_RLIMITS 16
+#define SECCOMP_MAX 4096
+static int have_caps, no_new_privs;
+static uint64_t cap_bounding, root_effective, root_permitted, root_inheritable, root_ambient;
+static struct sock_filter seccomp_prog[SECCOMP_MAX];
+static unsigned short seccomp_len;
+static struct { int resource; struct rlimit lim; } rlimits[MAX_RLIMITS];
+static int nrlimits;
+/* Spec.limits inside the guest, from record c: one cgroup v2 group,
+ * /sys/fs/cgroup/minibox, that every command joins first (cgroups(7)) */
+static const char *cg_pids = "", *cg_memory = "", *cg_cpu = "";
+static int cg_procs_fd = -1;
 static struct mount_req mounts[MAX_MOUNTS];
 static int nmounts;
 /* record N: the NIC to configure (bridge mode); NULL ifname = no NIC */
@@ -106,8 +147,10 @@ static pid_t main_pid = -1;
 struct exec_slot {
     uint32_t id;
     pid_t pid;
-    int out, err;       /* read ends of the child's pipes, -1 once at EOF */
+    int out, err;       /* read ends of the child's pipes (or its pty), -1 once at EOF */
     int status, exited;
+    struct rusage ru;   /* from wait4(2): the exec's Result.usage */
+    long oom_before;    /* oom_kills() when it started */
 };
 static struct exec_slot execs[MAX_EXECS];
 
@@ -213,6 +256,21 @@ static char *next_str(char **p, char *end)
     return s;
 }
 
+/* A record that describes a command (config and exec requests share them):
+ * 0 when it was one, -1 when the tag is someone else's. */
+static int command_record(struct command *c, char tag, char *s)
+{
+    switch (tag) {
+    case 'A': if (c->argc < MAX_ARGS) c->argv[c->argc++] = s; return 0;
+    case 'E': if (c->envc < MAX_ENV) c->envp[c->envc++] = s; return 0;
+    case 'C': c->cwd = s; return 0;
+    case 'U': c->uid = (uid_t)strtoul(s, NULL, 10); return 0;
+    case 'G': c->gid = (gid_t)strtoul(s, NULL, 10); return 0;
+    case 'T': c->tty = 1; return 0;
+    default: return -1;
+    }
+}
+
 static int load_config(void)
 {
     int fd = open("/minibox/config", O_RDONLY | O_CLOEXEC);
@@ -228,13 +286,55 @@ static int load_config(void)
         char *s = next_str(&p, end);
         if (!s)
             return -1;
+        if (command_record(&main_cmd, tag, s) == 0)
+            continue;
         switch (tag) {
-        case 'A': if (argc_ < MAX_ARGS) argv_[argc_++] = s; break;
-        case 'E': if (envc_ < MAX_ENV) envp_[envc_++] = s; break;
-        case 'C': cwd_ = s; break;
         case 'H': hostname_ = s; break;
-        case 'U': uid_ = (uid_t)strtoul(s, NULL, 10); break;
-        case 'G': gid_ = (gid_t)strtoul(s, NULL, 10); break;
+        case 'i': init_mode = 1; break;
+        case 'n': no_new_privs = 1; break;
+        case 'c':
+            /* pids.max, memory.max, cpu.max ("" = not limited) */
+            cg_pids = s;
+            cg_memory = next_str(&p, end);
+            cg_cpu = next_str(&p, end);
+            if (!cg_memory || !cg_cpu)
+                return -1;
+            break;
+        case 'K': {
+            /* five hex masks: bounding effective permitted inheritable ambient */
+            char *e = s;
+            cap_bounding = strtoull(e, &e, 16);
+            root_effective = strtoull(e, &e, 16);
+            root_permitted = strtoull(e, &e, 16);
+            root_inheritable = strtoull(e, &e, 16);
+            root_ambient = strtoull(e, &e, 16);
+            have_caps = 1;
+            break;
+        }
+        case 'S': {
+            /* the BPF program, hex: 8 bytes (16 digits) per struct sock_filter */
+            size_t digits = strlen(s);
+            if (digits % 16 || digits / 16 > SECCOMP_MAX)
+                return -1;
+            unsigned char *out = (unsigned char *)seccomp_prog;
+            for (size_t i = 0; i < digits / 2; i++) {
+                char byte[3] = { s[2 * i], s[2 * i + 1], 0 };
+                out[i] = (unsigned char)strtoul(byte, NULL, 16);
+            }
+            seccomp_len = (unsigned short)(digits / 16);
+            break;
+        }
+        case 'L': {
+            /* "resource soft hard", decimal, unsigned 64-bit */
+            if (nrlimits >= MAX_RLIMITS)
+                return -1;
+            char *e = s;
+            rlimits[nrlimits].resource = (int)strtol(e, &e, 10);
+            rlimits[nrlimits].lim.rlim_cur = strtoull(e, &e, 10);
+            rlimits[nrlimits].lim.rlim_max = strtoull(e, &e, 10);
+            nrlimits++;
+            break;
+        }
         case 'R': root_tag = s; break;
         case 'r': root_readonly = 1; break;
         case 'P': probe_mode = 1; break;
@@ -273,9 +373,9 @@ static int load_config(void)
         default: return -1;
         }
     }
-    argv_[argc_] = NULL;
-    envp_[envc_] = NULL;
-    return argc_ > 0 ? 0 : -1;
+    main_cmd.argv[main_cmd.argc] = NULL;
+    main_cmd.envp[main_cmd.envc] = NULL;
+    return main_cmd.argc > 0 ? 0 : -1;
 }
 
 /* ---- the machine ------------------------------------------------------ */
@@ -351,6 +451,66 @@ static void mkdirs(const char *path)
     mkdir(buf, 0755);
 }
 
+static int write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = write_all(fd, text, strlen(text));
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+/* The guest's own cgroup for Spec.limits: cgroup2 on /sys/fs/cgroup of the
+ * new root, the controllers handed down, the limits written, and
+ * cgroup.procs kept open for every command to join (setup_child). */
+static void setup_cgroup(void)
+{
+    static const struct { const char **value; const char *controller, *file; } knobs[] = {
+        { &cg_pids, "+pids", "pids.max" }, { &cg_memory, "+memory", "memory.max" },
+        { &cg_cpu, "+cpu", "cpu.max" },
+    };
+    if (!cg_pids[0] && !cg_memory[0] && !cg_cpu[0])
+        return;
+    if (mount("cgroup2", "/newroot/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        fail(0, "cgroup", errno, "mount cgroup2");
+    for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
+        if ((*knobs[i].value)[0] &&
+            write_file("/newroot/sys/fs/cgroup/cgroup.subtree_control", knobs[i].controller) < 0)
+            fail(0, "cgroup", errno, knobs[i].controller);
+    if (mkdir("/newroot/sys/fs/cgroup/minibox", 0755) < 0 && errno != EEXIST)
+        fail(0, "cgroup", errno, "mkdir");
+    for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "/newroot/sys/fs/cgroup/minibox/%s", knobs[i].file);
+        if ((*knobs[i].value)[0] && write_file(path, *knobs[i].value) < 0)
+            fail(0, "cgroup", errno, knobs[i].file);
+    }
+    /* no swap in the guest; memory.swap.max stays as it is */
+    cg_procs_fd = open("/newroot/sys/fs/cgroup/minibox/cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (cg_procs_fd < 0)
+        fail(0, "cgroup", errno, "cgroup.procs");
+}
+
+/* memory.events' oom_kill: how many processes the guest's OOM killer ended
+ * in the cgroup (a SIGKILL with a new one is Result.reason "oom") */
+static long oom_kills(void)
+{
+    char buf[512];
+    int fd = open("/sys/fs/cgroup/minibox/memory.events", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *at = strstr(buf, "oom_kill ");
+    return at ? strtol(at + 9, NULL, 10) : 0;
+}
+
 static void setup_root(void)
 {
     char target[4096];
@@ -375,6 +535,13 @@ static void setup_root(void)
         if (mount(api[i].src, api[i].dst, api[i].type, api[i].flags, NULL) < 0)
             fail(0, "mount", errno, api[i].dst + 8);
     }
+    setup_cgroup();
+    /* a devpts of its own, for Spec.tty and exec(tty=True): ptys are
+     * allocated through its ptmx node (devpts(5): ptmxmode) */
+    mkdir("/newroot/dev/pts", 0755);
+    if (mount("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620") < 0)
+        console("minibox-agent: devpts: %s", strerror(errno));
     for (int i = 0; i < nmounts; i++) {
         struct mount_req *m = &mounts[i];
         snprintf(target, sizeof target, "/newroot%s", m->target);
@@ -405,7 +572,9 @@ static void setup_root(void)
                 fail(0, "mount", errno, m->target);
         } else {
             char opts[64];
-            snprintf(opts, sizeof opts, "mode=1777%s%s", m->size[0] ? ",size=" : "", m->size);
+            /* the modes a container's tmpfs mounts get (container/rootfs.py) */
+            snprintf(opts, sizeof opts, "mode=%s%s%s", strcmp(m->target, "/tmp") == 0 ? "1777" : "755",
+                     m->size[0] ? ",size=" : "", m->size);
             if (mount("tmpfs", target, "tmpfs", flags | MS_NOSUID | MS_NODEV, opts) < 0)
                 fail(0, "mount", errno, m->target);
         }
@@ -524,138 +693,324 @@ static void setup_network(void)
 
 /* ---- running commands ------------------------------------------------- */
 
-static const char *env_path(void)
+static const char *env_path(const struct command *c)
 {
-    for (int i = 0; i < envc_; i++)
-        if (strncmp(envp_[i], "PATH=", 5) == 0)
-            return envp_[i] + 5;
+    for (int i = 0; i < c->envc; i++)
+        if (strncmp(c->envp[i], "PATH=", 5) == 0)
+            return c->envp[i] + 5;
     return "/usr/sbin:/usr/bin:/sbin:/bin";
 }
 
-/* execvpe(3) with the Spec's PATH, not the agent's. */
-static void exec_search(char *const argv[])
+/* execvpe(3) with the command's PATH, not the agent's. */
+static void exec_search(const struct command *c)
 {
+    char *const *argv = c->argv;
     if (strchr(argv[0], '/')) {
-        execve(argv[0], argv, envp_);
+        execve(argv[0], argv, c->envp);
         return;
     }
-    const char *p = env_path();
+    const char *p = env_path(c);
     int saved = ENOENT;
     while (*p) {
         const char *colon = strchrnul(p, ':');
         char path[4096];
         snprintf(path, sizeof path, "%.*s/%s", (int)(colon - p), p, argv[0]);
-        execve(path, argv, envp_);
-        if (errno != ENOENT)
-            saved = errno;
+        execve(path, argv, c->envp);
+        if (errno == EACCES)
+            saved = EACCES;   /* keep looking, but remember (as execvp does) */
         p = *colon ? colon + 1 : colon;
     }
     errno = saved;
 }
 
-/* fork + exec with fds 0/1/2 given; returns the pid, or -1 with errno set. */
-static pid_t spawn(char *const argv[], int in, int out, int err)
+/* The steps between fork and execve, named as the host reports them (the
+ * same names as csrc/spawn.h's, where the step is the same). */
+enum { STEP_CGROUP, STEP_SETSID, STEP_PTY, STEP_STDIO, STEP_RLIMITS, STEP_CAPS, STEP_SETGROUPS, STEP_SETGID,
+       STEP_SETUID, STEP_CHDIR, STEP_NNP, STEP_SECCOMP, STEP_EXECVE };
+static const char *const step_names[] = {
+    "join cgroup", "setsid", "controlling tty", "stdio", "setrlimit", "capabilities", "setgroups", "setgid",
+    "setuid", "chdir", "no_new_privs", "seccomp", "execve",
+};
+
+static int apply_bounding_set(void)
 {
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        setsid();
-        int e = 0;
-        if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
-            e = errno;
-        else if (setgroups(0, NULL) < 0 || setgid(gid_) < 0 || setuid(uid_) < 0)
-            e = errno;
-        else if (chdir(cwd_) < 0)
-            e = errno;
-        else {
-            exec_search(argv);
-            e = errno;
+    for (int cap = 0; cap < 64; cap++) {
+        if (cap_bounding & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)   /* past CAP_LAST_CAP: nothing to drop */
+                break;
+            return -1;
         }
-        if (write(pipefd[1], &e, sizeof e) < 0) { /* parent sees EOF */ }
+    }
+    return 0;
+}
+
+/* The masks are a root command's; a command of any other uid keeps only the
+ * bounding set, as policy/capabilities.py's masks_for() decides for a container. */
+static int apply_capsets(uid_t uid)
+{
+    uint64_t cap_effective = uid == 0 ? root_effective : 0, cap_permitted = uid == 0 ? root_permitted : 0;
+    uint64_t cap_inheritable = uid == 0 ? root_inheritable : 0, cap_ambient = uid == 0 ? root_ambient : 0;
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    data[0].effective = (uint32_t)cap_effective;
+    data[1].effective = (uint32_t)(cap_effective >> 32);
+    data[0].permitted = (uint32_t)cap_permitted;
+    data[1].permitted = (uint32_t)(cap_permitted >> 32);
+    data[0].inheritable = (uint32_t)cap_inheritable;
+    data[1].inheritable = (uint32_t)(cap_inheritable >> 32);
+    if (syscall(SYS_capset, &header, data) < 0)
+        return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return -1;
+    for (int cap = 0; cap < 64; cap++)
+        if ((cap_ambient & (1ULL << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            return -1;
+    return 0;
+}
+
+static int install_seccomp(void)
+{
+    struct sock_fprog prog = { .len = seccomp_len, .filter = seccomp_prog };
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* In the child, between fork and execve: the Spec's hardening, in the
+ * container path's order (csrc/spawn.c).  Returns the failed step. */
+#define STEP(n, call) do { if ((call) < 0) return (n); } while (0)
+static int setup_child(const struct command *c, int in, int out, int err, int slave)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (cg_procs_fd >= 0)
+        STEP(STEP_CGROUP, write(cg_procs_fd, "0", 1));   /* "0": the writer itself */
+    STEP(STEP_SETSID, setsid());
+    if (slave >= 0) {
+        /* a new session whose controlling terminal is the pty (ioctl_tty(2)) */
+        STEP(STEP_PTY, ioctl(slave, TIOCSCTTY, 0));
+        in = out = err = slave;
+    }
+    STEP(STEP_STDIO, dup2(in, 0));
+    STEP(STEP_STDIO, dup2(out, 1));
+    STEP(STEP_STDIO, dup2(err, 2));
+    for (int i = 0; i < nrlimits; i++)
+        STEP(STEP_RLIMITS, setrlimit(rlimits[i].resource, &rlimits[i].lim));
+    /* Without no_new_privs, installing a filter needs CAP_SYS_ADMIN, which
+     * the capability step may drop: install it first then (as runc does). */
+    int seccomp_early = seccomp_len > 0 && !no_new_privs;
+    if (seccomp_early)
+        STEP(STEP_SECCOMP, install_seccomp());
+    if (have_caps) {
+        STEP(STEP_CAPS, apply_bounding_set());
+        STEP(STEP_CAPS, prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));  /* across setuid() */
+    }
+    gid_t gid = c->gid;
+    STEP(STEP_SETGROUPS, setgroups(1, &gid));
+    STEP(STEP_SETGID, setresgid(c->gid, c->gid, c->gid));
+    STEP(STEP_SETUID, setresuid(c->uid, c->uid, c->uid));
+    if (have_caps) {
+        STEP(STEP_CAPS, apply_capsets(c->uid));
+        STEP(STEP_CAPS, prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0));
+    }
+    STEP(STEP_CHDIR, chdir(c->cwd ? c->cwd : "/"));   /* after the id switch: its permissions */
+    if (no_new_privs)
+        STEP(STEP_NNP, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    if (seccomp_len > 0 && !seccomp_early)
+        STEP(STEP_SECCOMP, install_seccomp());   /* last: nothing above is filtered */
+    exec_search(c);
+    return STEP_EXECVE;
+}
+
+/* A new pty in the guest's devpts (/dev/pts, mounted by setup_root): the
+ * master stays with the agent, which relays it; the slave goes to the child. */
+static int open_pty(int *master, int *slave)
+{
+    int unlock = 0;
+    *master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (*master < 0)
+        return -1;
+    if (ioctl(*master, TIOCSPTLCK, &unlock) < 0 ||
+        (*slave = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+        close(*master);
+        return -1;
+    }
+    return 0;
+}
+
+/* fork + the child's setup + exec, with fds 0/1/2 given (or a pty when the
+ * command asks for one: then *master is its master, else -1).  Returns the
+ * pid, or -1 with errno set and *step naming what failed. */
+static pid_t spawn(const struct command *c, int in, int out, int err, int *master, const char **step)
+{
+    int pipefd[2], slave = -1;
+    *master = -1;
+    *step = "fork";
+    if (c->tty) {
+        *step = "allocate a pty";
+        if (open_pty(master, &slave) < 0)
+            return -1;
+    }
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        goto fail;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+        goto fail;
+    }
+    if (pid == 0) {
+        int report[2];
+        report[0] = setup_child(c, in, out, err, slave);
+        report[1] = errno;
+        if (write(pipefd[1], report, sizeof report) < 0) { /* parent sees EOF */ }
         _exit(127);
     }
     close(pipefd[1]);
-    int e = 0;
+    if (slave >= 0)
+        close(slave);
+    int report[2];
     ssize_t n;
     do {
-        n = read(pipefd[0], &e, sizeof e);
+        n = read(pipefd[0], report, sizeof report);
     } while (n < 0 && errno == EINTR);
     close(pipefd[0]);
-    if (n == sizeof e) {
+    if (n == sizeof report) {
         waitpid(pid, NULL, 0);
-        errno = e;
+        if (*master >= 0)
+            close(*master);
+        *master = -1;
+        *step = step_names[report[0]];
+        errno = report[1];
         return -1;
     }
     return pid;
+fail:;
+    int saved = errno;
+    if (slave >= 0)
+        close(slave);
+    if (*master >= 0)
+        close(*master);
+    *master = -1;
+    errno = saved;
+    return -1;
+}
+
+/* stdin of an exec: its bytes in a memfd the child reads like a file. */
+static int stdin_fd(const struct command *c)
+{
+    if (!c->stdin_data || c->tty)
+        return open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int fd = (int)syscall(SYS_memfd_create, "stdin", MFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (write_all(fd, c->stdin_data, c->stdin_len) < 0 || lseek(fd, 0, SEEK_SET) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A pty's input: what the caller gave, written once without blocking the
+ * agent (a pty takes a few KiB; the container path writes it once too). */
+static void feed_pty(int master, const char *data, size_t len)
+{
+    if (master < 0 || !data || !len)
+        return;
+    int flags = fcntl(master, F_GETFL);
+    fcntl(master, F_SETFL, flags | O_NONBLOCK);
+    if (write(master, data, len) < 0) { /* the command will see less input */ }
+    fcntl(master, F_SETFL, flags);
+}
+
+/* An exec request: the same records as the config's command, then 'I' and
+ * the raw stdin bytes up to the end of the frame. */
+static int parse_request(struct command *c, char *payload, uint32_t len)
+{
+    memset(c, 0, sizeof *c);
+    c->cwd = "/";
+    char *p = payload, *end = payload + len;
+    while (p < end) {
+        char tag = *p++;
+        if (tag == 'I') {
+            c->stdin_data = p;
+            c->stdin_len = (size_t)(end - p);
+            break;
+        }
+        char *s = next_str(&p, end);
+        if (!s || command_record(c, tag, s) < 0)
+            return -1;
+    }
+    c->argv[c->argc] = NULL;
+    c->envp[c->envc] = NULL;
+    return c->argc > 0 ? 0 : -1;
 }
 
 static void start_exec(uint32_t id, char *payload, uint32_t len)
 {
-    char *args[MAX_ARGS + 1];
-    int n = 0;
-    char *p = payload, *end = payload + len;
-    while (p < end && n < MAX_ARGS) {
-        char *s = next_str(&p, end);
-        if (!s)
-            break;
-        args[n++] = s;
-    }
-    args[n] = NULL;
+    static struct command c;
     struct exec_slot *slot = NULL;
     for (int i = 0; i < MAX_EXECS; i++)
         if (execs[i].pid == 0) {
             slot = &execs[i];
             break;
         }
-    if (n == 0 || !slot) {
-        fail(id, "exec", n == 0 ? EINVAL : EAGAIN, n ? args[0] : "");
+    if (parse_request(&c, payload, len) < 0 || !slot) {
+        fail(id, "exec", slot ? EINVAL : EAGAIN, c.argc ? c.argv[0] : "");
         return;
     }
-    int o[2], e[2];
-    if (pipe2(o, O_CLOEXEC) < 0)
+    int o[2] = { -1, -1 }, e[2] = { -1, -1 }, master = -1;
+    const char *step = "pipe";
+    int in = stdin_fd(&c);
+    if (in < 0 || (!c.tty && (pipe2(o, O_CLOEXEC) < 0 || pipe2(e, O_CLOEXEC) < 0)))
         goto err;
-    if (pipe2(e, O_CLOEXEC) < 0) {
-        close(o[0]); close(o[1]);
+    pid_t pid = spawn(&c, in, o[1], e[1], &master, &step);
+    if (pid < 0)
         goto err;
+    close(in);
+    if (!c.tty) {
+        close(o[1]);
+        close(e[1]);
     }
-    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    pid_t pid = spawn(args, devnull < 0 ? o[0] : devnull, o[1], e[1]);
-    int saved = errno;
-    if (devnull >= 0)
-        close(devnull);
-    close(o[1]);
-    close(e[1]);
-    if (pid < 0) {
-        close(o[0]); close(e[0]);
-        fail(id, "execve", saved, args[0]);
-        return;
-    }
-    *slot = (struct exec_slot){ .id = id, .pid = pid, .out = o[0], .err = e[0] };
+    feed_pty(master, c.stdin_data, c.stdin_len);
+    *slot = (struct exec_slot){ .id = id, .pid = pid, .out = c.tty ? master : o[0], .err = e[0],
+                                .oom_before = oom_kills() };
     send_text('S', id, "%d", pid);
     return;
-err:
-    fail(id, "pipe", errno, args[0]);
+err:;
+    int saved = errno;
+    for (int i = 0; i < 2; i++) {
+        if (o[i] >= 0) close(o[i]);
+        if (e[i] >= 0) close(e[i]);
+    }
+    if (in >= 0)
+        close(in);
+    fail(id, step, saved, c.argv[0]);
 }
 
-static void report_exit(uint32_t id, int status)
+/* "x N" (exited with N) or "s N" (killed by signal N); for an exec, then
+ * its peak RSS in KiB and its CPU time in microseconds (getrusage(2)). */
+static void report_exit(uint32_t id, int status, const struct rusage *ru, long oom_before)
 {
-    if (WIFSIGNALED(status))
-        send_text('X', id, "s %d", WTERMSIG(status));
+    /* then the guest cgroup's OOM kills since it started (see oom_kills) */
+    char usage[96];
+    snprintf(usage, sizeof usage, " %ld %lld %ld", ru ? ru->ru_maxrss : 0L,
+             ru ? (long long)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) * 1000000LL +
+                  ru->ru_utime.tv_usec + ru->ru_stime.tv_usec : 0LL,
+             oom_kills() - oom_before);
+    if (WIFSIGNALED(status) && init_mode && id == 0)
+        send_text('X', id, "x %d%s", 128 + WTERMSIG(status), usage);  /* as minibox-init exits */
+    else if (WIFSIGNALED(status))
+        send_text('X', id, "s %d%s", WTERMSIG(status), usage);
     else
-        send_text('X', id, "x %d", WEXITSTATUS(status));
+        send_text('X', id, "x %d%s", WEXITSTATUS(status), usage);
 }
 
 static void finish_exec_if_done(struct exec_slot *s)
 {
     if (s->pid && s->exited && s->out < 0 && s->err < 0) {
-        report_exit(s->id, s->status);
+        report_exit(s->id, s->status, &s->ru, s->oom_before);
         s->pid = 0;
     }
 }
@@ -673,6 +1028,20 @@ static void pump(struct exec_slot *s, int *fd, char type)
     close(*fd);
     *fd = -1;
     finish_exec_if_done(s);
+}
+
+/* The main command's pty -> the stdout port; -1 (fd closed) at its end. */
+static int relay_master(int *master)
+{
+    char buf[65536];
+    ssize_t n = read(*master, buf, sizeof buf);
+    if (n > 0)
+        return write_all(out_fd, buf, (size_t)n) < 0 ? -1 : 0;
+    if (n < 0 && errno == EINTR)
+        return 0;
+    close(*master);   /* EIO: every slave is closed; EAGAIN: drained */
+    *master = -1;
+    return -1;
 }
 
 /* ---- the control channel --------------------------------------------- */
@@ -773,19 +1142,29 @@ int main(void)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
-    main_pid = spawn(argv_, in_fd, out_fd, err_fd);
+    /* Spec.tty: the command's stdio is a pty whose master we relay to the
+     * stdout port (stderr included, as on a terminal); stdin is fed to it */
+    int main_master = -1;
+    const char *step;
+    main_pid = spawn(&main_cmd, in_fd, out_fd, err_fd, &main_master, &step);
     if (main_pid < 0)
-        fail(0, "execve", errno, argv_[0]);
+        fail(0, step, errno, main_cmd.argv[0]);
+    if (main_master >= 0) {
+        static char input[65536];
+        ssize_t got = read(in_fd, input, sizeof input);
+        feed_pty(main_master, input, got > 0 ? (size_t)got : 0);
+    }
     close(in_fd);
     send_text('S', 0, "%d", main_pid);
 
     int main_status = 0, main_done = 0;
     while (!main_done) {
-        struct pollfd pfd[2 + 2 * MAX_EXECS];
+        struct pollfd pfd[3 + 2 * MAX_EXECS];
         struct { struct exec_slot *s; int *fd; char type; } who[2 * MAX_EXECS];
         int n = 0;
         pfd[n++] = (struct pollfd){ sfd, POLLIN, 0 };
         pfd[n++] = (struct pollfd){ ctl_fd, POLLIN, 0 };
+        pfd[n++] = (struct pollfd){ main_master, POLLIN, 0 };  /* ignored while -1 */
         int w = 0;
         for (int i = 0; i < MAX_EXECS; i++) {
             if (!execs[i].pid)
@@ -801,9 +1180,11 @@ int main(void)
         }
         if (poll(pfd, (nfds_t)n, -1) < 0)
             continue;
-        for (int i = 2; i < n; i++)
+        for (int i = 3; i < n; i++)
             if (pfd[i].revents)
-                pump(who[i - 2].s, who[i - 2].fd, who[i - 2].type);
+                pump(who[i - 3].s, who[i - 3].fd, who[i - 3].type);
+        if (main_master >= 0 && pfd[2].revents && relay_master(&main_master) < 0)
+            main_master = -1;
         if (pfd[1].revents & (POLLIN | POLLHUP)) {
             if (read_control() < 0)
                 console("minibox-agent: bad frame on the control port");
@@ -813,7 +1194,8 @@ int main(void)
             if (read(sfd, &si, sizeof si) < 0) { /* drained below anyway */ }
             int status;
             pid_t pid;
-            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            struct rusage ru;
+            while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
                 if (pid == main_pid) {
                     main_status = status;
                     main_done = 1;
@@ -822,12 +1204,18 @@ int main(void)
                     if (execs[i].pid == pid) {
                         execs[i].exited = 1;
                         execs[i].status = status;
+                        execs[i].ru = ru;
                         finish_exec_if_done(&execs[i]);
                     }
             }
         }
     }
-    report_exit(0, main_status);
+    /* what the command wrote to its pty before it ended */
+    if (main_master >= 0) {
+        fcntl(main_master, F_SETFL, O_NONBLOCK);
+        while (relay_master(&main_master) == 0) {}
+    }
+    report_exit(0, main_status, NULL, 0);
     kill(-1, SIGKILL);
     power_off();
     return 0;

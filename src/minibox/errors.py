@@ -11,6 +11,10 @@ what to fix:
 * :class:`SetupError`    -- the sandbox was being built and a named setup step
   failed with an errno, like ``SetupError: pivot_root: Invalid argument``.
   Everything created up to that point has been removed again.
+* :class:`StateError`    -- a verb was called on a sandbox in the wrong
+  state (``resume()`` on one that is not paused, ``exec()`` after its command
+  ended, anything but ``close()`` after ``close()``).  It names the verb and
+  the state; nothing was changed.
 
 Errors raised because of an OS error keep it as ``__cause__`` and keep its
 errno, in the spirit of ``OSError``.
@@ -66,11 +70,6 @@ class SetupError(MiniboxError):
         super().__init__(text)
 
 
-class StateError(MiniboxError):
-    """A verb was used on a sandbox in the wrong state, or the sandbox's host state is gone
-    (``stats()`` on a container whose cgroup was removed from under it)."""
-
-
 class CommandNotFoundError(SetupError):
     """The command could not be executed inside the sandbox (ENOENT/EACCES at execve).
 
@@ -105,6 +104,24 @@ class ProtocolError(SetupError):
 
     def __init__(self, violation: str) -> None:
         super().__init__("agent protocol", None, violation)
+
+
+class StateError(MiniboxError):
+    """A :class:`minibox.Sandbox` verb called in a state that does not allow it.
+
+    ``verb`` is the method (``"resume"``), ``state`` the sandbox's state at
+    the time (``"created"``, ``"running"``, ``"paused"``, ``"exited"`` or
+    ``"closed"``; see ``minibox.sandbox``), ``message`` what to do instead.
+    Containers and virtual machines raise it for the same verb in the same
+    state.  It is also what a verb raises when the sandbox's host state is
+    gone from under it (``stats()`` on a container whose cgroup was removed).
+    """
+
+    def __init__(self, verb: str, state: str, message: str) -> None:
+        self.verb = verb
+        self.state = state
+        self.message = message
+        super().__init__(f"{verb}(): {message}")
 
 
 __all__ = [

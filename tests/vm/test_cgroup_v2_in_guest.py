@@ -87,6 +87,9 @@ def test_the_v2_backend_passes_its_real_tests_in_a_cgroup2_only_guest(tmp_path: 
             "MINIBOX_RUNTIME_DIR": "/tmp/minibox-run",
         },
         limits=Limits(memory="512M"),  # pytest, a 100 MiB allocation to OOM-kill, and the guest kernel
+        # the guest's administrator: it mounts cgroup2 and clones into cgroups (clone3), which the
+        # default capabilities and seccomp profile refuse -- in a VM as in a container
+        cap_add=["ALL"], seccomp="unconfined",
         # tmpfs first: the repository itself may live under /tmp (CI clones do)
         mounts=[Mount.tmpfs("/tmp"), *_host_python_mounts()],
         timeout=900,

@@ -28,16 +28,17 @@ which leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import os
 import select
 import signal as signal_mod
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError, StateError
-from ..sandbox import Result, Sandbox, Stats, Usage
+from ..sandbox import CLOSED, EXITED, PAUSED, RUNNING, Result, Sandbox, Stats, Usage, make_result, split_wait_status
 from ..spec import Spec
 from .namespaces import CLONE_NEWCGROUP, JOIN_ORDER, clone_flags
 from .plan import choose_root, pid_bound_ops, process_plan
@@ -71,8 +72,10 @@ class Container(Sandbox):
                  stderr: int | None = None, cgroup: bool = True, detached: bool = False) -> None:
         if not isinstance(spec, Spec):
             raise SpecError("spec", "expected a minibox.Spec")
-        self.spec = spec
-        self.id = os.urandom(6).hex()
+        if spec.kernel is not None:
+            raise SpecError("kernel", "not supported with isolation='container': a container runs on the "
+                                      "host's kernel; use isolation='vm' to boot a guest kernel")
+        super().__init__(spec)
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
@@ -85,8 +88,6 @@ class Container(Sandbox):
         self._cgroup: Any = None
         self._network: Any = None
         self._cleanups: list[Callable[[], None]] = []
-        self._started_at = 0.0
-        self._result: Result | None = None
         self._closed = False
         self._detached = detached
         self._record: Any = None  # records.Record, written before anything else exists
@@ -128,14 +129,18 @@ class Container(Sandbox):
 
     @property
     def running(self) -> bool:
-        return self._pid is not None and self._result is None and self._status is None and not self._closed
+        """Started and not yet waited for (running or paused)."""
+        return self.state in (RUNNING, PAUSED)
+
+    def _command_ended(self) -> bool:
+        """The init process has exited (its pidfd is readable), not yet reaped by wait()."""
+        return self._child_exited()
 
     # -- start --------------------------------------------------------------------
 
     def start(self) -> None:
         with self._lock:
-            if self._pid is not None or self._closed:
-                raise StateError("this Container was already started; create a new one")
+            self._check("start")
             try:
                 self._start()
             except OSError as e:
@@ -143,7 +148,9 @@ class Container(Sandbox):
                 raise self._typed(e) from e
             except BaseException:
                 self._teardown()
+                self._set_state(CLOSED)
                 raise
+            self._set_state(RUNNING)
 
     @staticmethod
     def _typed(e: OSError) -> SetupError:
@@ -401,10 +408,10 @@ class Container(Sandbox):
 
     def wait(self, timeout: float | None = None) -> Result:
         with self._lock:
+            self._check("wait")
             if self._result is not None:
                 return self._result
-            if self._pid is None or self._pidfd is None:
-                raise StateError("the container was not started; call start() or use 'with'")
+            assert self._pidfd is not None
             if timeout is None and self.spec.timeout is not None:
                 deadline: float | None = self._started_at + self.spec.timeout
             elif timeout is not None:
@@ -425,6 +432,7 @@ class Container(Sandbox):
                 communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, err)
             self._reap()
             self._result = self._make_result(b"".join(out), b"".join(err), timed_out)
+            self._set_state(EXITED)
             self._teardown()
             return self._result
 
@@ -479,30 +487,14 @@ class Container(Sandbox):
             self._pidfd = None
 
     def _make_result(self, stdout: bytes, stderr: bytes, timed_out: bool) -> Result:
-        status = self._status or 0
-        duration = time.monotonic() - self._started_at
-        exit_code = os.waitstatus_to_exitcode(status)
-        sig: int | None = None
-        if exit_code < 0:
-            sig, exit_code_opt = -exit_code, None
-        else:
-            exit_code_opt = exit_code
-        usage = self._usage()
+        exit_code, sig = split_wait_status(self._status or 0)
         oom = False
         if self._cgroup is not None:
             with contextlib.suppress(OSError, MiniboxError):
                 oom = bool(self._cgroup.oom_killed())
             oom = oom or self._oom_event  # our SIGKILL may have come before the kernel's
-        if timed_out:
-            reason = "timeout"
-        elif oom and (sig == signal_mod.SIGKILL or exit_code_opt == 128 + signal_mod.SIGKILL):
-            reason = "oom"
-        elif sig is not None:
-            reason = "signaled"
-        else:
-            reason = "exited"
-        return Result(exit_code=exit_code_opt, signal=sig, reason=reason,  # type: ignore[arg-type]
-                      stdout=stdout, stderr=stderr, duration=duration, usage=usage)
+        return make_result(exit_code, sig, started=self._started_at, timed_out=timed_out,
+                           oom=oom, stdout=stdout, stderr=stderr, usage=self._usage())
 
     def _usage(self) -> Usage:
         if self._cgroup is not None:
@@ -530,8 +522,10 @@ class Container(Sandbox):
 
     def kill(self, sig: int = signal_mod.SIGKILL) -> None:
         """Send ``sig`` to the container's init; SIGKILL ends every process in it."""
+        with self._lock:
+            self._check("kill")
         if self._pidfd is None:
-            raise StateError("the container is not running")
+            return  # reaped meanwhile: nothing left to signal
         if sig == signal_mod.SIGKILL:
             self._kill_all()
             return
@@ -541,23 +535,26 @@ class Container(Sandbox):
             pass
 
     def _need_cgroup(self, verb: str) -> Any:
+        self._check(verb)
         if self._cgroup is None:
             raise MiniboxError(f"{verb} needs the container's cgroup; create the Container with cgroup=True")
-        if self.running is False:
-            raise StateError(f"cannot {verb}: the container is not running")
         missing = [d for d in dict.fromkeys(self._cgroup.paths.values()) if not os.path.isdir(d)]
         if missing:
-            raise StateError(f"cannot {verb}: the container's cgroup {missing[0]} was removed from under it "
+            raise StateError(verb, self.state, f"the container's cgroup {missing[0]} was removed from under it "
                              "(by hand, or by a tool that cleans cgroups)")
         return self._cgroup
 
     def pause(self) -> None:
         """Freeze every process through the cgroup freezer, waiting until frozen."""
-        self._need_cgroup("pause").freeze()
+        with self._lock:
+            self._need_cgroup("pause").freeze()
+            self._set_state(PAUSED)
 
     def resume(self) -> None:
         """Thaw the container."""
-        self._need_cgroup("resume").thaw()
+        with self._lock:
+            self._need_cgroup("resume").thaw()
+            self._set_state(RUNNING)
 
     def stats(self) -> Stats:
         """Memory, CPU and pid counts of the running container, from its cgroup."""
@@ -566,28 +563,44 @@ class Container(Sandbox):
 
     # -- exec ---------------------------------------------------------------------
 
-    def exec(self, argv: Sequence[str], timeout: float | None = None, *, stdin: bytes | None = None) -> Result:
-        """Run ``argv`` inside the running container (like ``docker exec``) and wait for it."""
-        if not self.running or self._pid is None:
-            raise StateError("cannot exec: the container is not running")
-        # validates argv (the rootfs is the running container's, whatever became of its host directory)
-        probe = Spec(argv=list(argv), rootfs="/")
+    def exec(self, argv: Sequence[str], timeout: float | None = None, *, stdin: bytes | None = None,
+             env: Mapping[str, str] | None = None, cwd: str | None = None,
+             user: tuple[int, int] | None = None, tty: bool = False) -> Result:
+        """Run ``argv`` inside the running container (like ``docker exec``) and wait for it.
+
+        It joins the container's namespaces (setns(2), user first, pid last)
+        and cgroup, with the Spec's hardening; see :meth:`Sandbox.exec`.
+        """
+        with self._lock:
+            self._check("exec")
+        request = self._exec_spec(argv, env, cwd, user)
+        assert self._pid is not None
         namespaces = [ns for ns in JOIN_ORDER if ns in self.spec.effective_namespaces]
-        plan = process_plan(self.spec, probe.argv)
+        # The exec's own env, cwd and user (validated by _exec_spec), with the Spec's hardening: it gets
+        # no more than the command has.  A copy, not dataclasses.replace(): that would validate the
+        # whole Spec again, and the rootfs's host directory may be gone while the container runs on.
+        exec_spec = copy.copy(self.spec)
+        for name in ("env", "cwd", "user"):
+            object.__setattr__(exec_spec, name, getattr(request, name))
+        plan = process_plan(exec_spec, request.argv)
         started = time.monotonic()
         fds: list[int] = []
         child_ends: list[int] = []
         pipes = Pipes()
         pidfd: int | None = None
         grandchild: int | None = None
+        master: int | None = None
+        tty_parent: Any = None
         try:
-            for ns in namespaces:
-                try:
+            try:
+                for ns in namespaces:
                     fds.append(os.open(f"/proc/{self._pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC))
-                except (FileNotFoundError, ProcessLookupError) as e:
-                    # its init exited (a zombie has no namespaces left to join)
-                    raise StateError("cannot exec: the container's command has exited; "
-                                     "start a new container") from e
+            except OSError as e:
+                # The command ended meanwhile: its namespaces go as it exits,
+                # a moment before its pidfd reports the exit.
+                if self._pidfd is not None and select.select([self._pidfd], [], [], 5.0)[0]:
+                    raise StateError("exec", EXITED, "its command has exited (wait() returns its Result)") from e
+                raise
             plan.setns_fds = list(fds)
             error_r, error_w = os.pipe()
             sync_r, sync_w = os.pipe()
@@ -595,12 +608,21 @@ class Container(Sandbox):
             fds += [error_r, sync_w, report_r]
             child_ends += [error_w, sync_r, report_w]
             plan.error_fd, plan.sync_fd, plan.report_fd = error_w, sync_r, report_w
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            pipes.stdout_r, pipes.stderr_r = out_r, err_r
-            child_ends += [out_w, err_w]
-            plan.stdout_fd, plan.stderr_fd = out_w, err_w
-            if stdin is not None:
+            if tty:
+                import socket
+
+                # As for the command itself: the child opens a pty in the
+                # container's devpts and sends us the master.
+                tty_parent, tty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                child_ends.append(tty_child.detach())
+                plan.tty_socket = child_ends[-1]
+            else:
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                pipes.stdout_r, pipes.stderr_r = out_r, err_r
+                child_ends += [out_w, err_w]
+                plan.stdout_fd, plan.stderr_fd = out_w, err_w
+            if stdin is not None and not tty:
                 in_r, in_w = os.pipe()
                 pipes.stdin_w = in_w
                 child_ends.append(in_r)
@@ -614,6 +636,10 @@ class Container(Sandbox):
             report = os.read(report_r, 4)
             if len(report) != 4:
                 failure = read_child_error(error_r, plan)
+                if self._child_exited():
+                    # the command ended meanwhile: its pid namespace takes no new process
+                    raise StateError("exec", EXITED, "its command has exited (wait() returns its Result)") \
+                        from failure
                 raise failure or SetupError("setns", None, detail="the helper process died")
             grandchild = int.from_bytes(report, "little", signed=True)
             pidfd = os.pidfd_open(grandchild)
@@ -623,26 +649,36 @@ class Container(Sandbox):
                 os.write(sync_w, SYNC_GO)
             except OSError as e:  # it died first: its own report says why
                 raise read_child_error(error_r, plan) or SetupError("exec", e.errno) from e
+            if tty_parent is not None:
+                master = receive_fd(tty_parent)
             failure = read_child_error(error_r, plan)
             if failure is not None:
                 raise failure
             deadline = None if timeout is None else time.monotonic() + timeout
             out: list[bytes] = []
             err: list[bytes] = []
-            finished = communicate(pidfd, pipes, stdin, deadline, out, err)
+            if master is not None:
+                finished = relay_tty(pidfd, master, stdin, None, deadline, out)
+            else:
+                finished = communicate(pidfd, pipes, stdin, deadline, out, err)
             if not finished:
                 with contextlib.suppress(ProcessLookupError):
                     signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
-                communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
+                if master is None:
+                    communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
             _, status, ru = os.wait4(grandchild, 0)
             grandchild = None
-            code = os.waitstatus_to_exitcode(status)
-            sig = -code if code < 0 else None
-            reason = "timeout" if not finished else ("signaled" if sig is not None else "exited")
-            return Result(exit_code=None if sig is not None else code, signal=sig, reason=reason,  # type: ignore[arg-type]
-                          stdout=b"".join(out), stderr=b"".join(err), duration=time.monotonic() - started,
-                          usage=Usage(memory_peak_bytes=ru.ru_maxrss * 1024, cpu_seconds=ru.ru_utime + ru.ru_stime))
+            code, sig = split_wait_status(status)
+            return make_result(code, sig, started=started, timed_out=not finished,
+                               stdout=b"".join(out), stderr=b"".join(err),
+                               usage=Usage(memory_peak_bytes=ru.ru_maxrss * 1024,
+                                           cpu_seconds=ru.ru_utime + ru.ru_stime))
         finally:
+            if tty_parent is not None:
+                tty_parent.close()
+            if master is not None:
+                with contextlib.suppress(OSError):
+                    os.close(master)
             if grandchild is not None:
                 with contextlib.suppress(ProcessLookupError, ChildProcessError):
                     os.kill(grandchild, signal_mod.SIGKILL)
@@ -673,6 +709,7 @@ class Container(Sandbox):
                 self._reap()
             self._teardown()
             self._closed = True
+            self._set_state(CLOSED)
 
     def _let_go(self) -> None:
         """Close this object's handles on a detached container and leave it running.

@@ -13,7 +13,8 @@ The guest agent (csrc/agent/agent.c) is PID 1 inside the VM.  This module
 Guest -> host frames: ``H`` hello (the guest's ``uname -r``), ``S`` started
 (pid), ``O``/``E`` stdout/stderr of an exec, ``X`` exit (``x N`` exited with
 status N, ``s N`` killed by signal N), ``F`` failure (``step\\0errno\\0detail``).
-Host -> guest: ``x`` exec (argv), ``k`` kill (signal number).
+Host -> guest: ``x`` exec (a request: records like the config's), ``k`` kill
+(signal number).  Every ``X`` adds three numbers: ``x N PEAK_KIB CPU_US OOM_KILLS``.
 
 Every frame the guest sends is untrusted input: a payload is at most
 :data:`MAX_PAYLOAD` bytes, the type is one of the six above, and the numbers
@@ -24,12 +25,13 @@ in ``S``, ``X`` and ``F`` frames parse and lie in range, or the reader raises
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ProtocolError
-from ..spec import DEFAULT_PATH, Spec
+from ..sandbox import command_env
+from ..spec import Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,6 +47,11 @@ HELLO, STARTED, STDOUT, STDERR, EXIT, FAIL = b"H", b"S", b"O", b"E", b"X", b"F"
 GUEST_TYPES = frozenset(HELLO + STARTED + STDOUT + STDERR + EXIT + FAIL)
 # Host -> guest
 EXEC, KILL = b"x", b"k"
+
+#: The agent's FRAME_MAX (csrc/agent/agent.c): an exec request, stdin included, fits in one frame.
+FRAME_MAX = 1024 * 1024
+#: What an exec's stdin may hold (it travels inside the request frame).
+EXEC_STDIN_MAX = FRAME_MAX - 256 * 1024
 
 
 def build_agent() -> Path:
@@ -78,14 +85,17 @@ def encode_config(spec: Spec, mounts: Sequence[GuestMount], *, root_tag: str = "
     it read-only over the target, when the target is a regular file (the
     generated /etc/hosts, /etc/resolv.conf, /etc/hostname of a bridged VM).
     """
-    def rec(tag: str, *values: str) -> bytes:
-        return tag.encode() + b"".join(v.encode() + b"\0" for v in values)
-
+    rec = _record
     out = [rec("A", a) for a in spec.argv]
-    env = {"PATH": DEFAULT_PATH, **spec.env}
-    out += [rec("E", f"{k}={v}") for k, v in env.items()]
+    out += [rec("E", f"{k}={v}") for k, v in command_env(spec.env, spec.hostname, spec.user[0]).items()]
     out += [rec("C", spec.cwd), rec("H", spec.hostname), rec("U", str(spec.user[0])),
             rec("G", str(spec.user[1])), rec("R", root_tag)]
+    if not probe:
+        out += policy_records(spec)
+    if spec.tty:
+        out.append(rec("T", ""))
+    if spec.init:
+        out.append(rec("i", ""))
     if spec.readonly_rootfs:
         out.append(rec("r", ""))
     if has_stdin:
@@ -101,13 +111,79 @@ def encode_config(spec: Spec, mounts: Sequence[GuestMount], *, root_tag: str = "
     return b"".join(out)
 
 
+def policy_records(spec: Spec) -> list[bytes]:
+    """The Spec's policy as config records, for the agent to apply to every command.
+
+    The same policy objects the container path's child applies (``minibox.policy``):
+    ``K`` the five capability masks (hex: bounding effective permitted
+    inheritable ambient), ``n`` no_new_privs, ``S`` the seccomp program the
+    host compiled (hex; the guest is the same architecture), ``L`` one rlimit
+    (``resource soft hard``).  Raises SpecError for a bad field, before
+    anything boots.
+    """
+    from ..policy import capabilities
+
+    caps = capabilities.capability_set(spec)
+    # the masks of a root command; the agent empties all but the bounding set
+    # for a command of any other uid (an exec may run as another user), the
+    # rule of policy.capabilities.masks_for
+    masks = capabilities.masks_for(caps, 0)
+    out = [_record("K", " ".join(f"{m:x}" for m in (masks.bounding, masks.effective, masks.permitted,
+                                                     masks.inheritable, masks.ambient)))]
+    if spec.no_new_privileges:
+        out.append(_record("n", ""))
+    program: bytes | None
+    if spec.seccomp == "default":
+        from ..policy.seccomp.cache import default_program
+
+        program = default_program(caps)
+    else:
+        from ..policy.seccomp.compile import compile_profile
+
+        program = compile_profile(spec.seccomp, caps=caps)
+    if program:
+        out.append(_record("S", program.hex()))
+    if spec.rlimits:
+        from ..policy.rlimits import parse_rlimits
+
+        out += [_record("L", f"{r.resource} {r.soft} {r.hard}") for r in parse_rlimits(spec.rlimits)]
+    limits = spec.limits
+    if limits.pids is not None or limits.memory is not None or limits.cpus is not None:
+        # the guest's own cgroup (record c: pids.max, memory.max, cpu.max), cgroup v2's files
+        period = 100_000
+        cpu = "" if limits.cpus is None else f"{round(limits.cpus * period)} {period}"
+        out.append(_record("c", "" if limits.pids is None else str(limits.pids),
+                           "" if limits.memory is None else str(limits.memory_bytes), cpu))
+    return out
+
+
 def frame(kind: bytes, ident: int, payload: bytes = b"") -> bytes:
     """One host -> guest frame."""
     return HEADER.pack(len(payload), kind[0], ident) + payload
 
 
-def exec_frame(ident: int, argv: Sequence[str]) -> bytes:
-    return frame(EXEC, ident, b"".join(a.encode() + b"\0" for a in argv))
+def _record(tag: str, *values: str) -> bytes:
+    """One config/request record: a tag byte, then NUL-terminated strings."""
+    return tag.encode() + b"".join(v.encode() + b"\0" for v in values)
+
+
+def exec_frame(ident: int, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str = "/",
+               user: tuple[int, int] = (0, 0), tty: bool = False, stdin: bytes | None = None) -> bytes:
+    """An exec request: records ``A`` argv, ``E`` env, ``C`` cwd, ``U``/``G`` ids, ``T`` tty,
+    and last ``I`` followed by the raw stdin bytes up to the end of the frame."""
+    out = [_record("A", a) for a in argv]
+    out += [_record("E", f"{k}={v}") for k, v in (env or {}).items()]  # the caller applied command_env
+    out += [_record("C", cwd), _record("U", str(user[0])), _record("G", str(user[1]))]
+    if tty:
+        out.append(_record("T", ""))
+    if stdin is not None:
+        out.append(b"I" + bytes(stdin))
+    payload = b"".join(out)
+    if len(payload) > FRAME_MAX:
+        from ..errors import SpecError
+
+        raise SpecError("argv", f"the exec request is {len(payload)} bytes; at most {FRAME_MAX} fit in a frame")
+    return frame(EXEC, ident, payload)
 
 
 def kill_frame(ident: int, sig: int) -> bytes:
@@ -155,8 +231,18 @@ def _number(text: str, what: str, payload: bytes, low: int, high: int) -> int:
 
 
 def parse_exit(payload: bytes) -> tuple[int | None, int | None]:
-    """``b"x 3"`` -> (3, None); ``b"s 9"`` -> (None, 9); anything else is a ProtocolError."""
-    kind, _, number = payload.decode("ascii", errors="replace").partition(" ")
+    """``b"x 3"`` -> (3, None); ``b"s 9"`` -> (None, 9); anything else is a ProtocolError.
+
+    The agent adds three numbers (an exec's peak RSS in KiB, its CPU time in
+    microseconds, the guest cgroup's OOM kills while it ran): validated here,
+    read by :func:`parse_exit_usage` and :func:`parse_exit_oom`.
+    """
+    fields = payload.decode("ascii", errors="replace").split(" ")
+    if len(fields) not in (2, 5):
+        raise ProtocolError(f"an exit frame has {len(fields)} fields, not 2 or 5: {payload[:64]!r}")
+    for extra in fields[2:]:
+        _number(extra, "an exit frame's usage", payload, 0, 1 << 62)
+    kind, number = fields[0], fields[1]
     if kind == "x":
         return _number(number, "an exit frame's status", payload, 0, 255), None
     if kind == "s":
@@ -167,6 +253,20 @@ def parse_exit(payload: bytes) -> tuple[int | None, int | None]:
 def parse_started(payload: bytes) -> int:
     """``b"42"`` -> 42: the guest pid of a command that started."""
     return _number(payload.decode("ascii", errors="replace"), "a started frame's pid", payload, 1, 1 << 22)
+
+
+def parse_exit_usage(payload: bytes) -> tuple[int | None, float | None]:
+    """The usage an exec's exit frame carries: (peak RSS in bytes, CPU seconds), or Nones."""
+    fields = payload.decode().split()
+    if len(fields) < 4 or fields[2] == "0":
+        return None, None
+    return int(fields[2]) * 1024, int(fields[3]) / 1e6
+
+
+def parse_exit_oom(payload: bytes) -> bool:
+    """Whether the guest cgroup's OOM killer ended a process while the command ran (field 5)."""
+    fields = payload.decode().split()
+    return len(fields) >= 5 and int(fields[4]) > 0
 
 
 def parse_failure(payload: bytes) -> tuple[str, int, str]:

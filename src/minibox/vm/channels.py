@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
+from ..sandbox import Usage
 from . import agent as _agent
 
 #: Bytes of console and QEMU stderr kept for error messages.
@@ -83,6 +84,8 @@ class ExecState:
     err: CappedBuffer = field(default_factory=CappedBuffer)
     exit: tuple[int | None, int | None] | None = None
     failure: tuple[str, int, str] | None = None
+    usage: Usage = field(default_factory=Usage)  # from the agent's wait4(2)
+    oom: bool = False                            # the guest cgroup's OOM killer ended some of it
 
 
 @dataclass
@@ -92,6 +95,7 @@ class AgentState:
     release: str = ""                                   # the guest's uname -r (hello frame)
     running: bool = False                               # the main command started
     main_exit: tuple[int | None, int | None] | None = None
+    main_oom: bool = False                              # the guest cgroup's OOM killer ended some of it
     failure: tuple[str, int, str] | None = None         # a setup step of the main command failed
     execs: dict[int, ExecState] = field(default_factory=dict)
     io_done: bool = False                               # every channel reached EOF
@@ -239,8 +243,12 @@ class Channels:
             status = _agent.parse_exit(payload)
             if ident == 0:
                 st.main_exit = status
+                st.main_oom = _agent.parse_exit_oom(payload)
             elif ident in st.execs:
                 st.execs[ident].exit = status
+                peak, cpu = _agent.parse_exit_usage(payload)
+                st.execs[ident].usage = Usage(memory_peak_bytes=peak, cpu_seconds=cpu)
+                st.execs[ident].oom = _agent.parse_exit_oom(payload)
         elif kind == _agent.FAIL:
             failure = _agent.parse_failure(payload)
             if ident == 0:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import shutil
 import signal as _signal
 import socket
@@ -36,15 +35,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .. import procfs
-from ..errors import MiniboxError, PreflightError, SetupError, SpecError, exec_failure
+from ..errors import MiniboxError, PreflightError, SetupError, SpecError, StateError, exec_failure
 from ..owner import Held, StartSteps
-from ..sandbox import Reason, Result, Sandbox, Stats, Usage
+from ..sandbox import CLOSED, EXITED, PAUSED, RUNNING, Result, Sandbox, Stats, Usage, command_env, make_result
 from ..spec import Spec
 from . import accel as _accel
 from . import agent as _agent
@@ -103,6 +102,38 @@ def kvm_probe(qemu: str, kernel: KernelInfo, agent_bin: Path) -> bool:
         theirs.close()
 
 
+def _refused(field: str, why: str) -> SpecError:
+    return SpecError(field, f"not supported with isolation='vm': {why}")
+
+
+def refuse_unsupported(spec: Spec) -> None:
+    """Raise SpecError for each Spec field a VM cannot honour, before anything exists.
+
+    Every other field is honoured, most by the guest agent with the
+    container path's meaning; docs/api.md keeps the table (field |
+    container | vm) and tests/contract/ checks it.
+    """
+    if spec.network == "host":
+        raise _refused("network", "a VM cannot share the host's network stack; use 'none' or 'bridge'")
+    if spec.rootfs_overlay or spec.rootfs_overlay_size is not None:
+        raise _refused("rootfs_overlay_size" if spec.rootfs_overlay_size is not None else "rootfs_overlay",
+                       "a VM writes its rootfs share in place; use readonly_rootfs=True with a tmpfs mount")
+    for name in ("uid_map", "gid_map"):
+        if getattr(spec, name) is not None:
+            raise _refused(name, "the guest kernel is the boundary and the command runs in the guest's own "
+                                 "user namespace; map ids with user=(uid, gid) instead")
+    if spec.namespaces is not None:
+        raise _refused("namespaces", "the command runs in the guest's own namespaces: the guest kernel, "
+                                     "not namespaces, is its boundary; leave namespaces=None")
+    limits = spec.limits
+    if limits.memory_swap is not None and limits.memory_swap != limits.memory:
+        raise _refused("limits.memory_swap", "the guest has no swap device; leave it None (or equal to memory)")
+    if limits.cpu_weight is not None:
+        raise _refused("limits.cpu_weight", "QEMU's share of the host's CPUs is not weighted; use limits.cpus")
+    if limits.cpuset is not None:
+        raise _refused("limits.cpuset", "the vCPUs are QEMU threads, not pinned to host CPUs; use limits.cpus")
+
+
 def _proc_usage(pid: int) -> tuple[int | None, int | None, float | None]:
     """(VmRSS, VmHWM, utime+stime seconds) of a live process, from /proc (proc(5))."""
     rss = hwm = None
@@ -136,20 +167,15 @@ class VirtualMachine(Sandbox):
     def __init__(self, spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
                  stderr: int | None = None, machine_type: str = "microvm",
                  rootfs_sharing: str = "virtiofs") -> None:
-        if spec.network == "host":
-            raise SpecError("network", "a VM cannot share the host's network stack; use 'none' or 'bridge'")
-        if spec.rootfs_overlay or spec.rootfs_overlay_size is not None:
-            field = "rootfs_overlay" if spec.rootfs_overlay else "rootfs_overlay_size"
-            raise SpecError(field, "containers only: a VM writes its rootfs share in place (the default "
-                                   "image is shared read-only); use readonly_rootfs=True with a sized tmpfs mount")
-        self.spec = spec
+        refuse_unsupported(spec)
         self._memory = machine.memory_bytes(spec)
         self._stdin = stdin
         self._machine = machine_type
         if rootfs_sharing not in _plan.SHARING_MODES:
             raise SpecError("rootfs_sharing", f"unknown mode {rootfs_sharing!r}; use 'virtiofs' or 'initramfs'")
         self._sharing = rootfs_sharing
-        self._id = secrets.token_hex(6)
+        super().__init__(spec)
+        self._id = self.id
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._close_lock = threading.Lock()
@@ -171,16 +197,10 @@ class VirtualMachine(Sandbox):
         self._shutdown: dict[str, Any] | None = None
         self._panicked = False
         self._ids = itertools.count(1)
-        self._t0 = 0.0
-        self._result: Result | None = None
         self._usage = Usage()
         self._closed = False
 
     # ---- properties ---------------------------------------------------------
-
-    @property
-    def id(self) -> str:
-        return self._id
 
     @property
     def pid(self) -> int | None:
@@ -210,15 +230,16 @@ class VirtualMachine(Sandbox):
     # ---- start: plan, then execute ---------------------------------------------
 
     def start(self) -> None:
-        if self._started:
-            raise MiniboxError("this VirtualMachine was already started")
+        self._check("start")
         self._started = True
-        self._t0 = time.monotonic()
+        self._started_at = time.monotonic()
         try:
             self._boot()
         except BaseException:
             self.close()
             raise
+        # A Spec timeout shorter than the boot ends it already (_wait_for_start).
+        self._set_state(EXITED if self._result is not None else RUNNING)
 
     def _boot(self) -> None:
         """Plan (pure), find the host's parts, then execute the plan step by step."""
@@ -476,8 +497,8 @@ class VirtualMachine(Sandbox):
         self._read_usage()
         self._stop_qemu()
         out, err = self._ch.captured()
-        return Result(None, int(_signal.SIGKILL), "timeout", out, err,
-                      time.monotonic() - self._t0, self._usage)
+        return make_result(None, None, started=self._started_at, timed_out=True, stdout=out, stderr=err,
+                           usage=self._usage)
 
     def _stop_qemu(self, graceful: bool = False) -> None:
         """End QEMU: ``quit`` over QMP when graceful, SIGKILL otherwise; then drain the output."""
@@ -499,13 +520,12 @@ class VirtualMachine(Sandbox):
         self._ch.join()
 
     def wait(self, timeout: float | None = None) -> Result:
-        if not self._started:
-            self.start()
+        self._check("wait")
         if self._result is not None:
-            self.close()
+            self._free()
             return self._result
         if timeout is None and self.spec.timeout is not None:
-            timeout = max(0.0, self.spec.timeout - (time.monotonic() - self._t0))
+            timeout = max(0.0, self.spec.timeout - (time.monotonic() - self._started_at))
         with self._cond:
             self._cond.wait_for(self._ended, timeout)
         self._drain_after_poweroff()
@@ -525,9 +545,9 @@ class VirtualMachine(Sandbox):
                 self._read_usage()
                 self._stop_qemu(graceful=True)
                 code, sig = main_exit
-                reason: Reason = "exited" if sig is None else "signaled"
                 out, err = self._ch.captured()
-                self._result = Result(code, sig, reason, out, err, time.monotonic() - self._t0, self._usage)
+                self._result = make_result(code, sig, started=self._started_at, stdout=out, stderr=err,
+                                           oom=self._ch.state.main_oom, usage=self._usage)
             elif failure is not None:
                 self._stop_qemu()
                 raise self._failure_error(failure)
@@ -537,7 +557,8 @@ class VirtualMachine(Sandbox):
                 self._stop_qemu()
                 raise SetupError("guest", None, self._why_it_died("the VM stopped before the command ended"))
         finally:
-            self.close()
+            self._free()
+            self._set_state(EXITED if self._result is not None else CLOSED)
         return self._result
 
     # ---- verbs while it runs ----------------------------------------------------
@@ -551,29 +572,38 @@ class VirtualMachine(Sandbox):
             except OSError as e:
                 raise SetupError("control", e.errno, "the guest agent's port") from e
 
-    def _require_running(self) -> None:
+    def _command_ended(self) -> bool:
         with self._cond:
-            if not self._ch.state.running or self._ended() or self._closed:
-                raise MiniboxError("the VM is not running (start() it first, or it has ended)")
+            return self._ended()
 
-    def exec(self, argv: Sequence[str], timeout: float | None = None) -> Result:
-        """Run ``argv`` in the running guest, with the Spec's env, cwd and user."""
-        if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
-            raise SpecError("argv", "expected a non-empty list of strings")
-        self._require_running()
+    def exec(self, argv: Sequence[str], timeout: float | None = None, *, stdin: bytes | None = None,
+             env: Mapping[str, str] | None = None, cwd: str | None = None,
+             user: tuple[int, int] | None = None, tty: bool = False) -> Result:
+        """Run ``argv`` in the running guest through the agent; see :meth:`Sandbox.exec`.
+
+        The agent applies the Spec's hardening to it as to the command.
+        ``stdin`` travels in the request frame, so it is bounded by the
+        frame size (:data:`agent.EXEC_STDIN_MAX`).
+        """
+        self._check("exec")
+        request = self._exec_spec(argv, env, cwd, user)
+        if stdin is not None and len(stdin) > _agent.EXEC_STDIN_MAX:
+            raise SpecError("stdin", f"at most {_agent.EXEC_STDIN_MAX} bytes go to a command in a VM")
         ident = next(self._ids)
         ex = self._ch.state.execs[ident] = ExecState()
         t0 = time.monotonic()
-        self._send(_agent.exec_frame(ident, argv))
-        reason: Reason = "exited"
+        env_ = command_env(request.env, self.spec.hostname, request.user[0])
+        self._send(_agent.exec_frame(ident, request.argv, env=env_, cwd=request.cwd,
+                                     user=request.user, tty=bool(tty), stdin=stdin))
+        timed_out = False
 
         def finished() -> bool:
             return ex.exit is not None or ex.failure is not None or self._ended()
 
         with self._cond:
             if not self._cond.wait_for(finished, timeout):
-                reason = "timeout"
-        if reason == "timeout":
+                timed_out = True
+        if timed_out:
             self._send(_agent.kill_frame(ident, _signal.SIGKILL))
             with self._cond:
                 self._cond.wait_for(finished, POWEROFF_TIMEOUT)
@@ -584,20 +614,17 @@ class VirtualMachine(Sandbox):
             raise broken
         if ex.failure is not None:
             raise self._failure_error(ex.failure)
-        code: int | None
-        sig: int | None
-        if ex.exit is None:
-            if reason != "timeout":
-                raise MiniboxError("the VM ended while the exec'd command ran")
-            code, sig = None, int(_signal.SIGKILL)
-        else:
-            code, sig = ex.exit
-            if reason != "timeout":
-                reason = "exited" if sig is None else "signaled"
-        return Result(code, sig, reason, ex.out.value(), ex.err.value(), time.monotonic() - t0)
+        if ex.exit is None and not timed_out:
+            if self._ch.state.main_exit is not None:  # the command ended, and the guest with it
+                raise StateError("exec", EXITED, "its command has exited (wait() returns its Result)")
+            raise SetupError("guest", None, "the VM ended while the exec'd command ran")
+        code, sig = ex.exit if ex.exit is not None else (None, None)
+        return make_result(code, sig, started=t0, timed_out=timed_out, oom=ex.oom, stdout=ex.out.value(),
+                           stderr=ex.err.value(), usage=ex.usage)
 
     def kill(self, sig: int = _signal.SIGKILL) -> None:
         """Send ``sig`` to the command's process group in the guest (through the agent)."""
+        self._check("kill")
         with self._cond:
             alive = self._ch.state.running and not self._ended() and not self._closed
         if alive:
@@ -605,15 +632,17 @@ class VirtualMachine(Sandbox):
 
     def pause(self) -> None:
         """Stop the vCPUs (QMP ``stop``): the whole guest freezes, clocks included."""
-        self._require_running()
+        self._check("pause")
         assert self._monitor is not None
         self._monitor.execute("stop")
+        self._set_state(PAUSED)
 
     def resume(self) -> None:
         """Restart the vCPUs (QMP ``cont``)."""
-        if self._monitor is None:
-            raise MiniboxError("the VM is not running")
+        self._check("resume")
+        assert self._monitor is not None
         self._monitor.execute("cont")
+        self._set_state(RUNNING)
 
     @property
     def paused(self) -> bool:
@@ -630,8 +659,9 @@ class VirtualMachine(Sandbox):
         is :meth:`guest_memory_bytes`.  ``pids`` is None: the guest's
         processes are not the host's to count.
         """
+        self._check("stats")
         if self._qemu is None or self._qemu.returncode is not None:
-            raise MiniboxError("the VM is not running")
+            raise StateError("stats", EXITED, "QEMU has exited; wait() for the Result")
         rss, hwm, cpu = _proc_usage(self._qemu.pid)
         return Stats(memory_bytes=rss, memory_peak_bytes=hwm, cpu_seconds=cpu, pids=None)
 
@@ -646,6 +676,11 @@ class VirtualMachine(Sandbox):
 
     def close(self) -> None:
         """Kill QEMU and virtiofsd if they still run and release every host resource."""
+        self._free()
+        self._set_state(CLOSED)
+
+    def _free(self) -> None:
+        """Everything close() does but the state change; wait() ends with it too."""
         with self._close_lock:
             if self._closed:
                 return
