@@ -41,6 +41,9 @@ from ..conftest import child_pids, needs_root
 pytestmark = needs_root
 
 HERE = Path(__file__).parent
+#: The attacker is the guest's root with every power: the agent applies the Spec's
+#: capabilities and seccomp filter in the guest too, and the defaults would stop it early.
+ALL_POWER: dict[str, object] = {"cap_add": ["ALL"], "seccomp": "unconfined", "no_new_privileges": False}
 #: What the host process may grow by, whatever the guest sends (issue 10 item 3).
 RSS_BOUND = 64 << 20
 
@@ -108,6 +111,7 @@ def test_a_guest_plants_no_device_node_setid_file_or_file_capability_on_the_host
     # guest's word (docs/threat-model.md), and a forged frame comes first.
     script = "/bin/hostile shares /planted /share && /bin/hostile frames forged >/dev/null; exit 3"
     spec = Spec(argv=["sh", "-c", script], rootfs=str(guest_root), mounts=[Mount.bind(str(share), "/share")],
+                **ALL_POWER,
                 timeout=120)
     with VirtualMachine(spec) as vm:
         result = vm.wait()
@@ -135,7 +139,7 @@ def test_a_guest_plants_no_device_node_setid_file_or_file_capability_on_the_host
 # -- item 3: the agent's channel --------------------------------------------------------------
 
 def _hostile(guest_root: Path, *argv: str) -> Spec:
-    return Spec(argv=["/bin/hostile", *argv], rootfs=str(guest_root), timeout=120)
+    return Spec(argv=["/bin/hostile", *argv], rootfs=str(guest_root), timeout=120, **ALL_POWER)
 
 
 def test_an_announced_4_gib_frame_ends_the_vm_with_a_protocol_error(guest_root: Path) -> None:
