@@ -55,20 +55,23 @@ def tree(root: str | os.PathLike[str], prefix: str) -> list[Entry]:
     owners become root, as in any initramfs.
     """
     entries = [directory(prefix, stat.S_IMODE(os.stat(root).st_mode))]
-    for dirpath, dirnames, filenames in os.walk(root):
+    # os.fwalk and O_NOFOLLOW below each directory's fd: a rootfs another
+    # sandbox can write may swap a file or directory for a symlink to a host
+    # path while it is packed; that must never pull a host file in.
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
         rel = os.path.relpath(dirpath, root)
         base = prefix if rel == "." else f"{prefix}/{rel}"
         for name in sorted(dirnames) + sorted(filenames):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
-                entries.append(symlink(f"{base}/{name}", os.readlink(path)))
+                entries.append(symlink(f"{base}/{name}", os.readlink(name, dir_fd=dirfd)))
             elif stat.S_ISDIR(st.st_mode):
                 entries.append(directory(f"{base}/{name}", stat.S_IMODE(st.st_mode)))
             elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    entries.append(file(f"{base}/{name}", f.read(), stat.S_IMODE(st.st_mode)))
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+                with os.fdopen(fd, "rb") as f:
+                    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        entries.append(file(f"{base}/{name}", f.read(), stat.S_IMODE(st.st_mode)))
     return entries
 
 
