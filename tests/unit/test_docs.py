@@ -10,7 +10,12 @@ Three checks over README.md and docs/*.md:
     is executed in a fresh interpreter (the venv's python, as root, 120 s)
     and must exit 0 -- and must leave no mount, temp file or state file
     behind;
-(c) every relative link points to a file that exists.
+(c) every relative link points to a file that exists, and every path of the
+    repository written in backticks (`src/...`, `csrc/...`, `tests/...`,
+    `bench/...`, `docs/...`) names a file or directory that exists, so a
+    moved module cannot leave a chapter pointing at nothing;
+(d) every chapter carries a ``sh try-it`` block (run, as root, by
+    tests/integration/test_docs_try_it.py).
 """
 
 from __future__ import annotations
@@ -194,3 +199,48 @@ def test_relative_links_resolve() -> None:
             if not (path.parent / file_part).exists():
                 dangling.append(f"{path.relative_to(REPO)}:{lineno}: {target}")
     assert not dangling, "dangling relative links:\n  " + "\n  ".join(dangling)
+
+
+# --- (c') repository paths in backticks exist -------------------------------------------------
+
+_REPO_PATH = re.compile(r"`((?:src|csrc|tests|bench|docs)/[^`\s]*)`")
+
+
+def repository_paths(path: Path) -> list[tuple[int, str]]:
+    """`src/minibox/x.py`, `tests/unit/test_y.py::test_z`, `csrc/spawn.c:120` -> the file part."""
+    found = []
+    for lineno, line in enumerate(prose(path).splitlines(), 1):
+        for m in _REPO_PATH.finditer(line):
+            target = re.split(r"::|:(?=\d)|[(#]", m.group(1), maxsplit=1)[0].rstrip(".,;:")
+            if any(ch in target for ch in "*{}<>$"):
+                continue  # a pattern or a placeholder, not a path
+            found.append((lineno, target))
+    return found
+
+
+def test_there_are_repository_paths_to_check() -> None:
+    assert sum(len(repository_paths(p)) for p in doc_files()) >= 20
+
+
+def test_repository_paths_exist() -> None:
+    missing = [f"{path.relative_to(REPO)}:{lineno}: {target}"
+               for path in doc_files() for lineno, target in repository_paths(path)
+               if not (REPO / target).exists()]
+    assert not missing, "paths in backticks that are not in the repository:\n  " + "\n  ".join(missing)
+
+
+# --- (d) every chapter has a try-it block -----------------------------------------------------
+
+CHAPTERS_WITH_TRY_IT = ("spawn.md", "namespaces.md", "rootfs.md", "cgroups.md", "hardening.md", "vm.md",
+                        "networking.md")
+
+
+def try_it_blocks() -> list[Block]:
+    return [b for path in doc_files() for b in fenced_blocks(path) if b.info == "sh try-it"]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS_WITH_TRY_IT)
+def test_chapter_has_a_try_it_block(chapter: str) -> None:
+    blocks = [b for b in try_it_blocks() if b.path.name == chapter]
+    assert blocks, f"docs/{chapter} has no ```sh try-it``` block rebuilding its step with the plain tools"
+    assert any(b.path.name == chapter for b in blocks)
