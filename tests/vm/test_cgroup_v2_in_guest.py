@@ -70,7 +70,11 @@ def _guest_root(tmp_path: Path) -> Path:
 def test_the_v2_backend_passes_its_real_tests_in_a_cgroup2_only_guest(tmp_path: Path, no_leaks: None) -> None:
     inner = INNER.relative_to(REPO)
     script = " && ".join([
-        "mount -t cgroup2 cgroup2 /sys/fs/cgroup",
+        # the agent mounts cgroup2 itself when the Spec has limits (the guest's own cgroup)
+        "{ grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup; }",
+        # and put the command in its cgroup: back to the root, where the inner tests expect
+        # to start (a cgroup with members cannot hand controllers down)
+        "echo $$ > /sys/fs/cgroup/cgroup.procs",
         # the guest's administrator hands the controllers down, as systemd does
         "echo '+cpuset +cpu +memory +pids' > /sys/fs/cgroup/cgroup.subtree_control",
         f"cd {shlex.quote(str(REPO))}",
