@@ -35,6 +35,15 @@
  * Host -> guest:  'x' exec (records like the config's: A argv, E env, C cwd,
  *                 U uid, G gid, T tty, and last I + raw stdin bytes)
  *                 'k' kill (signal)
+ *                 'i' stdin bytes   'c' the run's config (template clones)
+ *
+ * Template mode (config record 'W', docs/vm.md "Snapshots and templates"):
+ * the agent stops after step 3 and waits on the control port for 'i'* then
+ * 'c'.  The host snapshots the guest there, and restores it many times;
+ * each clone then receives its own Spec in 'c', with the host's wall clock
+ * (record 'Q', clock_settime(2)) and fresh entropy (record 'Z':
+ * RNDADDENTROPY + RNDRESEEDCRNG, random(4)), so that no two clones share a
+ * clock or a random stream.  Then it goes on with step 4.
  *
  * It is built by minibox itself with `cc -static -O2` and never allocates
  * more than fixed tables: a guest has no one to report a malloc failure to.
@@ -75,6 +84,9 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+/* template clones: the clock and the RNG */
+#include <linux/random.h>
+#include <time.h>
 
 #define MAX_ARGS 256
 #define MAX_ENV 256
@@ -111,7 +123,9 @@ struct command {
 static char config[CONFIG_MAX];
 static struct command main_cmd = { .cwd = "/" };
 static const char *hostname_ = "minibox", *root_tag = "rootfs";
-static int root_readonly, probe_mode, have_stdin;
+static int root_readonly, probe_mode, have_stdin, template_mode;
+/* record Q ("sec nsec", the host's CLOCK_REALTIME) and Z (hex entropy) of a clone's run */
+static const char *clock_, *entropy_;
 /* init semantics (Spec.init): the command's end by signal N is reported as
  * exit status 128+N, as minibox-init (csrc/init/init.c) reports it */
 static int init_mode;
@@ -271,16 +285,12 @@ static int command_record(struct command *c, char tag, char *s)
     }
 }
 
-static int load_config(void)
+/* Parse config[0..len) (the records' strings stay in config[]). */
+static int parse_config(ssize_t len)
 {
-    int fd = open("/minibox/config", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t len = read(fd, config, sizeof config - 1);
-    close(fd);
-    if (len < 0)
-        return -1;
     char *p = config, *end = config + len;
+    main_cmd = (struct command){ .cwd = "/" };
+    nmounts = nbinds = nrlimits = 0;
     while (p < end) {
         char tag = *p++;
         char *s = next_str(&p, end);
@@ -339,6 +349,9 @@ static int load_config(void)
         case 'r': root_readonly = 1; break;
         case 'P': probe_mode = 1; break;
         case 'I': have_stdin = 1; break;
+        case 'W': template_mode = 1; break;
+        case 'Q': clock_ = s; break;
+        case 'Z': entropy_ = s; break;
         case 'M': {
             if (nmounts >= MAX_MOUNTS)
                 return -1;
@@ -375,7 +388,19 @@ static int load_config(void)
     }
     main_cmd.argv[main_cmd.argc] = NULL;
     main_cmd.envp[main_cmd.envc] = NULL;
-    return main_cmd.argc > 0 ? 0 : -1;
+    return main_cmd.argc > 0 || template_mode ? 0 : -1;
+}
+
+static int load_config(void)
+{
+    int fd = open("/minibox/config", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t len = read(fd, config, sizeof config - 1);
+    close(fd);
+    if (len < 0)
+        return -1;
+    return parse_config(len);
 }
 
 /* ---- the machine ------------------------------------------------------ */
@@ -1048,12 +1073,47 @@ static int relay_master(int *master)
 
 static char inbuf[FRAME_MAX + 9];
 static size_t inlen;
+static int run_config_ready; /* template mode: the 'c' frame arrived */
+
+/* 'i': stdin for the command, appended to /minibox/stdin (the initramfs) */
+static void add_stdin(const char *data, uint32_t len)
+{
+    int fd = open("/minibox/stdin", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 || write_all(fd, data, len) < 0)
+        fail(0, "stdin", errno, "/minibox/stdin");
+    close(fd);
+    have_stdin = 1;
+}
+
+/* 'c': the run's own config replaces the template's */
+static void take_run_config(const char *payload, uint32_t len)
+{
+    if (!template_mode || run_config_ready || len >= sizeof config) {
+        console("minibox-agent: unexpected run config");
+        return;
+    }
+    memcpy(config, payload, len);
+    int stdin_seen = have_stdin;
+    if (parse_config((ssize_t)len) < 0 || main_cmd.argc == 0)
+        fail(0, "config", EINVAL, "run config");
+    have_stdin = have_stdin || stdin_seen;
+    run_config_ready = 1;
+}
 
 static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
 {
     switch (type) {
     case 'x':
-        start_exec(id, payload, len);
+        if (template_mode && !run_config_ready) /* nothing runs before the run's Spec is applied */
+            fail(id, "exec", EAGAIN, "the template's guest has no run yet");
+        else
+            start_exec(id, payload, len);
+        break;
+    case 'i':
+        add_stdin(payload, len);
+        break;
+    case 'c':
+        take_run_config(payload, len);
         break;
     case 'k': {
         payload[len] = 0;
@@ -1102,6 +1162,75 @@ static int read_control(void)
     return 0;
 }
 
+/* ---- a template clone: its own clock and entropy ---------------------- */
+
+/* The snapshot froze the guest's wall clock at the template's build time:
+ * set the host's, as it was when the host sent the run config. */
+static void set_clock(void)
+{
+    if (!clock_)
+        return;
+    struct timespec ts = { 0, 0 };
+    char *rest;
+    ts.tv_sec = (time_t)strtoll(clock_, &rest, 10);
+    ts.tv_nsec = strtol(rest, NULL, 10);
+    if (ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000L || clock_settime(CLOCK_REALTIME, &ts) < 0)
+        fail(0, "clock_settime", errno ? errno : EINVAL, clock_);
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Every clone of one snapshot starts with the same CRNG state: mix the
+ * host's random bytes into the input pool, credited (RNDADDENTROPY), then
+ * force the CRNG to rekey from it now (RNDRESEEDCRNG), before anything of
+ * the command runs.  random(4). */
+static void reseed(void)
+{
+    if (!entropy_)
+        return;
+    static struct { struct rand_pool_info info; uint8_t bytes[256]; } pool;
+    size_t n = strlen(entropy_) / 2;
+    if (n == 0 || n > sizeof pool.bytes)
+        fail(0, "reseed", EINVAL, "entropy record");
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(entropy_[2 * i]), lo = hexval(entropy_[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            fail(0, "reseed", EINVAL, "entropy record");
+        pool.bytes[i] = (uint8_t)(hi << 4 | lo);
+    }
+    pool.info.entropy_count = (int)(n * 8);
+    pool.info.buf_size = (int)n;
+    int fd = open("/dev/random", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        fail(0, "reseed", errno, "/dev/random");
+    if (ioctl(fd, RNDADDENTROPY, &pool.info) < 0)
+        fail(0, "reseed", errno, "RNDADDENTROPY");
+    if (ioctl(fd, RNDRESEEDCRNG) < 0)
+        fail(0, "reseed", errno, "RNDRESEEDCRNG");
+    close(fd);
+    memset(&pool, 0, sizeof pool);
+}
+
+/* Template mode: the host snapshots the guest somewhere in here; whichever
+ * clone wakes up reads its own stdin and config. */
+static void wait_for_run(void)
+{
+    while (!run_config_ready) {
+        struct pollfd pfd = { ctl_fd, POLLIN, 0 };
+        if (poll(&pfd, 1, -1) < 0)
+            continue;
+        if (read_control() < 0) {
+            console("minibox-agent: bad frame on the control port");
+            power_off();
+        }
+    }
+    set_clock();
+    reseed();
+}
+
 /* ---- PID 1 ------------------------------------------------------------ */
 
 int main(void)
@@ -1130,6 +1259,8 @@ int main(void)
     uname(&u);
     send_text('H', 0, "%s", u.release);
     setup_network();
+    if (template_mode)
+        wait_for_run();
 
     int in_fd = open(have_stdin ? "/minibox/stdin" : "/dev/null", O_RDONLY | O_CLOEXEC);
     setup_root();

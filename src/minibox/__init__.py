@@ -69,7 +69,9 @@ def run(spec: Spec, isolation: str = "container", **kwargs: Any) -> Result:
 
     ``isolation`` is ``"container"`` (namespaces + cgroups, the host kernel)
     or ``"vm"`` (a QEMU microVM with its own kernel).  Keyword arguments
-    (``stdin``, ``stdout``, ``stderr``) are passed to the sandbox.
+    (``stdin``, ``stdout``, ``stderr``) are passed to the sandbox; for a VM,
+    ``template=False`` asks for a cold boot instead of a VM template
+    (docs/vm.md, "Snapshots and templates").
     """
     if isolation == "container":
         from .container.container import run as run_container

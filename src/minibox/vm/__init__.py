@@ -15,6 +15,10 @@ path; :func:`run_vm` is ``minibox.run(spec, isolation="vm")``;
 * channels.py    -- the I/O pump and the agent's frames turned into state
 * network.py     -- network="bridge": a lease, a tap on the bridge, published ports
 * virtual_machine.py -- VirtualMachine itself: plan, then execute
+* snapshot.py    -- saving/restoring a paused guest (QEMU migration to a file)
+* templates.py   -- VM templates: key, manifest, build once, check on restore
+* clone.py       -- TemplateClone (a VM restored from a template) and TemplateBoot
+* pool.py        -- Pool: restored clones kept warm, one per run
 """
 
 from __future__ import annotations
@@ -31,14 +35,23 @@ _announced = False
 
 
 def run_vm(spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
-           stderr: int | None = None, announce: bool = False, **kw: Any) -> Result:
+           stderr: int | None = None, announce: bool = False, template: bool = True, **kw: Any) -> Result:
     """Boot a VM for ``spec``, run its command to the end, return the Result.
 
-    ``announce=True`` (the CLI) says once per process, on stderr, which
-    accelerator is used and why.
+    With ``template=True`` (the default) a Spec that allows it starts from a
+    VM template (vm/templates.py: restored, not booted; built on first use),
+    else the VM boots cold.  ``announce=True`` (the CLI) says once per
+    process, on stderr, which accelerator is used and why.
     """
     global _announced
-    with VirtualMachine(spec, stdin=stdin, stdout=stdout, stderr=stderr, **kw) as vm:
+    from .clone import TemplateClone, template_clone_or_none
+
+    vm: VirtualMachine
+    if template and template_clone_or_none(spec, stdin, **kw) is None:
+        vm = TemplateClone(spec, stdin=stdin, stdout=stdout, stderr=stderr)
+    else:
+        vm = VirtualMachine(spec, stdin=stdin, stdout=stdout, stderr=stderr, **kw)
+    with vm:
         assert isinstance(vm, VirtualMachine)
         if announce and not _announced:
             _announced = True
@@ -46,4 +59,17 @@ def run_vm(spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
         return vm.wait()
 
 
-__all__ = ["VirtualMachine", "run_vm", "ensure_kernel", "KernelInfo"]
+def __getattr__(name: str) -> Any:
+    # PEP 562: the template path loads on first use
+    if name == "Pool":
+        from .pool import Pool
+
+        return Pool
+    if name == "TemplateClone":
+        from .clone import TemplateClone
+
+        return TemplateClone
+    raise AttributeError(f"module 'minibox.vm' has no attribute {name!r}")
+
+
+__all__ = ["VirtualMachine", "run_vm", "ensure_kernel", "KernelInfo", "Pool", "TemplateClone"]

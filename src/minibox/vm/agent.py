@@ -46,7 +46,7 @@ MAX_PAYLOAD = 1 << 20
 HELLO, STARTED, STDOUT, STDERR, EXIT, FAIL = b"H", b"S", b"O", b"E", b"X", b"F"
 GUEST_TYPES = frozenset(HELLO + STARTED + STDOUT + STDERR + EXIT + FAIL)
 # Host -> guest
-EXEC, KILL = b"x", b"k"
+EXEC, KILL, STDIN, RUN = b"x", b"k", b"i", b"c"  # i, c: a template clone's run (vm/clone.py)
 
 #: The agent's FRAME_MAX (csrc/agent/agent.c): an exec request, stdin included, fits in one frame.
 FRAME_MAX = 1024 * 1024
@@ -155,6 +155,25 @@ def policy_records(spec: Spec) -> list[bytes]:
         out.append(_record("c", "" if limits.pids is None else str(limits.pids),
                            "" if limits.memory is None else str(limits.memory_bytes), cpu))
     return out
+
+
+def template_config() -> bytes:
+    """The config of a template boot: record ``W``, the agent waits for a ``c`` frame."""
+    return b"W\0R\0"
+
+
+def encode_run_config(spec: Spec, mounts: Sequence[GuestMount], *, has_stdin: bool,
+                      clock_ns: int, entropy: bytes) -> bytes:
+    """A template clone's ``c`` frame: ``spec``'s config plus what no two clones share.
+
+    ``Q sec nsec`` is the host's wall clock (the agent sets the guest's to
+    it), ``Z hex`` random bytes the agent credits to the guest's input pool
+    before it forces a CRNG reseed.  The rootfs is the one packed in the
+    template's initramfs (root tag "").
+    """
+    config = encode_config(spec, mounts, root_tag="", has_stdin=has_stdin)
+    sec, nsec = divmod(clock_ns, 1_000_000_000)
+    return config + f"Q{sec} {nsec}\0".encode() + b"Z" + entropy.hex().encode() + b"\0"
 
 
 def frame(kind: bytes, ident: int, payload: bytes = b"") -> bytes:

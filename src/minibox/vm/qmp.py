@@ -98,6 +98,19 @@ class Monitor:
         except (QMPError, OSError, TimeoutError) as e:
             raise SetupError("qmp", None, f"{command}: {e}") from e
 
+    def add_fd(self, fd: int, name: str, timeout: float = 30) -> None:
+        """Hand QEMU a copy of ``fd`` (SCM_RIGHTS) under ``name``: QMP ``getfd``, for ``fd:name`` URIs."""
+        async def getfd() -> None:
+            self._client.send_fd_scm(fd)  # in the loop's thread, right before the command that takes it
+            await self._client.execute("getfd", {"fdname": name})
+
+        try:
+            self._run(getfd(), timeout)
+        except ExecuteError as e:
+            raise QMPCommandError("getfd", e.error_class, str(e)) from e
+        except (QMPError, OSError, TimeoutError) as e:
+            raise SetupError("qmp", None, f"getfd: {e}") from e
+
     def close(self) -> None:
         """Disconnect and stop the loop thread; idempotent."""
         if not self._loop.is_closed():

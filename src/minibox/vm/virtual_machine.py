@@ -374,9 +374,9 @@ class VirtualMachine(Sandbox):
             if sock.fileno() in child_fds:
                 self._socks.remove(sock)
                 sock.close()
-        assert self._memfd is not None
-        os.close(self._memfd)
-        self._memfd = None
+        if self._memfd is not None:  # the initramfs (a restored VM has none)
+            os.close(self._memfd)
+            self._memfd = None
         return err_r
 
     def _wait_for_start(self, spec: Spec) -> None:

@@ -1,0 +1,216 @@
+"""A VirtualMachine restored from a template, and the one boot a template is made of.
+
+Both are VirtualMachines that start QEMU through the same supervised path
+as a cold boot (``VirtualMachine._start_qemu``: the record first, QEMU held
+until the record and the keeper know it), so a caller killed at any instant
+of a restore leaves nothing ``minibox gc`` cannot find.  They differ from a
+cold boot only in QEMU's arguments (guest RAM in the template's file,
+``-incoming defer``) and in what they say to the agent:
+
+* :class:`TemplateBoot` boots the guest with the agent in template mode,
+  waits for its hello (the agent then waits for a run config), and saves
+  it (snapshot.save) into the template's files;
+* :class:`TemplateClone` restores a template (snapshot.load), resumes it,
+  and sends the agent the run: stdin, then the Spec with the host's clock
+  and fresh random bytes (agent.encode_run_config).  A clone inherits the
+  template's RAM, so without those it would share the template's wall
+  clock and its CRNG state with every other clone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+from ..errors import MiniboxError, SetupError, SpecError
+from ..owner import StartSteps
+from ..spec import Limits, Spec
+from . import accel as _accel
+from . import agent as _agent
+from . import machine, snapshot
+from . import plan as _plan
+from . import templates as _templates
+from .kernel import ensure_kernel, modules_for
+from .qmp import Monitor
+from .virtual_machine import BOOT_TIMEOUT, VirtualMachine, _default_rootfs, find_qemu, kvm_probe, qemu_version
+
+#: After the hello, the template's guest is given this long to settle into
+#: its wait (the agent brings lo up, then polls) before it is saved.
+SETTLE = 0.3
+#: Random bytes credited to each clone's input pool (random(4): up to 512 bytes per RNDADDENTROPY here).
+ENTROPY_BYTES = 64
+#: stdin is sent to a clone in frames of this size.
+STDIN_CHUNK = 256 << 10
+
+
+def resolve_parts(spec: Spec) -> tuple[_templates.Parts, _accel.Verdict]:
+    """The host's parts for a template-eligible ``spec``, and the accelerator verdict."""
+    qemu = find_qemu()
+    kernel = ensure_kernel(spec.kernel)
+    agent_bin = _agent.build_agent()
+    version = qemu_version(qemu)
+    verdict = _accel.choose(kernel, version, lambda: kvm_probe(qemu, kernel, agent_bin))
+    parts = _templates.Parts(
+        qemu=qemu, qemu_version=version, kernel=kernel, agent=agent_bin,
+        modules=tuple(modules_for(kernel, _plan.GUEST_MODULES_NO_FS)), rootfs=_default_rootfs(),
+        accel=verdict.accelerator, memory=machine.memory_bytes(spec), cpus=machine.vcpus(spec))
+    return parts, verdict
+
+
+class _FromFiles(VirtualMachine):
+    """What a template boot and a clone share: QEMU started on the template's files, supervised."""
+
+    def _launch(self, parts: _templates.Parts, initrd: Path, extra: list[str], steps: StartSteps) -> None:
+        """Record, start QEMU through the supervised path, connect QMP."""
+        self._record = self._create_record(self.spec)
+        steps.done("record")
+        child_fds: list[int] = []
+        ours: list[socket.socket] = []
+        theirs: list[socket.socket] = []
+        for _ in range(5):
+            a, b = socket.socketpair()
+            self._socks += [a, b]
+            ours.append(a)
+            theirs.append(b)
+            child_fds.append(b.fileno())
+        qmp_sock, console, ctl, out, err = ours
+        self._ctl = ctl
+        fds = (theirs[0].fileno(), theirs[1].fileno(), theirs[2].fileno(), theirs[3].fileno(), theirs[4].fileno())
+        cfg = parts.config(str(initrd), fds)
+        cfg.extra = extra
+        err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
+        steps.done("qemu")
+        self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
+        try:
+            self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
+        except Exception as e:
+            raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._ch.qemu_error()}") from e
+
+
+class TemplateBoot(_FromFiles):
+    """The template's one cold boot: the agent in template mode, RAM in ``work/ram`` (shared mapping)."""
+
+    def __init__(self, parts: _templates.Parts, work: Path) -> None:
+        limits = Limits(memory=parts.memory, cpus=parts.cpus if parts.cpus > 1 else None)
+        super().__init__(Spec(argv=["/minibox-template"], limits=limits), rootfs_sharing="initramfs")
+        self._parts = parts
+        self._work = work
+
+    def _boot(self) -> None:
+        extra = snapshot.ram_args(str(self._work / "ram"), self._parts.memory, share=True)
+        self._launch(self._parts, self._work / "initrd", extra, StartSteps())
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._ch.state.release) or self._ended(), BOOT_TIMEOUT)
+            hello, broken = self._ch.state.release, self._channel_error()
+        if broken is not None:
+            raise broken
+        if not hello:
+            raise SetupError("template", None, self._why_it_died("the template's guest never said hello"))
+
+    def save(self) -> str:
+        """Pause the waiting guest (started: ``with TemplateBoot(...)``) and save it; its kernel release."""
+        time.sleep(SETTLE)
+        assert self._monitor is not None
+        fd = os.open(self._work / "state", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        try:
+            snapshot.save(self._monitor, fd)
+        finally:
+            os.close(fd)
+        return self._ch.state.release
+
+
+class TemplateClone(_FromFiles):
+    """``spec`` run by a guest restored from a template: same verbs and Result as a cold-booted VM.
+
+    :meth:`restore` (called by :meth:`start`, or ahead of time by a Pool)
+    brings a clone to the point where its agent waits; :meth:`start` then
+    gives it the run.  :class:`SpecError` if ``spec`` cannot use a template
+    (:func:`templates.ineligible` says why).
+    """
+
+    def __init__(self, spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
+                 stderr: int | None = None) -> None:
+        why = _templates.ineligible(spec, stdin=stdin)
+        if why is not None:
+            raise SpecError("isolation", f"this Spec cannot start from a VM template: {why}; "
+                                         "use VirtualMachine(spec) (a cold boot)")
+        super().__init__(spec, stdin=stdin, stdout=stdout, stderr=stderr, rootfs_sharing="initramfs")
+        self._restored = False
+        self.restore_seconds = 0.0
+
+    def restore(self) -> None:
+        """Restore the template (built first if needed) and resume it; the agent waits for its run."""
+        if self._restored:
+            return
+        self._restored = True
+        t0 = time.monotonic()
+        try:
+            parts, verdict = resolve_parts(self.spec)
+            self._accel = _accel.Verdict(verdict.accelerator, verdict.reason + "; started from a VM template")
+            template = _templates.ensure(parts)
+            extra = snapshot.ram_args(str(template.ram), parts.memory, share=False) + snapshot.incoming_args()
+            self._launch(parts, template.initrd, extra, StartSteps())
+            with self._cond:
+                self._ch.state.release = template.kernel_release
+            assert self._monitor is not None
+            fd = os.open(template.state, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                snapshot.load(self._monitor, fd)
+            finally:
+                os.close(fd)
+            self._monitor.execute("cont")
+        except BaseException:
+            self.close()
+            raise
+        self.restore_seconds = time.monotonic() - t0
+
+    def assign(self, spec: Spec, stdin: bytes | None = None) -> None:
+        """Give a restored, not yet started clone another run of the same shape (a Pool's hand-out)."""
+        check_same_shape(self.spec, spec, stdin)
+        if self._started:
+            raise MiniboxError("this clone was already started")
+        self.spec = spec
+        self._stdin = stdin
+
+    def _boot(self) -> None:
+        self.restore()
+        self._t0 = time.monotonic()
+        spec = _plan.effective_spec(self.spec)
+        if self._stdin is not None:
+            for i in range(0, len(self._stdin), STDIN_CHUNK):
+                self._send(_agent.frame(_agent.STDIN, 0, self._stdin[i:i + STDIN_CHUNK]))
+        self._send(_agent.frame(_agent.RUN, 0, _agent.encode_run_config(
+            spec, _templates.guest_mounts(spec), has_stdin=self._stdin is not None,
+            clock_ns=time.time_ns(), entropy=secrets.token_bytes(ENTROPY_BYTES))))
+        self._wait_for_start(spec)
+
+    @property
+    def restored(self) -> bool:
+        return self._restored and not self._closed
+
+
+def check_same_shape(made_for: Spec, spec: Spec, stdin: bytes | None) -> None:
+    """SpecError unless ``spec`` can run in a clone restored for ``made_for`` (same template)."""
+    why = _templates.ineligible(spec, stdin=stdin)
+    if why is not None:
+        raise SpecError("spec", f"this Spec cannot start from a VM template: {why}")
+    for what, mine, theirs in (("limits.memory", machine.memory_bytes(made_for), machine.memory_bytes(spec)),
+                               ("limits.cpus", machine.vcpus(made_for), machine.vcpus(spec)),
+                               ("kernel", made_for.kernel, spec.kernel)):
+        if mine != theirs:
+            raise SpecError(what, f"the pool's VMs were made with {what}={mine!r}, the Spec asks for {theirs!r}")
+
+
+def template_clone_or_none(spec: Spec, stdin: bytes | None, **kw: object) -> str | None:
+    """Why ``run_vm`` cannot use a template for these arguments, or None."""
+    machine_type = kw.get("machine_type", "microvm")
+    sharing = kw.get("rootfs_sharing")
+    extra = set(kw) - {"machine_type", "rootfs_sharing"}
+    if extra:
+        return f"arguments {sorted(extra)}"
+    if not isinstance(machine_type, str) or not (sharing is None or isinstance(sharing, str)):
+        raise MiniboxError("machine_type and rootfs_sharing are strings")
+    return _templates.ineligible(spec, machine_type, sharing, stdin)

@@ -1,0 +1,219 @@
+"""VM templates (issue 13): a guest booted once, saved, and restored per run.
+
+What a user would check: a run from a template gives the command's output
+and exit status like a cold boot; two clones of one template do not share
+random bytes, each has the host's wall clock, its own hostname, env and
+stdin; a damaged or foreign template is refused (and rebuilt by ensure()),
+never handed to QEMU; a pool never hands one VM to two runs and refills;
+a caller SIGKILLed in the middle of a restore leaves nothing after gc.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import minibox
+from minibox import Spec, gc, records
+from minibox.errors import SpecError
+from minibox.vm import templates
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs run as root here (QEMU -runas, the records)")
+
+PROBE = ("head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; hostname; "
+         "echo \"$GREETING\"; cat")
+
+
+def _probe(hostname: str, greeting: str, stdin: bytes) -> tuple[str, int, str, str, str]:
+    result = minibox.run(Spec(argv=["sh", "-c", PROBE], hostname=hostname, env={"GREETING": greeting}),
+                         isolation="vm", stdin=stdin)
+    assert (result.exit_code, result.stderr) == (0, b""), result
+    rand, clock, host, env, *rest = result.stdout.decode().split("\n")
+    return rand, int(clock), host, env, "\n".join(rest)
+
+
+def test_two_clones_have_their_own_entropy_clock_hostname_env_and_stdin(no_leaks: None) -> None:
+    before = time.time()
+    first = _probe("first", "hello one", b"stdin one\n")
+    second = _probe("second", "hello two", b"stdin two\n")
+    after = time.time()
+    assert len(first[0]) == 64 and len(second[0]) == 64
+    assert first[0] != second[0], "two clones of one template read the same random bytes"
+    for clock in (first[1], second[1]):
+        assert before - 2 <= clock <= after + 2, (before, clock, after)  # the host's clock, not the template's
+    assert first[2:] == ("first", "hello one", "stdin one\n")
+    assert second[2:] == ("second", "hello two", "stdin two\n")
+
+
+def test_a_template_run_keeps_the_vm_contract(no_leaks: None) -> None:
+    """Exit status, a read-only default rootfs with a private /tmp, the user, a timeout."""
+    result = minibox.run(Spec(argv=["sh", "-c", "echo x > /tmp/f && cat /tmp/f; touch /etc/nope; id -u; exit 7"],
+                              user=(65534, 65534)), isolation="vm")
+    assert result.exit_code == 7
+    assert result.stdout == b"x\n65534\n"
+    assert b"Read-only file system" in result.stderr
+    result = minibox.run(Spec(argv=["sleep", "60"], timeout=1.5), isolation="vm")
+    assert result.reason == "timeout"
+
+
+def test_specs_that_cannot_use_a_template_say_why(rootfs: str) -> None:
+    from minibox.vm.clone import TemplateClone
+
+    assert templates.ineligible(Spec(argv=["true"])) is None
+    assert "rootfs" in str(templates.ineligible(Spec(argv=["true"], rootfs=rootfs)))
+    assert "vhost-user-fs" in str(templates.ineligible(
+        Spec(argv=["true"], mounts=[minibox.Mount.bind(rootfs, "/data")])))
+    assert "network" in str(templates.ineligible(Spec(argv=["true"], network="bridge")))
+    with pytest.raises(SpecError, match="cannot start from a VM template: the Spec names its own rootfs"):
+        TemplateClone(Spec(argv=["true"], rootfs=rootfs))
+
+
+# ---- the manifest: checked before QEMU sees anything --------------------------------------------
+
+
+def _fake_template(path: Path, key: dict[str, object]) -> None:
+    """Template files of the right shape (not bootable): what Template.open checks."""
+    path.mkdir()
+    (path / "initrd").write_bytes(b"i" * 100)
+    with open(path / "ram", "wb") as f:
+        f.truncate(1 << 20)
+    (path / "state").write_bytes(b"s" * 1000)
+    templates.write_manifest(path, key, "7.2.0", "6.1.0-test", 1.0)
+
+
+def test_a_damaged_or_foreign_template_is_refused_with_the_reason(tmp_path: Path) -> None:
+    key = {"format": templates.FORMAT, "memory": 256 << 20, "kernel": ["/k", 1, 2]}
+    good = tmp_path / "t"
+    _fake_template(good, key)
+    assert templates.Template.open(good, key).kernel_release == "6.1.0-test"
+    with pytest.raises(templates.TemplateError, match=r"another machine \(differs in: kernel, memory\)"):
+        templates.Template.open(good, dict(key, memory=128 << 20, kernel=["/k2", 1, 2]))
+    os.truncate(good / "state", 500)
+    with pytest.raises(templates.TemplateError, match="has 500 bytes, its manifest says 1000"):
+        templates.Template.open(good, key)
+    (good / "state").write_bytes(b"t" * 1000)  # same size, other bytes
+    with pytest.raises(templates.TemplateError, match="does not match its manifest"):
+        templates.Template.open(good, key)
+    (good / "ram").unlink()
+    with pytest.raises(templates.TemplateError, match="missing"):
+        templates.Template.open(good, key)
+    (good / "manifest.json").write_text("{not json")
+    with pytest.raises(templates.TemplateError, match="unreadable"):
+        templates.Template.open(good, key)
+    with pytest.raises(templates.TemplateError, match="no template"):
+        templates.Template.open(tmp_path / "none", key)
+
+
+def test_ensure_rebuilds_a_truncated_template_and_reuses_a_good_one(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision of ensure(), with the boot replaced by writing files (the boot itself is tested above)."""
+    key = {"format": templates.FORMAT, "memory": 1 << 20}
+    builds: list[Path] = []
+
+    class FakeParts:
+        def key(self) -> dict[str, object]:
+            return key
+
+    def build(parts: object, work: Path, k: dict[str, object]) -> None:
+        builds.append(work)
+        _fake_template(work, k)
+
+    monkeypatch.setattr(templates, "template_root", lambda: tmp_path)
+    monkeypatch.setattr(templates, "build", build)
+    first = templates.ensure(FakeParts())  # type: ignore[arg-type]
+    assert len(builds) == 1 and first.path == tmp_path / templates.digest(key)
+    assert templates.ensure(FakeParts()).path == first.path and len(builds) == 1  # type: ignore[arg-type]
+    os.truncate(first.state, 10)
+    assert templates.ensure(FakeParts()).state.stat().st_size == 1000  # type: ignore[arg-type]
+    assert len(builds) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock", first.path.name])
+
+
+# ---- the pool -----------------------------------------------------------------------------------
+
+
+def test_a_pool_hands_each_vm_to_one_run_and_refills(no_leaks: None) -> None:
+    from minibox.vm import Pool
+
+    with Pool(Spec(argv=["true"]), size=2) as pool:
+        assert pool.wait_ready(120)
+        waiting = {vm.pid for vm in pool._ready}
+        outputs = [pool.run(Spec(argv=["sh", "-c", f"echo run{i}; head -c 8 /dev/urandom | od -An -tx1"]))
+                   for i in range(3)]
+        assert [r.stdout.split(b"\n")[0] for r in outputs] == [b"run0", b"run1", b"run2"]
+        assert len({r.stdout for r in outputs}) == 3
+        assert len(set(pool.handed_out)) == 3, "a pool handed one VM to two runs"
+        assert pool.wait_ready(120)
+        assert {vm.pid for vm in pool._ready}.isdisjoint(waiting), "the VMs that ran were replaced"
+        with pytest.raises(SpecError, match=r"limits\.memory"):
+            pool.take(Spec(argv=["true"], limits=minibox.Limits(memory="128M")))
+
+
+# ---- a caller killed during a restore -----------------------------------------------------------
+
+
+CHILD = textwrap.dedent("""
+    from minibox import Spec
+    from minibox.vm.clone import TemplateClone
+    vm = TemplateClone(Spec(argv=["sleep", "1000"]))
+    print(vm.id, flush=True)
+    vm.start()
+    vm.close()
+    print("closed", flush=True)
+""")
+
+
+def _orphaned_clones(template_dir: str, since: float) -> list[int]:
+    """QEMUs restored from ``template_dir`` whose parent is gone (re-parented), started after ``since``."""
+    found = []
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid, start = stat[0], int(stat[1]), boot + int(stat[19]) / ticks
+        if template_dir in cmdline and state != "Z" and ppid == 1 and start >= since - 1:
+            found.append(int(entry))
+    return found
+
+
+def test_a_caller_killed_at_any_step_of_a_restore_leaves_nothing_after_gc(no_leaks: None) -> None:
+    minibox.run(Spec(argv=["true"]), isolation="vm")  # the template exists: the steps are the restore's
+    template_dir = str(templates.template_root())
+    since = time.time()
+    for n in range(1, 6):
+        run = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, timeout=120, check=False,
+                             env=dict(os.environ, MINIBOX_TEST_DIE_AFTER_STEP=str(n)))
+        lines = run.stdout.decode().split()
+        if run.returncode == 0:
+            assert lines[-1] == "closed"
+            break
+        assert run.returncode == -9, run.stderr.decode(errors="replace")
+        record = records.load(records.path_of(lines[0]))
+        assert record is not None, f"step {n}: the record names the clone before anything exists"
+        report = gc.collect()
+        assert report.failed == [], report.failed
+        assert not os.path.exists(records.path_of(lines[0]))
+        deadline = time.monotonic() + 10
+        while True:
+            alive = [p for p in record["processes"] if records.is_running(records.as_process(p) or
+                                                                         {"pid": 0, "starttime": None})]
+            orphans = _orphaned_clones(template_dir, since)
+            if (not alive and not orphans) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (alive, orphans) == ([], []), f"after dying at step {n}: {alive} {orphans}"
+    else:
+        pytest.fail("the restore still had steps after 5")
+    assert n == 3, "record, QEMU, then done: a restore has two steps"
