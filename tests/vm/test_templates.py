@@ -62,6 +62,18 @@ def test_a_template_run_keeps_the_vm_contract(no_leaks: None) -> None:
     assert result.reason == "timeout"
 
 
+def test_a_clone_that_remounts_its_root_writes_only_its_own_copy(no_leaks: None) -> None:
+    from minibox.images.busybox import default_rootfs
+
+    marker = os.path.join(default_rootfs(), "bin", "written-by-a-clone")
+    script = "mount -o remount,rw / && touch /bin/written-by-a-clone && ls /bin/written-by-a-clone"
+    first = minibox.run(Spec(argv=["sh", "-c", script]), isolation="vm")
+    assert first.stdout == b"/bin/written-by-a-clone\n", first  # the guest's root may do this to its copy...
+    assert not os.path.exists(marker)  # ...which is neither the host's image
+    second = minibox.run(Spec(argv=["ls", "/bin/written-by-a-clone"]), isolation="vm")
+    assert second.exit_code != 0  # nor the next clone's
+
+
 def test_specs_that_cannot_use_a_template_say_why(rootfs: str) -> None:
     from minibox.vm.clone import TemplateClone
 

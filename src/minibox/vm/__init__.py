@@ -45,12 +45,18 @@ def run_vm(spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
     """
     global _announced
     from .clone import TemplateClone, template_clone_or_none
+    from .templates import TemplateError
 
-    vm: VirtualMachine
+    vm: VirtualMachine = VirtualMachine(spec, stdin=stdin, stdout=stdout, stderr=stderr, **kw)
     if template and template_clone_or_none(spec, stdin, **kw) is None:
-        vm = TemplateClone(spec, stdin=stdin, stdout=stdout, stderr=stderr)
-    else:
-        vm = VirtualMachine(spec, stdin=stdin, stdout=stdout, stderr=stderr, **kw)
+        clone = TemplateClone(spec, stdin=stdin, stdout=stdout, stderr=stderr)
+        try:
+            clone.restore()
+            vm = clone
+        except TemplateError as e:  # no template can be made here (e.g. a read-only state dir): boot cold
+            import logging
+
+            logging.getLogger("minibox").info("no VM template, booting cold: %s", e)
     with vm:
         assert isinstance(vm, VirtualMachine)
         if announce and not _announced:

@@ -151,6 +151,9 @@ class TemplateClone(_FromFiles):
             parts, verdict = resolve_parts(self.spec)
             self._accel = _accel.Verdict(verdict.accelerator, verdict.reason + "; started from a VM template")
             template = _templates.ensure(parts)
+            if os.statvfs(template.ram).f_flag & os.ST_RDONLY:
+                # QEMU 7.2 opens a file backend read-write even for a private mapping
+                raise _templates.TemplateError(f"{template.ram} is on a read-only file system")
             extra = snapshot.ram_args(str(template.ram), parts.memory, share=False) + snapshot.incoming_args()
             self._launch(parts, template.initrd, extra, StartSteps())
             with self._cond:

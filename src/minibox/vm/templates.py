@@ -234,10 +234,20 @@ def _locked(root: Path) -> Iterator[None]:
 def ensure(parts: Parts) -> Template:
     """The template for ``parts``: checked and used if it is there, (re)built otherwise."""
     key = parts.key()
-    root = template_root()
+    try:
+        root = template_root()
+    except OSError as e:
+        raise TemplateError(f"no template directory in the state dir: {e.strerror}") from e
     path = root / digest(key)
     with contextlib.suppress(TemplateError):
         return Template.open(path, key)
+    try:
+        return _build_locked(parts, root, path, key)
+    except OSError as e:  # a read-only state dir, a full disk: no template, the caller may boot cold
+        raise TemplateError(f"cannot write the template {path}: {e.strerror or e}") from e
+
+
+def _build_locked(parts: Parts, root: Path, path: Path, key: dict[str, Any]) -> Template:
     with _locked(root):
         try:
             return Template.open(path, key)
