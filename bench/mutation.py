@@ -40,6 +40,8 @@ DEFAULT_TESTS = (
     "tests/security/test_hardening.py",
     "tests/security/test_seccomp_verdict.py",
     "tests/integration/test_container_core.py",
+    "tests/integration/test_cgroup_namespace.py",
+    "tests/security/test_mount_race.py",
 )
 # Capabilities the default set must never hold (each one is an escape or a
 # host-wide effect in Docker's and podman's threat models).
@@ -155,6 +157,7 @@ def build_core(tree: Path, python: str) -> None:
 def run_tests(tree: Path, python: str, tests: list[str], timeout: float) -> tuple[bool, str]:
     """(killed, the first failure's line): the mutant is killed when any test fails."""
     with tempfile.TemporaryDirectory(prefix="minibox-mutant-") as scratch:
+        os.chmod(scratch, 0o755)  # a container's user in its user namespace must reach the state dir
         env = dict(os.environ, PYTHONPATH=str(tree / "src"), MINIBOX_STATE_DIR=f"{scratch}/state",
                    MINIBOX_RUNTIME_DIR=f"{scratch}/run", PYTHONDONTWRITEBYTECODE="1",
                    MINIBOX_MUTATION_RUN="1")
@@ -192,14 +195,20 @@ def main() -> int:
     try:
         pristine = {m.path: (tree / m.path).read_text() for m in mutants}
         started = time.monotonic()
+        build_core(tree, python)
+        failing, evidence = run_tests(tree, python, args.tests, args.timeout)
+        if failing:  # a mutant is only killed by tests that pass without it
+            print(f"the unmutated tree fails the tests already: {evidence}", file=sys.stderr)
+            return 1
+        print(f"baseline: the unmutated tree passes ({evidence})", flush=True)
         for n, mutant in enumerate(mutants, 1):
             for path, text in pristine.items():
                 (tree / path).write_text(text)
             apply(tree, mutant)
             if mutant.path.startswith("csrc/"):
                 build_core(tree, python)
-            elif n == 1 or mutants[n - 2].path.startswith("csrc/"):
-                build_core(tree, python)  # the pristine core
+            elif n > 1 and mutants[n - 2].path.startswith("csrc/"):
+                build_core(tree, python)  # back to the pristine core
             killed, evidence = run_tests(tree, python, args.tests, args.timeout)
             results.append({"mutant": mutant.name, "killed": killed, "evidence": evidence})
             print(f"[{n}/{len(mutants)}] {'killed  ' if killed else 'SURVIVED'} {mutant.name}: {evidence}",
