@@ -27,16 +27,25 @@ from .errors import (
     SpecError,
     StateError,
 )
-from .sandbox import Result, Sandbox, Stats, Usage
-from .spec import IdMap, Limits, Mount, Spec
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
     from typing import Any
 
-if TYPE_CHECKING:
     from .container.container import Container
+    from .sandbox import Result, Sandbox, Stats, Usage
+    from .spec import IdMap, Limits, Mount, Spec
     from .vm.virtual_machine import VirtualMachine
+
+#: PEP 562 lazy attributes: name -> the module that defines it, imported on first use.
+#: The errors above are cheap and imported at once; a ``minibox run`` that
+#: never touches the API classes does not pay for them.
+_LAZY = {
+    "Spec": ".spec", "Limits": ".spec", "Mount": ".spec", "IdMap": ".spec",
+    "Result": ".sandbox", "Sandbox": ".sandbox", "Stats": ".sandbox", "Usage": ".sandbox",
+    "Container": ".container.container",
+    "VirtualMachine": ".vm.virtual_machine",
+}
 
 __version__ = "0.1.0"
 
@@ -85,13 +94,15 @@ def run(spec: Spec, isolation: str = "container", **kwargs: Any) -> Result:
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562 lazy attributes: load the container and VM paths on first use.
-    if name == "Container":
-        from .container.container import Container
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'minibox' has no attribute {name!r}")
+    from importlib import import_module
 
-        return Container
-    if name == "VirtualMachine":
-        from .vm.virtual_machine import VirtualMachine
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
 
-        return VirtualMachine
-    raise AttributeError(f"module 'minibox' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -33,6 +33,30 @@ def source_path(relative: str) -> Path:
     raise PreflightError(f"csrc/{relative} is missing from this minibox installation; reinstall minibox")
 
 
+def static_binary(relative: str, name: str) -> str:
+    """:func:`build_static`'s path as a str; a binary built before is found without pathlib.
+
+    This runs on every container start (the keeper), so the look-up costs
+    only the source's hash: the compiler's tools (shutil, subprocess,
+    tempfile) and pathlib are imported when something must be built.
+    """
+    import hashlib
+
+    from .paths import state_dir_name
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for source in (os.path.join(here, "_csrc", relative),
+                   os.path.join(os.path.dirname(os.path.dirname(here)), "csrc", relative)):
+        if os.path.isfile(source):  # the same order as source_path()
+            with open(source, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()[:16]
+            binary = os.path.join(state_dir_name(), f"{name}-{digest}")
+            if os.path.isfile(binary):
+                return binary
+            break
+    return str(build_static(relative, name))
+
+
 def build_static(relative: str, name: str) -> Path:
     """Compile csrc/``relative`` into ``<state dir>/<name>-<hash>`` unless already built."""
     import hashlib

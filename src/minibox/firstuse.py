@@ -24,7 +24,8 @@ import contextlib
 import sys
 import threading
 import time
-from dataclasses import dataclass
+
+from ._record import record
 
 TYPE_CHECKING = False  # the CLI imports this module at start: no typing import at run time
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 LOGGER = "minibox"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StepEvent:
     """One moment of a first-use step: ``phase`` is "start", "done" or "failed"."""
 

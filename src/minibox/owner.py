@@ -48,10 +48,13 @@ import os
 import signal
 import socket
 import threading
-from typing import Any
 
 from .errors import SetupError
 from .paths import runtime_dir_name
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The environment variable of the test hook (see :class:`StartSteps`).
 DIE_AFTER_STEP_ENV = "MINIBOX_TEST_DIE_AFTER_STEP"
@@ -224,9 +227,9 @@ def keep(pidfd: int) -> None:
 
 def keeper_binary() -> str:
     """The static minibox-keeper, built on first use (csrc/keeper/keeper.c)."""
-    from ._static import build_static
+    from ._static import static_binary
 
-    return str(build_static("keeper/keeper.c", "minibox-keeper"))
+    return static_binary("keeper/keeper.c", "minibox-keeper")
 
 
 def _start_keeper() -> socket.socket:

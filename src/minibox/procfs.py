@@ -14,10 +14,11 @@ PSS from /proc/PID/smaps_rollup, and the host's MemAvailable from
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from ._record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcStat:
     """The fields of /proc/PID/stat minibox uses (numbers as in proc(5))."""
 

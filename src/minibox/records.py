@@ -40,16 +40,16 @@ import os
 import select
 import signal
 import time
-from typing import Any, TypedDict
 
 from .errors import SetupError
 from .paths import runtime_dir_name
 from .procfs import start_time, stat
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # importing typing costs milliseconds (on every start): annotations are strings
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+    from typing import Any, TypedDict
 
 #: The record format's version; a record of another format is left alone.
 FORMAT = 1
@@ -59,11 +59,15 @@ DIRECTORY = "sandboxes"
 KILL_WAIT = 5.0
 
 
-class ProcessRecord(TypedDict):
-    """One process, identified so that a reused pid is not mistaken for it."""
+if TYPE_CHECKING:
+    class ProcessRecord(TypedDict):
+        """One process, identified so that a reused pid is not mistaken for it."""
 
-    pid: int
-    starttime: int | None
+        pid: int
+        starttime: int | None
+else:
+    ProcessRecord = dict  # the same dicts at run time
+
 
 
 # -- processes, by pid and start time ---------------------------------------------------

@@ -26,9 +26,9 @@ import os
 import signal as _signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 
+from ._record import field, record
 from .errors import StateError
 from .spec import DEFAULT_PATH, Spec
 
@@ -74,7 +74,7 @@ _WHY_VERB: dict[tuple[str, str], str] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     """What a finished sandbox consumed (read from its cgroup, or from QEMU for a VM)."""
 
@@ -83,7 +83,7 @@ class Usage:
     pids_peak: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Stats:
     """A running sandbox's consumption right now."""
 
@@ -93,7 +93,7 @@ class Stats:
     pids: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Result:
     """How a sandboxed command ended, like :class:`subprocess.CompletedProcess`.
 

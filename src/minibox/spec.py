@@ -9,8 +9,9 @@ runtime spec's ``config.json`` where one exists (``process.args`` -> ``argv``,
 
 Every field is checked when the Spec is built, before anything exists on the
 host, and a bad field raises :class:`minibox.SpecError` naming the field and
-the fix.  Specs are frozen dataclasses: share them between threads freely,
-derive variants with :func:`dataclasses.replace`.
+the fix.  Specs are frozen records (``minibox._record``: dataclass behaviour
+without the cost of importing :mod:`dataclasses`): share them between
+threads freely, derive variants with :func:`dataclasses.replace`.
 
 Spec: https://github.com/opencontainers/runtime-spec/blob/main/config.md
 """
@@ -21,8 +22,8 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
+from ._record import field, record
 from .errors import SpecError
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
@@ -148,7 +149,7 @@ def _normalize_inside(path: str, field_name: str) -> str:
     return "/" + "/".join(parts)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     """Resource limits (OCI ``linux.resources``), enforced by cgroups or by the VM size.
 
@@ -226,7 +227,7 @@ class Limits:
                    ("memory", "memory_swap", "cpus", "cpu_weight", "pids", "cpuset"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """One extra mount inside the sandbox (OCI ``mounts[]``).
 
@@ -273,7 +274,7 @@ class Mount:
         return Mount(self.kind, target, source=source, readonly=bool(self.readonly), size=size)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IdMap:
     """One line of /proc/PID/uid_map or gid_map: ``inside`` maps to ``outside``, ``count`` ids."""
 
@@ -282,7 +283,7 @@ class IdMap:
     count: int = 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Spec:
     """Everything needed to run one command in a sandbox; validated on construction.
 

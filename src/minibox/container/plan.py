@@ -13,10 +13,10 @@ without root.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 
+from .._record import replace
 from ..errors import PreflightError
 from ..images.busybox import default_rootfs
 from ..spec import DEFAULT_PATH, Mount, Spec
@@ -185,5 +185,5 @@ def choose_root(spec: Spec, plan: ChildPlan) -> tuple[Spec, str, str, bool]:
     elif spec.rootfs is None:
         readonly = True
         if not any(m.target == "/tmp" for m in spec.mounts):
-            spec = dataclasses.replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
+            spec = replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
     return spec, image, root, readonly

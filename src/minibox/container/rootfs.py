@@ -34,9 +34,9 @@ from __future__ import annotations
 import functools
 import os
 import stat
-from dataclasses import dataclass
 
 from .._native import lib
+from .._record import record
 from ..spec import Mount, Spec
 
 # mount(2) flags
@@ -73,7 +73,7 @@ MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
 READONLY_PATHS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountOp:
     """One step of the mount plan; mirrors ``struct mb_op`` in csrc/spawn.h.
 

@@ -19,9 +19,9 @@ import errno as errno_mod
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from .._native import ffi, lib
+from .._record import record
 from ..errors import SetupError, exec_failure
 from ..spec import DEFAULT_PATH
 from .rootfs import MountOp
@@ -77,7 +77,7 @@ COMPAT: int = 0
 _ERROR = struct.Struct("=iii")
 
 
-@dataclass
+@record()
 class ChildPlan:
     """What the child does, as Python data; mirrors ``struct mb_plan``."""
 
@@ -124,7 +124,7 @@ class ChildPlan:
     groups: Sequence[int] = ()
     join_fds: Sequence[int] = ()
     # for error messages
-    cmd: str = field(default="")
+    cmd: str = ""
 
 
 class _CPlan:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 
+from .._record import field, record
 from ..errors import SpecError
 from ..spec import DEFAULT_PATH, IdMap, Limits
 
@@ -68,7 +68,7 @@ def _int(value: Any, where: str, low: int = 0, high: int = (1 << 32) - 1) -> int
     return value
 
 
-@dataclass
+@record()
 class Process:
     """``process`` (config.md#process): what runs, as whom, with which privileges."""
 
@@ -154,7 +154,7 @@ def parse_process(obj: Any, where: str = "process.", warnings: list[str] | None 
                    no_new_privileges=no_new, oom_score_adj=oom)
 
 
-@dataclass
+@record()
 class OciMount:
     destination: str
     type: str
@@ -162,7 +162,7 @@ class OciMount:
     options: list[str]
 
 
-@dataclass
+@record()
 class Device:
     path: str
     type: str          # c, b, u, p
@@ -173,7 +173,7 @@ class Device:
     gid: int
 
 
-@dataclass
+@record()
 class Hook:
     path: str
     args: list[str]
@@ -181,7 +181,7 @@ class Hook:
     timeout: int | None
 
 
-@dataclass
+@record()
 class Config:
     """A validated config.json, with the root resolved to an absolute host path."""
 

@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from .._record import record
 from ..errors import SpecError
 from ..spec import Spec
 
@@ -185,7 +185,7 @@ def names_of(mask: int) -> frozenset[str]:
     return frozenset(CAPABILITY_NAMES.get(bit, f"CAP_{bit}") for bit in range(64) if mask >> bit & 1)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CapabilityMasks:
     """The five capability sets for ``struct mb_plan`` (``cap_bounding`` ... ``cap_ambient``)."""
 

@@ -1,0 +1,102 @@
+"""The ``minibox run`` path imports no heavy standard modules (a structure check, no timing).
+
+A fresh interpreter pays for every module it imports: ``dataclasses`` alone
+brings ``inspect``, ``ast``, ``dis`` and ``tokenize`` (about 7 ms of a
+35 ms ``minibox run`` here).  These tests run the command line's import path
+in a new interpreter and name each forbidden module that appears.  The list
+lives in bench/importtime.py, which also prints where the milliseconds go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import minibox
+from minibox import Limits, Mount, Result, Spec
+from minibox._record import replace
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+from importtime import FORBIDDEN  # noqa: E402  (bench/ is not a package)
+
+# Everything `minibox run` imports before the container's clone: the flags,
+# the Spec, and the modules the container path loads at the top.
+IMPORT_PATH = """
+import json as _j, sys
+before = set(sys.modules)
+from minibox.cli import build_parser, _spec_from_args
+args = build_parser("run").parse_args(["run", "--rootfs", "/", "-e", "A=1", "-v", "/tmp:/x:ro", "--", "/bin/true"])
+spec = _spec_from_args(args)
+import minibox, minibox.container.container, minibox.owner, minibox.records, minibox._static
+import minibox.policy.capabilities, minibox.policy.seccomp.cache, minibox.firstuse
+from minibox.container.plan import process_plan
+process_plan(spec, spec.argv)
+print(_j.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def _imported(code: str, *args: str) -> set[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                         check=True, timeout=60).stdout
+    modules: list[str] = json.loads(out.strip().splitlines()[-1])
+    return set(modules)
+
+
+def test_the_run_path_imports_nothing_forbidden() -> None:
+    imported = _imported(IMPORT_PATH)
+    assert "minibox.container.spawn" in imported  # the path was really walked
+    assert not imported & FORBIDDEN, f"the run path imports {sorted(imported & FORBIDDEN)}"
+
+
+def test_import_minibox_is_lean_and_complete() -> None:
+    # Every name but VirtualMachine (QEMU control is allowed its imports) stays lean...
+    imported = _imported("import json as _j, sys; before = set(sys.modules); import minibox; "
+                         "names = [getattr(minibox, n) for n in minibox.__all__ if n != 'VirtualMachine']; "
+                         "print(_j.dumps(sorted(set(sys.modules) - before)))")
+    assert not imported & FORBIDDEN, f"minibox's container API imports {sorted(imported & FORBIDDEN)}"
+    # ...every name resolves, lazily, to what the submodules define...
+    assert all(getattr(minibox, name) is not None for name in minibox.__all__)
+    assert minibox.Spec is Spec and minibox.Result is Result and "Container" in dir(minibox)
+    # ...and the bare package loads only its errors.
+    bare = _imported("import json as _j, sys; before = set(sys.modules); import minibox; "
+                     "print(_j.dumps(sorted(set(sys.modules) - before)))")
+    assert bare <= {"minibox", "minibox.errors", "errno", "__future__"}, sorted(bare)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="minibox run needs root to create namespaces")
+def test_a_whole_cli_run_imports_nothing_forbidden(busybox_rootfs: str) -> None:
+    code = ("import json as _j, sys; from minibox.cli import main; "
+            "code = main(['run', '--rootfs', sys.argv[1], '--', '/bin/true']); "
+            "print(_j.dumps(sorted(sys.modules)) if code == 0 else code)")
+    imported = _imported(code, busybox_rootfs)
+    assert "minibox.container.spawn" in imported
+    assert not imported & FORBIDDEN, f"minibox run imports {sorted(imported & FORBIDDEN)}"
+
+
+def test_records_keep_the_dataclass_contract() -> None:
+    """spec.py and sandbox.py use minibox._record, not dataclasses: the same behaviour, checked."""
+    spec = Spec(argv=["/bin/true"], limits=Limits(memory="64M"), mounts=[Mount.tmpfs("/t")])
+    assert spec == Spec(argv=["/bin/true"], limits=Limits(memory="64M"), mounts=[Mount.tmpfs("/t")])
+    assert spec != Spec(argv=["/bin/false"])
+    assert hash(Limits(memory="64M")) == hash(Limits(memory=64 << 20))
+    assert repr(Mount.tmpfs("/t")) == "Mount(kind='tmpfs', target='/t', source=None, readonly=False, size=None)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.hostname = "other"  # type: ignore[misc]
+    changed = dataclasses.replace(spec, hostname="other")
+    assert changed.hostname == "other" and changed.limits == spec.limits
+    assert replace(spec, hostname="other") == changed
+    assert [f.name for f in dataclasses.fields(Result)][:3] == ["exit_code", "signal", "reason"]
+    assert dataclasses.asdict(Limits(pids=5))["pids"] == 5
+    assert Result(0, None, "exited").usage is not Result(0, None, "exited").usage  # a fresh default each
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        Spec(argv=["/bin/true"], bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="missing required argument: 'argv'"):
+        Spec()  # type: ignore[call-arg]
