@@ -89,6 +89,23 @@ def acquire() -> dict[str, Any]:
         return dict(_identity)
 
 
+def start_error(e: OSError, per_sandbox: str) -> SetupError:
+    """An OS error that ended a start, as a SetupError naming the step and the path.
+
+    Running out of file descriptors (EMFILE, ENFILE) says how many sandboxes
+    this process owns, what each costs (``per_sandbox``) and how to raise the limit.
+    """
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return SetupError("file descriptors", e.errno, detail=(
+            f"this process owns {sandbox_count()} sandboxes ({per_sandbox}) and its limit is {soft} "
+            f"(hard {hard}); raise it with 'ulimit -n' or resource.setrlimit(RLIMIT_NOFILE), pass "
+            "stdout/stderr fds instead of capturing, or close finished sandboxes"))
+    return SetupError("start", e.errno, detail=e.filename if isinstance(e.filename, str) else None)
+
+
 def sandbox_count() -> int:
     """How many sandboxes this process owns now (their records name its lock)."""
     return _count

@@ -155,18 +155,9 @@ class Container(Sandbox):
     @staticmethod
     def _typed(e: OSError) -> SetupError:
         """An OS error of the start as a SetupError; EMFILE says what holds the fds and what to do."""
-        if e.errno in (errno.EMFILE, errno.ENFILE):
-            import resource
+        from ..owner import start_error
 
-            from ..owner import sandbox_count
-
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            return SetupError("file descriptors", e.errno, detail=(
-                f"this process owns {sandbox_count()} sandboxes (each holds about 3 fds: a pidfd and "
-                f"its stdout/stderr pipes) and its limit is {soft} (hard {hard}); raise it with "
-                "'ulimit -n' or resource.setrlimit(RLIMIT_NOFILE), pass stdout/stderr fds instead of "
-                "capturing, or close finished sandboxes"))
-        return SetupError("start", e.errno, detail=e.filename if isinstance(e.filename, str) else None)
+        return start_error(e, "each holds about 3 fds: a pidfd and its stdout/stderr pipes")
 
     def _start(self) -> None:
         from ..owner import StartSteps

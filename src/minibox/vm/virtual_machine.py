@@ -42,7 +42,7 @@ from typing import Any
 
 from .. import procfs
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError, StateError, exec_failure
-from ..owner import Held, StartSteps
+from ..owner import Held, StartSteps, start_error
 from ..sandbox import CLOSED, EXITED, PAUSED, RUNNING, Result, Sandbox, Stats, Usage, command_env, make_result
 from ..spec import Spec
 from . import accel as _accel
@@ -235,6 +235,9 @@ class VirtualMachine(Sandbox):
         self._started_at = time.monotonic()
         try:
             self._boot()
+        except OSError as e:
+            self.close()
+            raise start_error(e, "each holds its QEMU's channels and a memfd") from e
         except BaseException:
             self.close()
             raise
