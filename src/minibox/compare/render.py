@@ -52,7 +52,9 @@ def _short(column: Column, metric: str, host_kernel: str) -> str:
         text = f"{fmt_ms(value)} ms"
         if len(cell.samples) >= 4:
             q1, q3 = percentile(cell.samples, 0.25), percentile(cell.samples, 0.75)
-            text += f" ({fmt_ms(q1)}-{fmt_ms(q3)})"
+            spread = f" ({fmt_ms(q1)}-{fmt_ms(q3)})"
+            if len(text + spread) <= CELL_MAX:  # never cut a number: drop the spread (--wide has it)
+                text += spread
         return text
     if metric in ("memory_idle", "disk"):
         return fmt_bytes(value)
