@@ -163,7 +163,8 @@ def main() -> int:
         booted = time.monotonic() - t0
         show("start() returned after", f"{booted:.2f} s (the agent reported the command running)")
         show("accelerator", f"{vm.accelerator}: {vm.accelerator_reason}")
-        show("QEMU pid", vm.pid)
+        qemu_pid = vm.pid
+        show("QEMU pid", qemu_pid)
         say("  QEMU's command line, read back from /proc/PID/cmdline (fds are inherited socketpairs;")
         say("  /dev/fd/N is the initramfs in a memfd: nothing of this VM has a name on the host):")
         assert vm.pid is not None
@@ -208,10 +209,11 @@ def main() -> int:
         say("  the agent saw its child die, sent 'X', powered off; -action shutdown=pause made QEMU")
         say("  stop instead of exiting, so minibox drained every output port before QMP 'quit'")
         pointer("wait(): drain, then quit", VirtualMachine.wait)
+    show(f"/proc/{qemu_pid} after close()", "gone: QEMU has exited" if not os.path.exists(f"/proc/{qemu_pid}")
+         else "still there")
     heading("QMP events, as QEMU sent them")
     for at, name, data in vm.events:
         print(f"    {at:7.2f} s  {name:<8} {data if data else ''}")
-    say("\nQEMU and virtiofsd have exited and every socket and memfd is closed (VirtualMachine.close).")
     return 0
 
 

@@ -175,8 +175,16 @@ def main() -> int:
             server.join()
             vm.kill()
         box.kill()
-    say("\nClosed: the tap went with QEMU; the veth, the port rules, both leases and (if minibox made it)")
-    say("the bridge are gone.")
+    heading("after close(): what is left of both")
+    links = set(os.listdir("/sys/class/net"))
+    for name in (container_network.veth_name(box.id), vm_network.tap_name(vm.id)):
+        show(f"device {name}", "still there" if name in links else "gone")
+    mine = [address for address, entry in ipam.leases(config.bridge).items() if entry.get("owner") in (box.id, vm.id)]
+    show("their leases", ", ".join(mine) or "none left")
+    rules = [rule for family in nft.FAMILIES for rule in nft.rules(config.nft_table, family)
+             if nft.owner_of(rule) in (box.id, vm.id)]
+    show("their nftables rules", len(rules))
+    show(f"bridge {config.bridge}", "present" if config.bridge in links else "absent")
     return 0
 
 
