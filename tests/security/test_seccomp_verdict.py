@@ -12,11 +12,15 @@ default profile and in one with ``seccomp="unconfined"`` and otherwise the
 same Spec.  For the first group the unconfined answer is *not* EPERM, so an
 EPERM under the default profile can only come from the filter.  The second
 group needs a capability the container does not have, so the kernel says
-EPERM either way; there the test only checks the probe survives the call.
+EPERM either way.  To read the *filter's* verdict on those too, the last
+test has the kernel run minibox's compiled default program with its EPERM
+answers relabelled to an errno nothing else returns (ENOTUNIQ): every call
+on the written list must come back ENOTUNIQ.
 """
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from pathlib import Path
 
@@ -122,4 +126,35 @@ def test_clone3_fails_with_enosys_so_libc_falls_back(probe_root: Path) -> None:
 def test_capability_gated_calls_are_refused_and_the_caller_survives(probe_root: Path) -> None:
     confined = verdicts(probe_root, CAPABILITY_GATED, "default")
     assert {name: v for name, v in confined.items() if v != "EPERM"} == {}
+
+
+def _relabelled(program: bytes, old_errno: int, new_errno: int) -> bytes:
+    """The same program with every ``ret ERRNO(old)`` answering ``ERRNO(new)`` instead."""
+    import struct
+
+    bpf_ret_k = 0x06  # BPF_RET | BPF_K
+    out = bytearray(program)
+    for offset in range(0, len(out), 8):
+        code, jt, jf, k = struct.unpack_from("=HBBI", out, offset)
+        if code == bpf_ret_k and k == 0x00050000 | old_errno:
+            struct.pack_into("=HBBI", out, offset, code, jt, jf, 0x00050000 | new_errno)
+    return bytes(out)
+
+
+def test_the_kernel_running_the_default_program_denies_every_written_down_call(probe_root: Path) -> None:
+    from minibox.policy import capabilities
+    from minibox.policy.seccomp.compile import compile_profile
+
+    program = compile_profile("default", caps=frozenset(capabilities.DEFAULT_CAPABILITIES))
+    assert program is not None
+    (probe_root / "default.bpf").write_bytes(_relabelled(program, errno.EPERM, errno.ENOTUNIQ))
+    calls = {**FILTER_ONLY, **CAPABILITY_GATED}
+    argv = ["/sysprobe", "--filter", "/default.bpf", *(f"{name}:{call}" for name, call in calls.items())]
+    # unconfined: the only filter is the one the probe installs itself
+    result = minibox.run(Spec(argv=argv, rootfs=str(probe_root), seccomp="unconfined", timeout=60))
+    text = result.stdout.decode(errors="replace")
+    assert result.exit_code == 0, (result, text)
+    report = dict(line.split("=", 1) for line in text.splitlines())
+    assert report.pop("done") == "1" and set(report) == set(calls), text
+    assert {name: v for name, v in report.items() if v != "ENOTUNIQ"} == {}
 
