@@ -18,31 +18,10 @@ SOURCE = "oci/gate.c"
 NAME = "minibox-oci-gate"
 
 
-def _source() -> str | None:
-    """The gate's C source, as _static.source_path finds it, without importing pathlib."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for candidate in (os.path.join(package, "_csrc", SOURCE),
-                      os.path.join(os.path.dirname(os.path.dirname(package)), "csrc", SOURCE)):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
 def _binary() -> str:
-    import hashlib
+    from .._static import static_binary  # the fast path: no pathlib, no OpenSSL, no compiler's modules
 
-    from ..paths import state_dir_name
-
-    source = _source()
-    if source is not None:  # the fast path: built before, named by the source's hash
-        with open(source, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        path = os.path.join(state_dir_name(), f"{NAME}-{digest}")
-        if os.path.isfile(path):
-            return path
-    from .._static import build_static
-
-    return str(build_static(SOURCE, NAME))
+    return static_binary(SOURCE, NAME)
 
 
 def gate_fd() -> int:
