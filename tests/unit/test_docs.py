@@ -15,7 +15,8 @@ Three checks over README.md and docs/*.md:
     `bench/...`, `docs/...`) names a file or directory that exists, so a
     moved module cannot leave a chapter pointing at nothing;
 (d) every chapter carries a ``sh try-it`` block (run, as root, by
-    tests/integration/test_docs_try_it.py).
+    tests/integration/test_docs_try_it.py);
+(e) the floor plan in docs/README.md names every module of src/minibox.
 """
 
 from __future__ import annotations
@@ -243,4 +244,16 @@ def try_it_blocks() -> list[Block]:
 def test_chapter_has_a_try_it_block(chapter: str) -> None:
     blocks = [b for b in try_it_blocks() if b.path.name == chapter]
     assert blocks, f"docs/{chapter} has no ```sh try-it``` block rebuilding its step with the plain tools"
-    assert any(b.path.name == chapter for b in blocks)
+
+
+# --- (e) the floor plan in docs/README.md names every module -------------------------------------
+
+
+def test_floor_plan_names_every_module() -> None:
+    tree = next(b.code for b in fenced_blocks(DOCS / "README.md") if b.code.startswith("src/minibox/"))
+    package = REPO / "src" / "minibox"
+    missing = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+               if p.name != "__init__.py" and p.name not in tree]
+    missing += [str(d.relative_to(package)) + "/" for d in sorted(package.rglob("*"))
+                if d.is_dir() and (d / "__init__.py").exists() and f"{d.name}/" not in tree]
+    assert not missing, "docs/README.md's floor plan does not name: " + ", ".join(missing)
