@@ -146,6 +146,11 @@ def test_ensure_rebuilds_a_truncated_template_and_reuses_a_good_one(tmp_path: Pa
     assert templates.ensure(FakeParts()).state.stat().st_size == 1000  # type: ignore[arg-type]
     assert len(builds) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock", first.path.name])
+    old = tmp_path / "0ld"
+    _fake_template(old, {"format": 0})
+    os.utime(old, (time.time() - 2 * templates.UNUSED_FOR,) * 2)
+    assert templates.prune(tmp_path) == ["0ld"]  # the unused one goes, the one just used stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock", first.path.name])
 
 
 # ---- the pool -----------------------------------------------------------------------------------

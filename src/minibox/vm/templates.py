@@ -56,6 +56,8 @@ from .kernel import KernelInfo
 
 #: Bump when the layout of a template or the agent's template protocol changes.
 FORMAT = 1
+#: A template nobody started from for this long is removed when another is built.
+UNUSED_FOR = 24 * 3600.0
 #: The largest stdin a clone is given (it is sent over the control port into the guest's RAM).
 MAX_STDIN = 64 << 20
 
@@ -216,6 +218,25 @@ class Template:
         return template
 
 
+def prune(root: Path, unused_for: float = UNUSED_FOR) -> list[str]:
+    """Remove the templates nobody started from in ``unused_for`` seconds (each is ~100 MiB on disk).
+
+    Every agent, kernel or QEMU change makes a new key, so old templates
+    would pile up.  A running clone of a removed template keeps working: its
+    QEMU holds the RAM file's mapping.  Returns the names removed.
+    """
+    removed = []
+    now = time.time()
+    for entry in root.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            if now - entry.stat().st_mtime > unused_for:
+                _rmtree(entry)
+                removed.append(entry.name)
+    return removed
+
+
 def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -239,8 +260,10 @@ def ensure(parts: Parts) -> Template:
     except OSError as e:
         raise TemplateError(f"no template directory in the state dir: {e.strerror}") from e
     path = root / digest(key)
-    with contextlib.suppress(TemplateError):
-        return Template.open(path, key)
+    with contextlib.suppress(TemplateError, OSError):
+        template = Template.open(path, key)
+        os.utime(path)  # "last used", for prune()
+        return template
     try:
         return _build_locked(parts, root, path, key)
     except OSError as e:  # a read-only state dir, a full disk: no template, the caller may boot cold
@@ -255,6 +278,7 @@ def _build_locked(parts: Parts, root: Path, path: Path, key: dict[str, Any]) -> 
             pass  # missing or damaged: build it (again)
         for stale in root.glob(".build-*"):  # a builder killed half way (we hold the lock: none runs)
             _rmtree(stale)
+        prune(root)
         from ..firstuse import step
 
         work = root / f".build-{os.getpid()}-{time.monotonic_ns()}"
