@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 DEMOS: dict[str, str] = {
-    "namespaces": "pid 1, its own hostname, mounts, network and ids: one namespace at a time",
+    "namespaces": "pid, uts, mnt, net, ipc, cgroup, time and user, one at a time, then seen from the host",
     "cgroups": "an OOM kill, a fork bomb contained, half a CPU, pause and resume",
     "hardening": "what root inside a default container may not do, and why",
     "microvm": "a microVM boot: accelerator probe, guest kernel, initramfs, QEMU argv, QMP events, agent",
