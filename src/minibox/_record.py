@@ -50,26 +50,30 @@ def field(*, default_factory: Callable[[], Any]) -> Any:
 
 
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    # One dict built from the class's template and stored with one update: this
+    # runs for every MountOp of every start, so it stays a few C-level calls.
     cls = type(self)
-    names: tuple[str, ...] = cls.__record_names__
-    if len(args) > len(names):
-        raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments but {len(args)} were given")
-    set_ = object.__setattr__
-    defaults: dict[str, Any] = cls.__record_defaults__
-    for name, value in zip(names, args, strict=False):
-        if name in kwargs:
-            raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
-        set_(self, name, value)
-    for name in names[len(args):]:
-        if name in kwargs:
-            set_(self, name, kwargs.pop(name))
-            continue
-        default = defaults.get(name, _MISSING)
-        if default is _MISSING:
+    values: dict[str, Any] = dict(cls.__record_template__)
+    if args:
+        names: tuple[str, ...] = cls.__record_names__
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments but {len(args)} were given")
+        values.update(zip(names, args, strict=False))
+        if kwargs and not kwargs.keys().isdisjoint(names[:len(args)]):
+            twice = next(name for name in names[:len(args)] if name in kwargs)
+            raise TypeError(f"{cls.__name__}() got multiple values for argument {twice!r}")
+    if kwargs:
+        unknown = kwargs.keys() - values.keys()
+        if unknown:
+            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        values.update(kwargs)
+    for name in cls.__record_required__:
+        if values[name] is _MISSING:
             raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
-        set_(self, name, default.make() if type(default) is _Factory else default)
-    if kwargs:  # every field's keyword was taken above: what is left names no field
-        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+    for name, factory in cls.__record_factories__:
+        if values[name] is factory:  # not given: a fresh value for this instance
+            values[name] = factory.make()
+    self.__dict__.update(values)  # past a frozen class's __setattr__, as dataclasses' __init__ goes
     post_init = getattr(self, "__post_init__", None)
     if post_init is not None:
         post_init()
@@ -152,6 +156,10 @@ def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]:
                 delattr(cls, name)  # as dataclasses does: no shared mutable default on the class
         attributes: dict[str, Any] = {
             "__record_names__": tuple(annotations),
+            "__record_template__": {name: defaults.get(name, _MISSING) for name in annotations},
+            "__record_required__": tuple(name for name in annotations if name not in defaults),
+            "__record_factories__": tuple((name, value) for name, value in defaults.items()
+                                          if type(value) is _Factory),
             "__record_annotations__": annotations,
             "__record_defaults__": defaults,
             "__record_frozen__": frozen,
