@@ -19,13 +19,13 @@ pyroute2, so that the CLI starts almost as fast as the container does.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    import argparse
     from typing import Any, NoReturn
 
 
@@ -100,25 +100,31 @@ def _number(flag: str, kind: type, text: str | None) -> Any:
         raise UsageError(f"{flag} {text!r}: expected a {'number' if kind is float else 'whole number'}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on a bad flag and prints the whole usage block first;
-    ``minibox run`` promises one line and 125, like ``docker run``."""
+def _parser_classes() -> tuple[type[argparse.ArgumentParser], type[argparse.HelpFormatter]]:
+    """argparse's parser and formatter as ``minibox`` wants them (argparse imported here, on demand)."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_SETUP_FAILED, f"minibox: {message.splitlines()[0] if message else 'bad arguments'} "
-                                     f"(see '{self.prog} --help')\n")
+    class _Parser(argparse.ArgumentParser):
+        """argparse exits 2 on a bad flag and prints the whole usage block first;
+        ``minibox run`` promises one line and 125, like ``docker run``."""
 
+        def error(self, message: str) -> NoReturn:
+            self.exit(EXIT_SETUP_FAILED, f"minibox: {message.splitlines()[0] if message else 'bad arguments'} "
+                                         f"(see '{self.prog} --help')\n")
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter with the width from $COLUMNS: argparse would import
-    shutil to ask the terminal, once for every argument added."""
+    class _Formatter(argparse.HelpFormatter):
+        """argparse's formatter with the width from $COLUMNS: argparse would import
+        shutil to ask the terminal, once for every argument added."""
 
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=int(os.environ.get("COLUMNS", "100")) - 2)
+        def __init__(self, prog: str) -> None:
+            super().__init__(prog, width=int(os.environ.get("COLUMNS", "100")) - 2)
+
+    return _Parser, _Formatter
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that subcommand's (building all costs ms)."""
+    _Parser, _Formatter = _parser_classes()
     parser = _Parser(
         formatter_class=_Formatter,
         prog="minibox",
@@ -136,7 +142,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return parser
 
     if wanted("run"):
-        _add_run_parser(sub)
+        _add_run_parser(sub, _Formatter)
     if wanted("rootfs"):
         rootfs = add("rootfs", help="build a root file system")
         rootfs.add_argument("kind", choices=("busybox",), help="what to build it from")
@@ -171,7 +177,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _add_run_parser(sub: Any) -> None:
+def _add_run_parser(sub: Any, _Formatter: type[argparse.HelpFormatter]) -> None:
+    import argparse
+
     run = sub.add_parser("run", formatter_class=_Formatter, help="run a command in a sandbox",
                          description="Run CMD in a container (default) or a microVM, docker-style.")
     run.add_argument("--isolation", choices=("container", "vm"), default="container",
@@ -214,6 +222,102 @@ def _add_run_parser(sub: Any) -> None:
     run.add_argument("-i", "--interactive", action="store_true", help="pass minibox's stdin to the command")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD...", help="the command and its arguments")
 
+
+
+# ``minibox run``'s flags once more, for the fast path: importing argparse and
+# building its parser costs a CLI start milliseconds (argparse, gettext,
+# locale, ~35 Action objects).  option strings -> (dest, kind, choices);
+# kind is "value" (one argument), "flag" (store_true) or "append".
+# tests/unit/test_import_budget.py checks this table against the argparse
+# parser above, so the two cannot drift apart.
+_RUN_FLAGS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {}
+_RUN_DEFAULTS: dict[str, Any] = {}
+_RUN_APPEND: set[str] = set()
+for _names, _dest, _kind, _default, _choices in (
+    ("--isolation", "isolation", "value", "container", ("container", "vm")),
+    ("--rootfs", "rootfs", "value", None, None),
+    ("--hostname", "hostname", "value", "minibox", None),
+    ("-v --volume", "volume", "append", None, None),
+    ("--tmpfs", "tmpfs", "append", None, None),
+    ("--read-only", "read_only", "flag", False, None),
+    ("--rootfs-overlay", "rootfs_overlay", "flag", False, None),
+    ("--rootfs-overlay-size", "rootfs_overlay_size", "value", None, None),
+    ("-e --env", "env", "append", None, None),
+    ("-w --workdir", "workdir", "value", "/", None),
+    ("--user", "user", "value", "0:0", None),
+    ("--userns", "userns", "flag", False, None),
+    ("--timeout", "timeout", "value", None, None),
+    ("--memory", "memory", "value", None, None),
+    ("--memory-swap", "memory_swap", "value", None, None),
+    ("--cpus", "cpus", "value", None, None),
+    ("--cpu-weight", "cpu_weight", "value", None, None),
+    ("--pids", "pids", "value", None, None),
+    ("--cpuset", "cpuset", "value", None, None),
+    ("--net", "net", "value", "none", ("none", "bridge", "host")),
+    ("-p --publish", "publish", "append", None, None),
+    ("--ip", "ip", "value", None, None),
+    ("--host-access", "host_access", "flag", False, None),
+    ("--cap-add", "cap_add", "append", None, None),
+    ("--cap-drop", "cap_drop", "append", None, None),
+    ("--seccomp", "seccomp", "value", "default", None),
+    ("--kernel", "kernel", "value", None, None),
+    ("-t --tty", "tty", "flag", False, None),
+    ("--init", "init", "flag", False, None),
+    ("-i --interactive", "interactive", "flag", False, None),
+):
+    for _name in _names.split():
+        _RUN_FLAGS[_name] = (_dest, _kind, _choices)
+    _RUN_DEFAULTS[_dest] = _default
+    if _kind == "append":
+        _RUN_APPEND.add(_dest)
+del _names, _dest, _kind, _default, _choices, _name
+
+
+def _fast_run_args(argv: Sequence[str]) -> Any:
+    """``minibox run``'s arguments parsed without argparse, or None to leave them to argparse.
+
+    Only the plain forms are taken: exact option names (``--memory 64M``,
+    ``--memory=64M``, ``-e A=1``), then the command.  Anything else --
+    ``--help``, an abbreviation, ``-it``, a value that starts with '-', a
+    choice argparse would refuse -- goes to argparse, which parses it or
+    explains the error exactly as before.
+    """
+    from types import SimpleNamespace
+
+    values = {dest: [] if dest in _RUN_APPEND else default for dest, default in _RUN_DEFAULTS.items()}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or not token.startswith("-") or token == "-":
+            break  # the command (argparse's REMAINDER keeps a leading '--'; _spec_from_args drops it)
+        name, equals, attached = token.partition("=")
+        if equals and not name.startswith("--"):
+            return None
+        known = _RUN_FLAGS.get(name)
+        if known is None:
+            return None
+        dest, kind, choices = known
+        if kind == "flag":
+            if equals:
+                return None
+            values[dest] = True
+            i += 1
+            continue
+        if equals:
+            value = attached
+            i += 1
+        else:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                return None
+            value = argv[i + 1]
+            i += 2
+        if choices is not None and value not in choices:
+            return None
+        if kind == "append":
+            values[dest].append(value)
+        else:
+            values[dest] = value
+    return SimpleNamespace(command="run", **values, cmd=list(argv[i:]))
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
@@ -564,9 +668,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = args_list[0] if args_list and args_list[0] in COMMANDS else None
-    parser = build_parser(command)
-    argv = args_list
-    args = parser.parse_args(argv)
+    args = _fast_run_args(args_list[1:]) if command == "run" else None
+    if args is None:
+        parser = build_parser(command)
+        args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help()
         return 0

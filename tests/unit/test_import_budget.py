@@ -100,3 +100,57 @@ def test_records_keep_the_dataclass_contract() -> None:
         Spec(argv=["/bin/true"], bogus=1)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="missing required argument: 'argv'"):
         Spec()  # type: ignore[call-arg]
+
+
+# -- the run command's fast path (no argparse) -------------------------------------------
+
+def _argparse_run(argv: list[str]) -> dict[str, object]:
+    from minibox.cli import build_parser
+
+    return vars(build_parser("run").parse_args(["run", *argv]))
+
+
+def test_the_fast_path_table_matches_the_argparse_parser() -> None:
+    import argparse
+
+    from minibox.cli import _RUN_DEFAULTS, _RUN_FLAGS, build_parser
+
+    sub = next(a for a in build_parser("run")._actions if isinstance(a, argparse._SubParsersAction))
+    kinds = {argparse._StoreAction: "value", argparse._StoreTrueAction: "flag", argparse._AppendAction: "append"}
+    seen = set()
+    for action in sub.choices["run"]._actions:
+        if action.dest in ("help", "cmd"):
+            continue
+        for name in action.option_strings:
+            seen.add(name)
+            assert _RUN_FLAGS[name] == (action.dest, kinds[type(action)],
+                                        tuple(action.choices) if action.choices else None), name
+        default = action.default if not isinstance(action, argparse._AppendAction) else None
+        assert _RUN_DEFAULTS[action.dest] == default, action.dest
+    assert seen == set(_RUN_FLAGS)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--", "/bin/true"],
+    ["/bin/sh", "-c", "echo --memory 1"],
+    ["--rootfs", "/r", "--memory", "64M", "--pids=10", "-e", "A=1", "-e", "B", "-v", "/a:/b:ro", "--", "ls", "-l"],
+    ["-t", "-i", "--net", "bridge", "-p", "8080:80", "--cap-add", "NET_ADMIN", "--isolation=vm", "echo"],
+    ["--read-only", "--userns", "--init", "--host-access", "--tmpfs", "/t", "-w", "/tmp", "--user", "1:2", "id"],
+    [],
+])
+def test_the_fast_path_parses_as_argparse_does(argv: list[str]) -> None:
+    from minibox.cli import _fast_run_args
+
+    fast = _fast_run_args(argv)
+    assert fast is not None
+    assert vars(fast) == _argparse_run(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["-it", "sh"], ["--mem", "64M", "true"], ["--memory", "-5", "true"], ["--net", "bogus", "true"],
+    ["--tty=yes", "true"], ["-e=A", "true"], ["--memory"], ["--no-such-flag", "true"],
+])
+def test_anything_unusual_is_left_to_argparse(argv: list[str]) -> None:
+    from minibox.cli import _fast_run_args
+
+    assert _fast_run_args(argv) is None
