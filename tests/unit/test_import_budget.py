@@ -31,8 +31,8 @@ from importtime import FORBIDDEN  # noqa: E402  (bench/ is not a package)
 IMPORT_PATH = """
 import json as _j, sys
 before = set(sys.modules)
-from minibox.cli import build_parser, _spec_from_args
-args = build_parser("run").parse_args(["run", "--rootfs", "/", "-e", "A=1", "-v", "/tmp:/x:ro", "--", "/bin/true"])
+from minibox.cli import _fast_run_args, _spec_from_args
+args = _fast_run_args(["--rootfs", "/", "-e", "A=1", "-v", "/tmp:/x:ro", "--memory", "64M", "--", "/bin/true"])
 spec = _spec_from_args(args)
 import minibox, minibox.container.container, minibox.owner, minibox.records, minibox._static
 import minibox.policy.capabilities, minibox.policy.seccomp.cache, minibox.firstuse
