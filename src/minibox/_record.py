@@ -110,22 +110,36 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
 
+def _shadow(owner: Any) -> Any:
+    """The class as ``dataclasses`` would build it (once per class): for fields() and help()."""
+    shadow: Any = owner.__dict__.get("__record_shadow__")
+    if shadow is None:
+        import dataclasses
+
+        namespace: dict[str, Any] = {"__annotations__": dict(owner.__record_annotations__),
+                                     "__module__": owner.__module__, "__qualname__": owner.__qualname__}
+        for name, default in owner.__record_defaults__.items():
+            namespace[name] = dataclasses.field(default_factory=default.make) if type(default) is _Factory else default
+        shadow = dataclasses.dataclass(frozen=owner.__record_frozen__)(type(owner.__name__, (), namespace))
+        type.__setattr__(owner, "__record_shadow__", shadow)
+    return shadow
+
+
 class _DataclassFields:
     """``__dataclass_fields__``, built by ``dataclasses`` from a shadow copy of the class on first use."""
 
     def __get__(self, instance: object, owner: Any) -> dict[str, Any]:
-        fields: dict[str, Any] | None = owner.__dict__.get("__record_fields_cache__")
-        if fields is None:
-            import dataclasses
-
-            namespace: dict[str, Any] = {"__annotations__": dict(owner.__record_annotations__)}
-            for name, default in owner.__record_defaults__.items():
-                namespace[name] = (dataclasses.field(default_factory=default.make) if type(default) is _Factory
-                                   else default)
-            shadow: Any = dataclasses.dataclass(frozen=owner.__record_frozen__)(type(owner.__name__, (), namespace))
-            fields = dict(shadow.__dataclass_fields__)
-            type.__setattr__(owner, "__record_fields_cache__", fields)
+        fields: dict[str, Any] = _shadow(owner).__dataclass_fields__
         return fields
+
+
+class _Signature:
+    """``__signature__`` for :func:`inspect.signature` and help(): the dataclass's, not ``(*args, **kwargs)``."""
+
+    def __get__(self, instance: object, owner: Any) -> Any:
+        import inspect
+
+        return inspect.signature(_shadow(owner))
 
 
 def replace(obj: T, **changes: Any) -> T:
@@ -165,6 +179,7 @@ def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]:
             "__record_frozen__": frozen,
             "__match_args__": tuple(annotations),
             "__dataclass_fields__": _DataclassFields(),
+            "__signature__": _Signature(),
             "__init__": _init,
             "__repr__": _repr,
             "__eq__": _eq,

@@ -95,6 +95,12 @@ def test_records_keep_the_dataclass_contract() -> None:
     assert replace(spec, hostname="other") == changed
     assert [f.name for f in dataclasses.fields(Result)][:3] == ["exit_code", "signal", "reason"]
     assert dataclasses.asdict(Limits(pids=5))["pids"] == 5
+    import inspect  # help() and IDEs show the fields, as for a dataclass
+
+    shown = str(inspect.signature(Mount))
+    assert shown.startswith("(kind: ") and shown.endswith(
+        "target: 'str', source: 'str | None' = None, readonly: 'bool' = False, "
+        "size: 'int | str | None' = None) -> None")
     assert Result(0, None, "exited").usage is not Result(0, None, "exited").usage  # a fresh default each
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         Spec(argv=["/bin/true"], bogus=1)  # type: ignore[call-arg]
