@@ -68,8 +68,8 @@ DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
 # Paths a default container must not read (they leak host kernel state) and
 # paths it must not write; the lists of the OCI/Docker defaults.
 MASKED_FILES = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
-                "/proc/latency_stats")
-MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
+                "/proc/latency_stats", "/proc/timer_stats")
+MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware", "/proc/asound")
 READONLY_PATHS = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 
 
