@@ -42,6 +42,8 @@ DEFAULT_TESTS = (
     "tests/integration/test_container_core.py",
     "tests/integration/test_cgroup_namespace.py",
     "tests/security/test_mount_race.py",
+    "tests/security/test_masked_paths.py",
+    "tests/security/test_mount_propagation.py",
 )
 # Capabilities the default set must never hold (each one is an escape or a
 # host-wide effect in Docker's and podman's threat models).
