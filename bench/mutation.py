@@ -175,14 +175,15 @@ def run_tests(tree: Path, python: str, tests: list[str], timeout: float) -> tupl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="run only the first N mutants")
-    parser.add_argument("--only", default=None, help="run only mutants whose name contains this")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only mutants whose name contains one of these")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--tests", nargs="*", default=list(DEFAULT_TESTS))
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     mutants = policy_mutants() + c_step_mutants()
     if args.only:
-        mutants = [m for m in mutants if args.only in m.name]
+        mutants = [m for m in mutants if any(part in m.name for part in args.only)]
     if args.limit:
         mutants = mutants[: args.limit]
     if args.list:
