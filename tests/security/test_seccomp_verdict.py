@@ -85,7 +85,7 @@ CAPABILITY_GATED = {
     "open_by_handle_at": "304:-1:0:0", "iopl": "172:3", "ioperm": "173:0:1:1", "acct": "163:0",
     "settimeofday": "164:0:0", "clock_settime": "227:1:0", "clock_adjtime": "305:0:0",
     "lookup_dcookie": "212:0:0:0", "syslog": "103:3:0:0", "vhangup": "153", "bpf": "321:0:0:0",
-    "fsopen": "430:0:0", "fsmount": "432:-1:0:0", "fspick": "433:-1:0:0",
+    "fsopen": "430:0:0", "fsmount": "432:-1:0:0", "fspick": "433:-1:0:0", "fanotify_init": "300:0:0",
 }
 
 
