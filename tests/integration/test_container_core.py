@@ -44,6 +44,14 @@ def test_command_is_pid_1_and_sees_only_its_processes() -> None:
     assert result.reason == "exited" and result.exit_code == 0
 
 
+def test_the_command_leads_a_session_of_its_own() -> None:
+    # setsid() in the child: no session (and so no controlling terminal) is
+    # shared with the caller.  Field 6 of /proc/PID/stat is the session id;
+    # a session led from outside the pid namespace would read 0 here.
+    result = minibox.run(Spec(argv=["sh", "-c", "cut -d' ' -f6 /proc/self/stat"]))
+    assert result.stdout.strip() == b"1", result
+
+
 def test_hostname_is_the_specs_and_the_host_keeps_its_own() -> None:
     before = socket.gethostname()
     result = sh("hostname; cat /proc/sys/kernel/hostname", hostname="box-42")
