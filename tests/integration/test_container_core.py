@@ -52,6 +52,15 @@ def test_the_command_leads_a_session_of_its_own() -> None:
     assert result.stdout.strip() == b"1", result
 
 
+def test_without_no_new_privileges_the_filter_is_still_installed() -> None:
+    # no_new_privileges=False takes the other seccomp path in the child (the
+    # filter goes in before the capabilities are dropped): it must still be there.
+    result = minibox.run(Spec(argv=["grep", "-E", "^(NoNewPrivs|Seccomp):", "/proc/self/status"],
+                              no_new_privileges=False))
+    status = dict(line.split(":\t") for line in result.stdout.decode().splitlines())
+    assert status == {"NoNewPrivs": "0", "Seccomp": "2"}, result
+
+
 def test_hostname_is_the_specs_and_the_host_keeps_its_own() -> None:
     before = socket.gethostname()
     result = sh("hostname; cat /proc/sys/kernel/hostname", hostname="box-42")
