@@ -61,6 +61,16 @@ def test_without_no_new_privileges_the_filter_is_still_installed() -> None:
     assert status == {"NoNewPrivs": "0", "Seccomp": "2"}, result
 
 
+@pytest.mark.parametrize("namespaces", [None, ("mnt", "pid", "uts", "ipc", "net", "cgroup")])
+def test_a_non_root_user_keeps_none_of_the_callers_supplementary_groups(namespaces: object) -> None:
+    # setgroups() in the child: the caller's groups (root's 0 among them)
+    # would otherwise follow the command into the container.
+    spec = Spec(argv=["grep", "^Groups:", "/proc/self/status"], user=(1000, 1000),
+                namespaces=namespaces)  # type: ignore[arg-type]
+    result = minibox.run(spec)
+    assert result.stdout.decode().split()[1:] == ["1000"], result
+
+
 def test_hostname_is_the_specs_and_the_host_keeps_its_own() -> None:
     before = socket.gethostname()
     result = sh("hostname; cat /proc/sys/kernel/hostname", hostname="box-42")
