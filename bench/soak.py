@@ -498,7 +498,18 @@ def growth(samples: list[tuple[int, int]]) -> tuple[float, int]:
 
 
 def cleanup_own(soak: Soak) -> None:
-    """Remove this soak's own bridge and nft table if a leak left them, and its directory."""
+    """Remove this soak's own bridge, nft table and empty cgroups if a leak left them, and its directory.
+
+    The cgroup parent is the soak's alone, so an empty container cgroup under
+    it is dead whatever its age: no grace as ``minibox gc`` gives unrecorded
+    ones it cannot attribute (the leak report above has counted them already).
+    """
+    with contextlib.suppress(Exception):
+        from minibox.container import cgroups
+
+        parent = soak.env["MINIBOX_CGROUP_PARENT"]
+        cgroups.remove_empty_orphans(min_age=0.0, parent=parent)
+        cgroups.prune_parents(parent)
     with contextlib.suppress(Exception):
         from minibox.network import bridge as br
 

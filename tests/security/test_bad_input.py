@@ -49,11 +49,17 @@ def own_cgroup_parent() -> Iterator[None]:
     """Containers of this module get their cgroups under a parent no one else uses."""
     old = os.environ.get("MINIBOX_CGROUP_PARENT")
     os.environ["MINIBOX_CGROUP_PARENT"] = PARENT
-    yield
-    if old is None:
-        del os.environ["MINIBOX_CGROUP_PARENT"]
-    else:
-        os.environ["MINIBOX_CGROUP_PARENT"] = old
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINIBOX_CGROUP_PARENT"]
+        else:
+            os.environ["MINIBOX_CGROUP_PARENT"] = old
+        # each call was checked to leave nothing; a failed test must not leave its parent either
+        from minibox.container import cgroups
+
+        cgroups.prune_parents(PARENT)
 
 
 def _inventory(bridged: bool) -> dict[str, set[str]]:
