@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from pathlib import Path
 
@@ -67,15 +66,8 @@ class _FromFiles(VirtualMachine):
         """Record, start QEMU through the supervised path, connect QMP."""
         self._record = self._create_record(self.spec)
         steps.done("record")
-        child_fds: list[int] = []
-        ours: list[socket.socket] = []
-        theirs: list[socket.socket] = []
-        for _ in range(5):
-            a, b = socket.socketpair()
-            self._socks += [a, b]
-            ours.append(a)
-            theirs.append(b)
-            child_fds.append(b.fileno())
+        ours, theirs = self._channel_pairs()
+        child_fds = [sock.fileno() for sock in theirs]
         qmp_sock, console, ctl, out, err = ours
         self._ctl = ctl
         fds = (theirs[0].fileno(), theirs[1].fileno(), theirs[2].fileno(), theirs[3].fileno(), theirs[4].fileno())

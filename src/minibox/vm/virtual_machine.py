@@ -279,15 +279,8 @@ class VirtualMachine(Sandbox):
         child_fds: list[int] = [self._memfd]
         virtiofs_fds = self._start_virtiofsd(virtiofsd, plan.shares, steps)
         child_fds += [fd for _, fd in virtiofs_fds]
-        # One socketpair per channel: we keep one end, QEMU inherits the other.
-        ours: list[socket.socket] = []
-        theirs: list[socket.socket] = []
-        for _ in range(5):
-            a, b = socket.socketpair()
-            self._socks += [a, b]
-            ours.append(a)
-            theirs.append(b)
-            child_fds.append(b.fileno())
+        ours, theirs = self._channel_pairs()
+        child_fds += [sock.fileno() for sock in theirs]
         qmp_sock, console, ctl, out, err = ours
         self._ctl = ctl
         cfg = _plan.machine_config(
@@ -324,6 +317,18 @@ class VirtualMachine(Sandbox):
             network = {"id": self._id, "bridge": config.bridge, "link": _network.tap_name(self._id),
                        "nft_table": config.nft_table if spec.ports else None}
         return Record.create("vm", self._id, network=network)
+
+    def _channel_pairs(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        """One socketpair per channel (QMP, console, control, stdout, stderr): we keep
+        the first list's ends, QEMU inherits the second's.  Both close with the VM."""
+        ours: list[socket.socket] = []
+        theirs: list[socket.socket] = []
+        for _ in range(5):
+            a, b = socket.socketpair()
+            self._socks += [a, b]
+            ours.append(a)
+            theirs.append(b)
+        return ours, theirs
 
     def _start_virtiofsd(self, virtiofsd: str, shares: Sequence[virtiofs.Share],
                          steps: StartSteps) -> list[tuple[str, int]]:
