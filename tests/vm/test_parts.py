@@ -187,3 +187,16 @@ def test_the_planned_machine_config_wires_every_channel(tmp_path: Path) -> None:
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-device" and "virtserialport" in argv[i + 1]] == [
         f"virtserialport,chardev=port{i},name={name}" for i, name in enumerate(machine.PORTS)]
     assert "socket,id=fs0,fd=9" in argv
+
+
+@pytest.mark.parametrize("which", ["bzimage", "vmlinux"])
+def test_an_explicit_kernel_path_finds_the_modules_of_its_own_release(which: str) -> None:
+    # Spec(kernel=...) naming the provisioned kernel (its bzImage or the
+    # extracted vmlinux) must describe the same kernel as the default: same
+    # release, same module tree -- a guest booted without its modules cannot
+    # mount a virtiofs rootfs (the bug: release "unknown", no modules).
+    default = ensure_kernel()
+    explicit = ensure_kernel(str(default.bzimage if which == "bzimage" else default.path))
+    assert explicit.release == default.release
+    assert explicit.modules_dir == default.modules_dir is not None
+    assert explicit.pvh == default.pvh

@@ -92,6 +92,15 @@ def bzimage_release(data: bytes) -> str | None:
     return text or None
 
 
+def vmlinux_release(data: bytes) -> str | None:
+    """The release in an uncompressed kernel's ``linux_banner`` ("Linux version 6.1.0-... (...)"), or None."""
+    at = data.find(b"Linux version ")
+    if at < 0:
+        return None
+    text = data[at + len(b"Linux version "):at + 200].split(b" ", 1)[0]
+    return text.decode("ascii", "replace") or None
+
+
 def _lz4_legacy(payload: bytes) -> bytes:
     """Decompress the LZ4 "legacy" frame the kernel uses (lz4 -l), with liblz4."""
     name = ctypes.util.find_library("lz4")
@@ -265,8 +274,10 @@ def _prepare(bzimage: Path, workdir: Path, release: str | None, modules_dir: Pat
     """Extract vmlinux next to (or into ``workdir`` for) ``bzimage`` and describe the kernel."""
     head = bzimage.read_bytes()[:0x10000]
     if head[:4] == b"\x7fELF":  # already an uncompressed vmlinux
-        return KernelInfo(bzimage, bzimage, release or "unknown", modules_dir, source,
-                          has_pvh_note(bzimage.read_bytes()))
+        data = bzimage.read_bytes()
+        release = release or vmlinux_release(data) or "unknown"
+        return KernelInfo(bzimage, bzimage, release, modules_dir or _find_modules(bzimage, workdir, release),
+                          source, has_pvh_note(data))
     found = bzimage_release(head)
     if found is None:
         raise PreflightError(f"{bzimage} is not a Linux kernel image (no bzImage header, not ELF)")
@@ -274,12 +285,25 @@ def _prepare(bzimage: Path, workdir: Path, release: str | None, modules_dir: Pat
     stat = bzimage.stat()
     vmlinux = workdir / f"vmlinux-{release}-{stat.st_size}-{int(stat.st_mtime)}"
     pvh = vmlinux.exists() or extract_vmlinux(bzimage, vmlinux)
-    if modules_dir is None:
-        for candidate in (workdir / "lib/modules" / release, Path("/lib/modules") / release):
-            if (candidate / "kernel").is_dir():
-                modules_dir = candidate
-                break
-    return KernelInfo(vmlinux if pvh else bzimage, bzimage, release, modules_dir, source, pvh)
+    return KernelInfo(vmlinux if pvh else bzimage, bzimage, release,
+                      modules_dir or _find_modules(bzimage, workdir, release), source, pvh)
+
+
+def _find_modules(image: Path, workdir: Path, release: str) -> Path | None:
+    """The ``lib/modules/<release>`` tree that belongs to ``image``, or None.
+
+    Looked for beside the image first (an unpacked package: ``boot/vmlinuz-R``
+    and ``lib/modules/R`` under one root, or the cached ``vmlinux-R-...`` in
+    that root), then in the provisioned cache and the host's /lib/modules.
+    Only a tree named after the image's own release is taken: modules built
+    for another kernel would refuse to load.
+    """
+    roots = (image.parent.parent, image.parent, workdir / "current", workdir, Path("/"))
+    for root in roots:
+        candidate = root / "lib/modules" / release
+        if (candidate / "kernel").is_dir():
+            return candidate
+    return None
 
 
 def _installed_debian(root: Path) -> KernelInfo | None:
