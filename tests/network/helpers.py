@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from minibox.network import bridge as br
 
@@ -47,3 +49,19 @@ def read_from(host: str, port: int, timeout: float) -> bytes:
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing answered on {host}:{port}")
         time.sleep(0.1)
+
+
+@contextmanager
+def on_test_network(pool: str, bridge: str, table: str) -> Iterator[ipaddress.IPv4Network]:
+    """Point minibox at a free subnet of ``pool``, a test bridge and nft table; restore the environment after."""
+    subnet = free_test_subnet(pool)
+    saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
+    os.environ.update(MINIBOX_BRIDGE=bridge, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=table)
+    try:
+        yield subnet
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

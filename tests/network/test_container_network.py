@@ -30,7 +30,7 @@ from minibox.network import bridge as br
 from minibox.network import ipam, network_dir, ports
 
 from ..conftest import needs_root
-from .helpers import free_test_subnet, links, nft_tables, read_from
+from .helpers import links, nft_tables, on_test_network, read_from
 
 pytestmark = needs_root
 
@@ -45,17 +45,8 @@ CLONE_NEWNET = 0x40000000
 @pytest.fixture(scope="module", autouse=True)
 def test_network() -> Iterator[ipaddress.IPv4Network]:
     """Point minibox at a test bridge/subnet/table; afterwards, check nothing is left."""
-    subnet = free_test_subnet("10.213.0.0/16")
-    saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
-    os.environ.update(MINIBOX_BRIDGE=BRIDGE, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=TABLE)
-    try:
+    with on_test_network("10.213.0.0/16", BRIDGE, TABLE) as subnet:
         yield subnet
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     time.sleep(0.2)  # a dying netns drops its veth end asynchronously; ours are deleted explicitly
     # Only what this module can have made: other sessions create links and tables meanwhile.
     assert not [name for name in links() if name.startswith("mbv") and _ours_or_loose(name)], "veth left behind"

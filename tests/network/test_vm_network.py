@@ -38,7 +38,7 @@ from minibox.vm import VirtualMachine
 from minibox.vm import network as vmnet
 
 from ..conftest import needs_root
-from .helpers import free_test_subnet, links, nft_tables, read_from
+from .helpers import links, nft_tables, on_test_network, read_from
 
 pytestmark = needs_root
 
@@ -56,17 +56,8 @@ def _vm_records() -> set[str]:
 @pytest.fixture(scope="module", autouse=True)
 def test_network() -> Iterator[ipaddress.IPv4Network]:
     """Point minibox at a test bridge/subnet/table; afterwards, check nothing is left."""
-    subnet = free_test_subnet("10.214.0.0/16")
-    saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
-    os.environ.update(MINIBOX_BRIDGE=BRIDGE, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=TABLE)
-    try:
+    with on_test_network("10.214.0.0/16", BRIDGE, TABLE) as subnet:
         yield subnet
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     assert BRIDGE not in links(), "the test bridge was left behind"
     assert set(PORT_NAMES) & links() == set(), "interfaces left behind"
     assert {t for t in nft_tables() if t.split()[1] == TABLE} == set(), "nft tables left behind"

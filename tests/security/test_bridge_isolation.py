@@ -40,7 +40,7 @@ from minibox.vm import VirtualMachine
 from minibox.vm.network import tap_name
 
 from ..conftest import needs_root
-from ..network.helpers import free_test_subnet, links, nft_tables, read_from
+from ..network.helpers import free_test_subnet, links, nft_tables, on_test_network, read_from
 
 pytestmark = needs_root
 
@@ -55,17 +55,8 @@ ARBITRARY = "192.0.2.77"
 @pytest.fixture(scope="module", autouse=True)
 def test_network() -> Iterator[ipaddress.IPv4Network]:
     """Point minibox at a test bridge/subnet/table; afterwards, check nothing is left."""
-    subnet = free_test_subnet("10.215.0.0/16")
-    saved = {k: os.environ.get(k) for k in ("MINIBOX_BRIDGE", "MINIBOX_SUBNET", "MINIBOX_NFT_TABLE")}
-    os.environ.update(MINIBOX_BRIDGE=BRIDGE, MINIBOX_SUBNET=str(subnet), MINIBOX_NFT_TABLE=TABLE)
-    try:
+    with on_test_network("10.215.0.0/16", BRIDGE, TABLE) as subnet:
         yield subnet
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     time.sleep(0.2)  # a dying netns drops its veth end asynchronously
     # Only names this module made: other sessions may create links and tables meanwhile.
     assert {BRIDGE, DUMMY, DUMMY + "p", *PORT_NAMES} & links() == set(), "interfaces left behind"
