@@ -486,15 +486,20 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     if (plan->tty_socket >= 0)
         CHECK(plan, MB_STEP_PTY, open_pty(plan));
 
-    /* Step: wait for the parent's go.  Meanwhile it attached us to our
-     * cgroups (on cgroup v1 the first write to cgroup.procs waits out an
-     * RCU grace period, 8-19 ms) and plugged in the network; our own setup
-     * above ran in parallel with that wait.  Nothing of the command runs
-     * before it: rlimits, ids, capabilities and seccomp come next. */
+    /* Step: wait for the parent's go.  Meanwhile it wrote our id maps,
+     * plugged in the network, or (cgroup v2, exec) attached us to our
+     * cgroups; our own setup above ran in parallel.  Nothing of the
+     * command runs before it: rlimits, ids, capabilities and seccomp come
+     * next. */
     if (plan->sync_fd >= 0)
         wait_for_parent(plan, MB_SYNC_GO);
 
-    /* Step (vfork mode): join our cgroups ourselves, "0" meaning "me". */
+    /* Step: join our cgroups ourselves, "0" meaning "me".  The fds are
+     * each hierarchy's "tasks" on cgroup v1: a thread moving itself skips
+     * the kernel's global threadgroup lock, whose first taking after a
+     * quiet spell waits out an RCU grace period (5-18 ms here); we are
+     * single-threaded, so the thread is the whole process.  On v2 they are
+     * cgroup.procs (vfork mode only; clone3 uses CLONE_INTO_CGROUP). */
     for (int i = 0; i < plan->n_cgroup_procs_fds; i++) {
         ssize_t n;
         do {

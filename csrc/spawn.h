@@ -115,9 +115,10 @@ struct mb_plan {
     int use_vfork;             /* CLONE_VM|CLONE_VFORK: no page-table copy; the
                                 * caller's thread sleeps until execve, so the
                                 * child must need nothing from it (no id maps,
-                                * no network plumbing): it joins its cgroups
-                                * itself through cgroup_procs_fds */
-    const int *cgroup_procs_fds;
+                                * no network plumbing) */
+    const int *cgroup_procs_fds;   /* the child writes "0" to each after the go,
+                                    * joining its cgroups itself (v1: "tasks",
+                                    * no RCU wait; v2: cgroup.procs) */
     int n_cgroup_procs_fds;
 
     /* synchronisation: the child reads MB_SYNC_GO from sync_fd after its

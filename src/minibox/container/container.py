@@ -12,8 +12,10 @@ csrc/spawn.c).  In order, ``start()``:
 4. clones the child into its namespaces (container/spawn.py -> C); the
    child blocks on a pipe; the owner's keeper (minibox/owner.py) gets a
    pidfd of it, so it dies with its owner unless started ``detached``;
-5. writes the child's uid/gid maps (container/userns.py) and attaches it
-   to its cgroups, then releases it;
+5. writes the child's uid/gid maps (container/userns.py), then releases
+   it; the child moves itself into its cgroups (on v1 through each
+   hierarchy's ``tasks``, which spares the RCU grace period an attach from
+   here would wait out; on v2 clone3 starts it inside);
 6. reads the close-on-exec error pipe: EOF means the command is running,
    a report means a named step failed, and everything is undone.
 
@@ -244,17 +246,15 @@ class Container(Sandbox):
                 else:
                     plan.stderr_fd = fd
             # vfork mode (see csrc/spawn.c) when the child needs nothing from
-            # us before execve: no id maps to write, no veth to move in.  It
-            # then joins its cgroups itself, through these cgroup.procs fds.
+            # us before execve: no id maps to write, no veth to move in.
             plan.use_vfork = not in_userns and self._network is None and "time" not in namespaces
+            # The child joins its cgroups itself, through these fds, in vfork
+            # mode and always on v1, where a move of oneself skips the RCU
+            # grace period an attach() from here waits out (Cgroup.self_join_files).
+            join_self = self._cgroup is not None and (plan.use_vfork or self._cgroup.version == 1)
             cgroup_fd = None
-            if self._cgroup is not None and plan.use_vfork:
-                procs_fds: list[int] = []
-                for d in dict.fromkeys(self._cgroup.paths.values()):
-                    # one at a time into child_ends, so a failure (EMFILE) leaks none
-                    child_ends.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
-                    procs_fds.append(child_ends[-1])
-                plan.cgroup_procs_fds = procs_fds
+            if join_self:
+                plan.cgroup_procs_fds = self._open_join_fds(child_ends)
             elif self._cgroup is not None:
                 cgroup_fd = self._cgroup.clone_into_fd()
                 if cgroup_fd is not None:
@@ -284,7 +284,7 @@ class Container(Sandbox):
                     write_id_maps(self._pid, uid_map, gid_map)
                     os.write(sync_w, SYNC_MAPS_WRITTEN)
                 # These run while the child sets up its mounts.
-                if self._cgroup is not None and cgroup_fd is None and not plan.use_vfork:
+                if self._cgroup is not None and cgroup_fd is None and not join_self:
                     self._cgroup.attach(self._pid)
                 if self._network is not None:
                     self._network.attach(self._pid)
@@ -314,6 +314,18 @@ class Container(Sandbox):
             for fd in to_close + child_ends:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def _open_join_fds(self, child_ends: list[int]) -> list[int]:
+        """Open the files through which the child moves itself into the cgroup (write-only fds).
+
+        Each fd goes onto ``child_ends`` the moment it exists, so a failure
+        (EMFILE) leaks none; an OSError names the path, and start() types it.
+        """
+        fds: list[int] = []
+        for path in self._cgroup.self_join_files():
+            child_ends.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            fds.append(child_ends[-1])
+        return fds
 
     def _create_cgroup(self) -> Any:
         """The container's cgroup; None in rootless mode when only convenience asked for one.
@@ -618,6 +630,11 @@ class Container(Sandbox):
                 pipes.stdin_w = in_w
                 child_ends.append(in_r)
                 plan.stdin_fd = in_r
+            # On v1 the new process joins the container's cgroups itself, as
+            # the container's init did: no RCU grace period (Cgroup.self_join_files).
+            join_self = self._cgroup is not None and self._cgroup.version == 1
+            if join_self:
+                plan.cgroup_procs_fds = self._open_join_fds(child_ends)
             _, middle_fd = spawn(plan)
             for fd in child_ends:
                 os.close(fd)
@@ -634,7 +651,7 @@ class Container(Sandbox):
                 raise failure or SetupError("setns", None, detail="the helper process died")
             grandchild = int.from_bytes(report, "little", signed=True)
             pidfd = os.pidfd_open(grandchild)
-            if self._cgroup is not None:
+            if self._cgroup is not None and not join_self:
                 self._cgroup.attach(grandchild)
             try:
                 os.write(sync_w, SYNC_GO)

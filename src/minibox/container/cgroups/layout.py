@@ -26,9 +26,11 @@ PARENT_ENV: Final = "MINIBOX_CGROUP_PARENT"
 #: The default parent, relative to the caller's own cgroup.
 DEFAULT_PARENT: Final = "minibox"
 
-# v1 controllers minibox uses, in the order it attaches (memory first: the
-# first cgroup.procs write of a process pays an RCU grace period, the others
-# then cost ~0.03 ms).  Known v1 controller names, to read mount options.
+# v1 controllers minibox uses, in the order it attaches (memory first: when
+# attach() moves another process, its first cgroup.procs write pays an RCU
+# grace period, the others then cost ~0.03 ms; a child moving itself through
+# "tasks" pays none, see Cgroup.self_join_files).  Known v1 controller
+# names, to read mount options.
 V1_USED: Final = ("memory", "pids", "cpuacct", "freezer", "cpu", "cpuset")
 V1_KNOWN: Final = frozenset(
     ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio",
