@@ -36,6 +36,12 @@
  *                 U uid, G gid, T tty, and last I + raw stdin bytes)
  *                 'k' kill (signal)
  *                 'i' stdin bytes   'c' the run's config (template clones)
+ *                 'w' the main command's terminal size ("rows cols")
+ *
+ * Streamed stdin (config record 'J', the OCI runtime's VMs, oci/vm_supervisor.py):
+ * a fourth port, minibox.stdin, is the main command's stdin as it is
+ * (or, with a tty, relayed into the pty's master); the host ends it by
+ * shutting down its side, which the guest reads as end of file.
  *
  * Template mode (config record 'W', docs/vm.md "Snapshots and templates"):
  * the agent stops after step 3 and waits on the control port for 'i'* then
@@ -129,6 +135,8 @@ static const char *clock_, *entropy_;
 /* init semantics (Spec.init): the command's end by signal N is reported as
  * exit status 128+N, as minibox-init (csrc/init/init.c) reports it */
 static int init_mode;
+/* record J: the main command's stdin is the minibox.stdin port (streamed by the host) */
+static int stdin_port_wanted, stdin_port = -1;
 
 /* The hardening every command gets, from records K, n, S and L: the same
  * masks, flag, filter and limits the container path's child applies. */
@@ -157,6 +165,7 @@ static int nbinds;
 
 static int ctl_fd = -1, out_fd = -1, err_fd = -1;
 static pid_t main_pid = -1;
+static int main_master = -1;   /* the main command's pty (Spec.tty), or -1 */
 
 struct exec_slot {
     uint32_t id;
@@ -350,6 +359,7 @@ static int parse_config(ssize_t len)
         case 'P': probe_mode = 1; break;
         case 'I': have_stdin = 1; break;
         case 'W': template_mode = 1; break;
+        case 'J': stdin_port_wanted = 1; break;
         case 'Q': clock_ = s; break;
         case 'Z': entropy_ = s; break;
         case 'M': {
@@ -1115,6 +1125,17 @@ static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
     case 'c':
         take_run_config(payload, len);
         break;
+    case 'w': {
+        /* the host's terminal was resized: the kernel tells the command (SIGWINCH) */
+        payload[len] = 0;
+        struct winsize ws = { 0 };
+        char *rest;
+        ws.ws_row = (unsigned short)strtoul(payload, &rest, 10);
+        ws.ws_col = (unsigned short)strtoul(rest, NULL, 10);
+        if (main_master >= 0 && ws.ws_row && ws.ws_col)
+            ioctl(main_master, TIOCSWINSZ, &ws);
+        break;
+    }
     case 'k': {
         payload[len] = 0;
         int sig = atoi(payload);
@@ -1251,7 +1272,9 @@ int main(void)
     ctl_fd = open_port("minibox.control");
     out_fd = open_port("minibox.stdout");
     err_fd = open_port("minibox.stderr");
-    if (ctl_fd < 0 || out_fd < 0 || err_fd < 0) {
+    if (stdin_port_wanted)
+        stdin_port = open_port("minibox.stdin");
+    if (ctl_fd < 0 || out_fd < 0 || err_fd < 0 || (stdin_port_wanted && stdin_port < 0)) {
         console("minibox-agent: virtio-serial ports missing (is virtio_console loaded?)");
         power_off();
     }
@@ -1262,7 +1285,8 @@ int main(void)
     if (template_mode)
         wait_for_run();
 
-    int in_fd = open(have_stdin ? "/minibox/stdin" : "/dev/null", O_RDONLY | O_CLOEXEC);
+    int in_fd = stdin_port >= 0 ? stdin_port
+                : open(have_stdin ? "/minibox/stdin" : "/dev/null", O_RDONLY | O_CLOEXEC);
     setup_root();
     if (in_fd < 0)
         in_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -1275,27 +1299,39 @@ int main(void)
 
     /* Spec.tty: the command's stdio is a pty whose master we relay to the
      * stdout port (stderr included, as on a terminal); stdin is fed to it */
-    int main_master = -1;
     const char *step;
     main_pid = spawn(&main_cmd, in_fd, out_fd, err_fd, &main_master, &step);
     if (main_pid < 0)
         fail(0, step, errno, main_cmd.argv[0]);
-    if (main_master >= 0) {
-        static char input[65536];
-        ssize_t got = read(in_fd, input, sizeof input);
-        feed_pty(main_master, input, got > 0 ? (size_t)got : 0);
+    /* a streamed stdin with a tty: relayed into the pty as it comes (tty_in) */
+    int tty_in = -1;
+    if (main_master >= 0 && stdin_port >= 0) {
+        tty_in = in_fd;
+    } else {
+        if (main_master >= 0) {
+            static char input[65536];
+            ssize_t got = read(in_fd, input, sizeof input);
+            feed_pty(main_master, input, got > 0 ? (size_t)got : 0);
+        }
+        close(in_fd);
     }
-    close(in_fd);
+    static char pending[4096];   /* read from tty_in, not yet written to the pty */
+    size_t pending_len = 0, pending_off = 0;
     send_text('S', 0, "%d", main_pid);
 
     int main_status = 0, main_done = 0;
     while (!main_done) {
-        struct pollfd pfd[3 + 2 * MAX_EXECS];
+        struct pollfd pfd[4 + 2 * MAX_EXECS];
         struct { struct exec_slot *s; int *fd; char type; } who[2 * MAX_EXECS];
         int n = 0;
         pfd[n++] = (struct pollfd){ sfd, POLLIN, 0 };
         pfd[n++] = (struct pollfd){ ctl_fd, POLLIN, 0 };
         pfd[n++] = (struct pollfd){ main_master, POLLIN, 0 };  /* ignored while -1 */
+        /* the streamed tty input: read it while nothing is pending, else wait until the pty takes it */
+        if (tty_in >= 0 && main_master >= 0 && pending_len == 0)
+            pfd[n++] = (struct pollfd){ tty_in, POLLIN, 0 };
+        else
+            pfd[n++] = (struct pollfd){ pending_len && main_master >= 0 ? main_master : -1, POLLOUT, 0 };
         int w = 0;
         for (int i = 0; i < MAX_EXECS; i++) {
             if (!execs[i].pid)
@@ -1311,9 +1347,27 @@ int main(void)
         }
         if (poll(pfd, (nfds_t)n, -1) < 0)
             continue;
-        for (int i = 3; i < n; i++)
+        for (int i = 4; i < n; i++)
             if (pfd[i].revents)
-                pump(who[i - 3].s, who[i - 3].fd, who[i - 3].type);
+                pump(who[i - 4].s, who[i - 4].fd, who[i - 4].type);
+        if (pfd[3].fd == tty_in && tty_in >= 0 && pfd[3].revents) {
+            ssize_t got = read(tty_in, pending, sizeof pending);
+            if (got > 0) {
+                pending_len = (size_t)got;
+                pending_off = 0;
+            } else if (got == 0 || errno != EINTR) {
+                close(tty_in);   /* the host ended its input (a terminal has no end of file to pass on) */
+                tty_in = -1;
+            }
+        } else if (pending_len && pfd[3].revents & POLLOUT) {
+            ssize_t put = write(main_master, pending + pending_off, pending_len - pending_off);
+            if (put > 0)
+                pending_off += (size_t)put;
+            if (put < 0 && errno != EINTR && errno != EAGAIN)
+                pending_off = pending_len;   /* the pty is gone: drop the rest */
+            if (pending_off >= pending_len)
+                pending_len = pending_off = 0;
+        }
         if (main_master >= 0 && pfd[2].revents && relay_master(&main_master) < 0)
             main_master = -1;
         if (pfd[1].revents & (POLLIN | POLLHUP)) {

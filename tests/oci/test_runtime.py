@@ -162,7 +162,7 @@ BAD = {
     "unknown mount type": {"mounts": [{"destination": "/x", "type": "nosuchfs", "source": "x"}]},
     "missing command": {"process__args": ["/no/such/program"]},
     "systemd cgroups path": {"linux__cgroupsPath": "machine.slice:minibox:c1"},
-    "vm isolation": {"annotations": {"minibox.isolation": "vm"}},
+    "unknown isolation": {"annotations": {"minibox.isolation": "gvisor"}},
     "unknown rlimit": {"process__rlimits": [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]},
     "host sysctl": {"linux__sysctl": {"vm.swappiness": "10"}},
     "bind source missing": {"mounts": [{"destination": "/x", "type": "bind", "source": "/no/such/dir",

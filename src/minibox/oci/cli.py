@@ -329,7 +329,7 @@ def _features() -> dict[str, Any]:
             "seccomp": {"enabled": True},
             "apparmor": {"enabled": False}, "selinux": {"enabled": False},
         },
-        "annotations": {"minibox.isolation": "container (vm: not implemented yet)"},
+        "annotations": {"minibox.isolation": "container | vm (the default of minibox-oci-vm)"},
     }
 
 

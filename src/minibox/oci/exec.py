@@ -27,6 +27,11 @@ FORWARDED = (signal_mod.SIGTERM, signal_mod.SIGINT, signal_mod.SIGHUP, signal_mo
 def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_file: str | None = None,
                  console_socket: str | None = None, preserve_fds: int = 0) -> int:
     """Run ``proc`` in the container; return its exit status (0 with ``detach``)."""
+    if record.data.get("isolation") == "vm":  # through the guest agent (oci/vm_runtime.py)
+        from .vm_runtime import exec_process as exec_in_vm
+
+        return exec_in_vm(record, proc, detach=detach, pid_file=pid_file, console_socket=console_socket,
+                          preserve_fds=preserve_fds)
     from ..container.namespaces import JOIN_ORDER
     from ..container.spawn import ChildPlan, read_child_error, spawn
     from . import config as config_mod

@@ -44,13 +44,12 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def check_isolation(annotations: dict[str, str], vm: bool) -> None:
+def check_isolation(annotations: dict[str, str], vm: bool) -> bool:
+    """Whether the bundle runs in a microVM: its annotation, else the executable's name (-vm)."""
     isolation = annotations.get(ISOLATION_ANNOTATION, "vm" if vm else "container")
-    if isolation == "vm":
-        raise OciError("minibox.isolation=vm (minibox-oci-vm) is not implemented yet; "
-                       "run this bundle with minibox-oci (container isolation)")
-    if isolation != "container":
+    if isolation not in ("container", "vm"):
         raise OciError(f"annotation {ISOLATION_ANNOTATION}={isolation!r}: expected 'container' or 'vm'")
+    return isolation == "vm"
 
 
 def resolve_command(cfg: Config, args: list[str], path: str) -> None:
@@ -185,11 +184,17 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
 
     record = Record(root, container_id)
     cfg = config_mod.load(bundle)
-    check_isolation(cfg.annotations, vm)
+    in_vm = check_isolation(cfg.annotations, vm)
     if warn is not None:
         for message in cfg.warnings:
             warn(message)
     with record.creating():
+        if in_vm:  # oci/vm_runtime.py, imported only for a VM
+            from . import vm_runtime
+
+            vm_runtime.create(record, cfg, pid_file=pid_file, console_socket=console_socket,
+                              preserve_fds=preserve_fds, warn=warn)
+            return record
         _build(record, cfg, pid_file=pid_file, console_socket=console_socket, preserve_fds=preserve_fds,
                warn=warn)
     return record
@@ -376,6 +381,10 @@ def start(record: Record, warn: Any = None) -> None:
     import fcntl
     import termios
 
+    if record.data.get("isolation") == "vm":
+        from . import vm_runtime
+
+        return vm_runtime.start(record, warn)
     status = record.status()
     if status != "created":
         raise OciError(f"cannot start container {record.id}: it is {status}, not created")
@@ -424,6 +433,10 @@ def parse_signal(value: str) -> int:
 
 
 def kill(record: Record, sig: int, all_processes: bool = False) -> None:
+    if record.data.get("isolation") == "vm":
+        from . import vm_runtime
+
+        return vm_runtime.kill(record, sig)
     if not record.alive():
         raise OciError(f"container {record.id} is not running")
     if all_processes:
@@ -444,6 +457,10 @@ def kill(record: Record, sig: int, all_processes: bool = False) -> None:
 
 
 def delete(record: Record, force: bool = False, warn: Any = None) -> None:
+    if record.data.get("isolation") == "vm":
+        from . import vm_runtime
+
+        return vm_runtime.delete(record, force, warn)
     status = record.status()
     if status in ("running", "paused") and not force:
         raise OciError(f"cannot delete container {record.id} that is not stopped: it is {status} "
@@ -477,6 +494,10 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
 
 
 def pause(record: Record) -> None:
+    if record.data.get("isolation") == "vm":
+        from . import vm_runtime
+
+        return vm_runtime.pause(record)
     status = record.status()
     if status != "running":
         raise OciError(f"cannot pause container {record.id}: it is {status}")
@@ -484,6 +505,10 @@ def pause(record: Record) -> None:
 
 
 def resume(record: Record) -> None:
+    if record.data.get("isolation") == "vm":
+        from . import vm_runtime
+
+        return vm_runtime.resume(record)
     status = record.status()
     if status != "paused":
         raise OciError(f"cannot resume container {record.id}: it is {status}, not paused")
@@ -491,6 +516,10 @@ def resume(record: Record) -> None:
 
 
 def processes(record: Record) -> list[int]:
+    if record.data.get("isolation") == "vm":
+        from . import vm_runtime
+
+        return vm_runtime.processes(record)
     cgroup = record.cgroup()
     if cgroup is None:
         return [record.pid] if record.alive() else []

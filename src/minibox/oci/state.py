@@ -136,6 +136,8 @@ class Record:
         return Cgroup.from_paths(info["version"], info["paths"])
 
     def frozen(self) -> bool:
+        if self.data.get("isolation") == "vm":  # QMP stop/cont, noted by pause/resume
+            return bool(self.data.get("paused"))
         info = self.data.get("cgroup") or {}
         paths = info.get("paths", {})
         try:

@@ -125,14 +125,16 @@ def plan_vm(spec: Spec, sharing: str, default_rootfs: Callable[[], str],
 
 def guest_initramfs(spec: Spec, agent_bin: Path, modules: Sequence[tuple[str, bytes]],
                     mounts: Sequence[_agent.GuestMount], stdin: bytes | None,
-                    packed_root: str | None = None, network: VmNetwork | None = None) -> bytes:
+                    packed_root: str | None = None, network: VmNetwork | None = None,
+                    config: bytes | None = None) -> bytes:
     """The guest's whole first root: the agent as /init, its modules, the Spec, stdin.
 
     With ``packed_root`` that directory is copied in as /newroot (the
     "initramfs" rootfs sharing); otherwise the agent mounts the virtiofs tag
     "rootfs" there.  With ``network`` (bridge mode) the agent is told the
     NIC's address, and the generated /etc files go to /minibox/etc for it to
-    bind-mount over the rootfs's own.
+    bind-mount over the rootfs's own.  ``config`` replaces the agent's config
+    written from ``spec`` (the OCI runtime boots its VMs waiting for the run).
     """
     entries = [initramfs.directory(d) for d in ("dev", "proc", "sys", "minibox", "minibox/modules")]
     entries += initramfs.tree(packed_root, "newroot") if packed_root else [initramfs.directory("newroot")]
@@ -142,10 +144,11 @@ def guest_initramfs(spec: Spec, agent_bin: Path, modules: Sequence[tuple[str, by
         for name, text in network.etc_files().items():
             entries.append(initramfs.file(f"minibox/etc/{name}", text.encode(), 0o644))
             etc_binds.append((f"/minibox/etc/{name}", f"/etc/{name}"))
-    config = _agent.encode_config(spec, mounts, root_tag="" if packed_root else "rootfs",
-                                  has_stdin=stdin is not None,
-                                  network=network.guest_config() if network is not None else None,
-                                  files=etc_binds)
+    if config is None:
+        config = _agent.encode_config(spec, mounts, root_tag="" if packed_root else "rootfs",
+                                      has_stdin=stdin is not None,
+                                      network=network.guest_config() if network is not None else None,
+                                      files=etc_binds)
     entries += [
         initramfs.chardev("dev/console", 5, 1),
         initramfs.file("init", agent_bin.read_bytes(), 0o755),

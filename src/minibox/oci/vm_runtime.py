@@ -1,0 +1,511 @@
+"""The runtime verbs for ``minibox.isolation=vm``: the same command line, a microVM behind it.
+
+Spec: the OCI runtime specification's lifecycle, as oci/runtime.py follows
+it for containers; the VM path of the library (minibox.vm) underneath.
+Selected by the annotation ``minibox.isolation=vm`` or by calling the
+runtime as ``minibox-oci-vm`` (what a Kubernetes RuntimeClass's
+``BinaryName`` names).
+
+``create`` translates config.json into the same :class:`~minibox.Spec` the
+Python API takes (:func:`vm_spec`), refusing what a VM cannot honour with a
+one-line error naming the field, then forks the VM supervisor
+(oci/vm_supervisor.py): the pid the engine gets, which boots the VM with
+the guest agent waiting and stays until the command has ended.  The other
+verbs talk to the supervisor over its control socket; ``state`` reads the
+record only (the supervisor's pid and start time, ``started``, ``paused``).
+
+What a VM cannot honour, and why (docs/oci.md keeps the list):
+namespaces joined by path (a guest cannot enter a host namespace), id
+mappings (the guest kernel is the boundary; ids are the guest's own),
+``--preserve-fds`` (a host fd cannot cross into a guest), pinned CPUs
+(``linux.resources.cpu.cpus``: vCPUs are QEMU threads), devices beyond the
+standard ones, mounts of kinds other than bind and tmpfs.  The kernel's own
+file systems (proc, sysfs, devpts, mqueue, cgroup, a tmpfs on /dev) are
+the guest kernel's, mounted by the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal as signal_mod
+
+from ..errors import MiniboxError, SpecError
+from .config import Config
+from .state import OciError, Record
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..spec import Spec
+    from .config import Process
+
+#: Mount types provided by the guest kernel itself (the agent mounts its own).
+GUEST_API_MOUNTS = frozenset({"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"})
+#: Device nodes every guest has in its devtmpfs (linux.devices may list them).
+STANDARD_DEVICES = frozenset({"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+                              "/dev/tty", "/dev/console", "/dev/ptmx"})
+#: What an exec's stdin may hold: it travels inside the agent's request frame.
+EXEC_STDIN_MAX = 512 * 1024
+
+
+def _refused(where: str, why: str) -> OciError:
+    return OciError(f"config.json: {where}: not supported with minibox.isolation=vm: {why}")
+
+
+def _tmpfs_size(options: list[str]) -> str | None:
+    for option in options:
+        if option.startswith("size="):
+            return option[5:]
+    return None
+
+
+def vm_spec(cfg: Config, warnings: list[str]) -> Spec:
+    """config.json as the Spec a :class:`~minibox.VirtualMachine` runs; OciError for what it cannot honour."""
+    from ..policy.capabilities import DEFAULT_CAPABILITIES, supported_capabilities
+    from ..spec import Limits, Mount, Spec
+
+    proc = cfg.process
+    for ns, path in cfg.namespaces.items():
+        if path is not None:
+            raise _refused(f"linux.namespaces ({ns}, path {path})",
+                           "a guest cannot join a namespace of the host; let the VM have its own")
+    if cfg.uid_map or cfg.gid_map:
+        raise _refused("linux.uidMappings", "the guest kernel is the boundary and ids are the guest's own; "
+                       "remove the user namespace's mappings")
+    for device in cfg.devices:
+        if device.path not in STANDARD_DEVICES:
+            raise _refused(f"linux.devices ({device.path})", "host devices cannot be passed into the guest")
+    limits = cfg.limits
+    if limits.cpuset is not None:
+        raise _refused("linux.resources.cpu.cpus", "the vCPUs are QEMU threads, not pinned to host CPUs; "
+                       "use a CPU quota (--cpus)")
+    if limits.cpu_weight is not None:
+        warnings.append("linux.resources.cpu.shares is not applied: QEMU's share of the host's CPUs is not "
+                        "weighted; the VM's size comes from the CPU quota")
+    if limits.memory_swap is not None and limits.memory_swap != limits.memory:
+        warnings.append("linux.resources.memory.swap is not applied: the guest has no swap device")
+    if cfg.sysctl:
+        warnings.append("linux.sysctl is not applied: the guest kernel keeps its own defaults")
+    if proc.groups:
+        warnings.append("process.user.additionalGids are not set in the guest")
+    if proc.umask is not None:
+        warnings.append("process.user.umask is not applied in the guest")
+    if proc.oom_score_adj is not None:
+        warnings.append("process.oomScoreAdj is not applied: the guest has its own OOM killer")
+
+    mounts: list[Mount] = []
+    for i, m in enumerate(cfg.mounts):
+        if m.type in GUEST_API_MOUNTS or (m.type == "tmpfs" and m.destination == "/dev"):
+            continue
+        readonly = "ro" in m.options
+        if m.type == "tmpfs":
+            mounts.append(Mount.tmpfs(m.destination, size=_tmpfs_size(m.options), readonly=readonly))
+        elif m.type == "bind":
+            if not m.source or not os.path.isabs(m.source):
+                raise OciError(f"config.json: mounts[{i}].source: a bind mount needs an absolute host path")
+            mounts.append(Mount.bind(m.source, m.destination, readonly=readonly))
+        else:
+            raise _refused(f"mounts[{i}].type {m.type!r}", "a guest mounts bind (virtiofs) and tmpfs only")
+
+    if proc.capabilities is not None:
+        bounding = frozenset(proc.capabilities.get("bounding", ()))
+    else:
+        bounding = frozenset(supported_capabilities())
+    env: dict[str, str] = {}
+    for entry in proc.env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    try:
+        return Spec(argv=list(proc.args), rootfs=cfg.root, env=env, cwd=proc.cwd,
+                    hostname=cfg.hostname or "minibox", user=(proc.uid, proc.gid),
+                    limits=Limits(memory=limits.memory, cpus=limits.cpus, pids=limits.pids),
+                    network="none", mounts=mounts, readonly_rootfs=cfg.readonly,
+                    cap_add=sorted(bounding - DEFAULT_CAPABILITIES), cap_drop=sorted(DEFAULT_CAPABILITIES - bounding),
+                    no_new_privileges=proc.no_new_privileges,
+                    seccomp=cfg.seccomp if cfg.seccomp else "unconfined",
+                    rlimits=dict(proc.rlimits), tty=proc.terminal)
+    except SpecError as e:
+        raise OciError(f"config.json (as a VM): {e}") from e
+
+
+# -- create ----------------------------------------------------------------------------------
+
+
+def create(record: Record, cfg: Config, *, pid_file: str | None, console_socket: str | None,
+           preserve_fds: int, warn: Any = None) -> None:
+    """Fork the VM supervisor and wait until its VM has booted with the agent waiting."""
+    from .runtime import _now, _open_console, resolve_command
+
+    proc = cfg.process
+    if proc.terminal and not console_socket:
+        raise OciError("process.terminal is true: give --console-socket to receive the pty")
+    if console_socket and not proc.terminal:
+        raise OciError("--console-socket needs process.terminal true in config.json")
+    if preserve_fds:
+        raise OciError(f"--preserve-fds {preserve_fds}: not supported with minibox.isolation=vm "
+                       "(a host file descriptor cannot be passed into a guest)")
+    warnings: list[str] = []
+    spec = vm_spec(cfg, warnings)
+    resolve_command(cfg, proc.args, proc.path)
+    # the kernel and the agent are found (or built) here, in the caller, so a
+    # missing piece is this command's one-line error, before anything forks
+    try:
+        from ..vm.virtual_machine import find_qemu, refuse_unsupported
+
+        refuse_unsupported(spec)
+        from ..vm import machine
+
+        machine.memory_bytes(spec)
+        find_qemu()
+    except MiniboxError as e:
+        raise OciError(f"config.json (as a VM): {e}") from e
+    if warn is not None:
+        for message in warnings:
+            warn(message)
+
+    record.data = {"id": record.id, "pid": 0, "bundle": cfg.bundle, "rootfs": cfg.root, "created": _now(),
+                   "annotations": cfg.annotations, "started": False, "isolation": "vm", "paused": False,
+                   "hooks": {kind: [vars(h) for h in hooks] for kind, hooks in cfg.hooks.items()
+                             if kind in ("poststart", "poststop")}}
+    record.save()
+    tty_slave = console = None
+    if proc.terminal:
+        assert console_socket is not None
+        console = _open_console(console_socket)
+        master, tty_slave = os.openpty()
+        try:
+            import socket
+            import tty
+
+            tty.setraw(tty_slave)  # the guest's pty does the line discipline; this one only carries bytes
+            with socket.socket(fileno=console) as sock:
+                socket.send_fds(sock, [b"/dev/ptmx"], [master])
+            console = None
+        finally:
+            os.close(master)
+            if console is not None:
+                os.close(console)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the supervisor
+        os.close(ready_r)
+        _become_supervisor(spec, record.dir, ready_w, tty_slave)
+    os.close(ready_w)
+    if tty_slave is not None:
+        os.close(tty_slave)
+    try:
+        from ..procfs import start_time
+
+        record.data.update(pid=pid, starttime=start_time(pid))
+        record.save()
+        answer = b""
+        while chunk := os.read(ready_r, 65536):
+            answer += chunk
+        if not answer.startswith(b"R"):
+            reason = answer[1:].decode(errors="replace") or "the VM supervisor died while booting"
+            raise OciError(f"cannot boot the VM: {reason}")
+        record.data["vm"] = answer[1:].decode()
+        record.save()
+        from .hooks import run_hooks
+
+        for kind in ("prestart", "createRuntime"):
+            run_hooks(kind, [vars(h) for h in cfg.hooks.get(kind, [])], record.oci_state())
+        if pid_file:
+            tmp = f"{pid_file}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(str(pid))
+            os.replace(tmp, pid_file)
+    except BaseException:
+        with contextlib.suppress(OSError, MiniboxError):
+            _destroy(record)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(ready_r)
+
+
+def _become_supervisor(spec: Spec, state_dir: str, ready_fd: int, tty_fd: int | None) -> None:
+    """The forked child: a session of its own, only its own fds, then the supervisor's life.  Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        if tty_fd is not None:
+            import fcntl
+            import termios
+
+            fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)  # its controlling tty: SIGWINCH on resize
+        keep = {0, 1, 2, ready_fd, *([tty_fd] if tty_fd is not None else [])}
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # the state dir's lock above all: it must not outlive create
+        from .vm_supervisor import run
+
+        code = run(spec, state_dir=state_dir, ready_fd=ready_fd, tty_fd=tty_fd)
+    except BaseException as e:  # the supervisor never returns into the command line
+        with contextlib.suppress(OSError):
+            os.write(2, f"minibox-oci: the VM supervisor failed: {e!r}\n".encode())
+    finally:
+        os._exit(code)
+
+
+# -- the other verbs ------------------------------------------------------------------------------
+
+
+def _ask(record: Record, message: dict[str, Any], timeout: float | None = 60.0) -> dict[str, Any]:
+    from .vm_supervisor import request
+
+    try:
+        reply = request(record.dir, message, timeout=timeout)
+    except (OSError, MiniboxError) as e:
+        raise OciError(f"container {record.id}: its VM supervisor does not answer ({e})") from e
+    if "error" in reply:
+        raise OciError(str(reply["error"]))
+    return reply
+
+
+def start(record: Record, warn: Any = None) -> None:
+    status = record.status()
+    if status != "created":
+        raise OciError(f"cannot start container {record.id}: it is {status}, not created")
+    _ask(record, {"op": "start"}, timeout=None)
+    record.data["started"] = True
+    record.save()
+    from .hooks import run_hooks
+
+    try:
+        run_hooks("poststart", record.data.get("hooks", {}).get("poststart", []), record.oci_state())
+    except OciError as e:
+        if warn is not None:
+            warn(str(e))
+
+
+def kill(record: Record, sig: int) -> None:
+    if not record.alive():
+        raise OciError(f"container {record.id} is not running")
+    try:
+        _ask(record, {"op": "kill", "signal": sig}, timeout=10)
+    except OciError:
+        if sig != signal_mod.SIGKILL:
+            raise
+        _kill_supervisor(record)  # it does not answer: SIGKILL ends it all the same (its keeper ends QEMU)
+
+
+def _kill_supervisor(record: Record) -> None:
+    pidfd = os.pidfd_open(record.pid)
+    try:
+        if record.alive():
+            signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _destroy(record: Record) -> None:
+    """End the supervisor and everything it holds; then nothing of the VM is left."""
+    from .runtime import wait_gone
+
+    if record.alive():
+        with contextlib.suppress(OciError):
+            _ask(record, {"op": "destroy"}, timeout=10)
+        if not wait_gone(record.pid, 15.0):
+            _kill_supervisor(record)
+            wait_gone(record.pid, 5.0)
+    # A supervisor killed outright leaves its VM record (its keeper ended QEMU
+    # and virtiofsd): remove it as `minibox gc` would, now that its owner is gone.
+    vm_id = record.data.get("vm")
+    if vm_id:
+        from .. import gc, records
+
+        path = records.path_of(vm_id)
+        data = records.load(path)
+        if data is not None and not records.liveness(data)[0]:
+            gc.clean(data)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def delete(record: Record, force: bool = False, warn: Any = None) -> None:
+    status = record.status()
+    if status in ("running", "paused") and not force:
+        raise OciError(f"cannot delete container {record.id} that is not stopped: it is {status} "
+                       "(use delete --force)")
+    _destroy(record)
+    state = record.oci_state()
+    state["status"] = "stopped"
+    from .hooks import run_hooks
+
+    try:
+        run_hooks("poststop", record.data.get("hooks", {}).get("poststop", []), state)
+    except OciError as e:
+        if warn is not None:
+            warn(str(e))
+    record.remove()
+
+
+def pause(record: Record) -> None:
+    status = record.status()
+    if status != "running":
+        raise OciError(f"cannot pause container {record.id}: it is {status}")
+    _ask(record, {"op": "pause"})
+    record.data["paused"] = True
+    record.save()
+
+
+def resume(record: Record) -> None:
+    status = record.status()
+    if status != "paused":
+        raise OciError(f"cannot resume container {record.id}: it is {status}, not paused")
+    _ask(record, {"op": "resume"})
+    record.data["paused"] = False
+    record.save()
+
+
+def processes(record: Record) -> list[int]:
+    """The host processes of the container: the supervisor, QEMU, the virtiofsd."""
+    if not record.alive():
+        return []
+    try:
+        pids: list[int] = _ask(record, {"op": "pids"}, timeout=10)["pids"]
+    except OciError:
+        return [record.pid] if record.alive() else []
+    return pids
+
+
+# -- exec ------------------------------------------------------------------------------------------
+
+
+def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_file: str | None = None,
+                 console_socket: str | None = None, preserve_fds: int = 0) -> int:
+    """Run ``proc`` in the guest through the agent; a relay process of our own carries it.
+
+    The relay connects to the supervisor, hands it the fds the output goes
+    to, forwards signals, and exits with the command's status.  In the
+    foreground this process is the relay; with ``--detach`` a forked child
+    is (its pid goes to ``--pid-file``), once the agent has started the command.
+    """
+    status = record.status()
+    if status != "running":
+        raise OciError(f"cannot exec in container {record.id}: it is {status}")
+    if proc.terminal and not console_socket:
+        raise OciError("--tty needs --console-socket to receive the pty")
+    if preserve_fds:
+        raise OciError(f"--preserve-fds {preserve_fds}: not supported with minibox.isolation=vm")
+    request: dict[str, Any] = {"op": "exec", "args": list(proc.args), "cwd": proc.cwd,
+                               "user": [proc.uid, proc.gid], "tty": proc.terminal,
+                               "env": dict(e.partition("=")[::2] for e in proc.env)}
+    out_fd, err_fd = 1, 2
+    tty_slave = None
+    if proc.terminal:
+        from .runtime import _open_console
+
+        assert console_socket is not None
+        console = _open_console(console_socket)
+        master, tty_slave = os.openpty()
+        try:
+            import socket
+            import tty
+
+            tty.setraw(tty_slave)
+            with socket.socket(fileno=console) as sock:
+                socket.send_fds(sock, [b"/dev/ptmx"], [master])
+        finally:
+            os.close(master)
+        out_fd = err_fd = tty_slave
+    else:
+        # stdin travels inside the agent's request: read to its end first (bounded)
+        data = b""
+        while chunk := os.read(0, 65536):
+            data += chunk
+            if len(data) > EXEC_STDIN_MAX:
+                raise OciError(f"exec: at most {EXEC_STDIN_MAX} bytes of stdin go to a command in a VM")
+        request["stdin"] = data.decode("latin-1")
+    if not detach:
+        code = _relay(record, request, out_fd, err_fd, None, pid_file)
+        return code
+    started_r, started_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(started_r)
+            code = _relay(record, request, out_fd, err_fd, started_w, None)
+        finally:
+            os._exit(code)
+    os.close(started_w)
+    if tty_slave is not None:
+        os.close(tty_slave)
+    answer = b""
+    while chunk := os.read(started_r, 65536):
+        answer += chunk
+    os.close(started_r)
+    if answer != b"S":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise OciError(answer[1:].decode(errors="replace") or "exec: the relay process died")
+    if pid_file:
+        tmp = f"{pid_file}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(str(pid))
+        os.replace(tmp, pid_file)
+    return 0
+
+
+def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, started_fd: int | None,
+           pid_file: str | None) -> int:
+    """Carry one exec: ask the supervisor, forward signals, return the exit status."""
+    import socket
+
+    from .vm_supervisor import FORWARDED, connect
+
+    def say(message: bytes) -> None:
+        nonlocal started_fd
+        if started_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(started_fd, message)
+            os.close(started_fd)
+            started_fd = None
+
+    try:
+        conn = connect(record.dir, None)
+    except OSError as e:
+        say(b"E" + f"container {record.id}: its VM supervisor does not answer ({e})".encode())
+        raise OciError(f"container {record.id}: its VM supervisor does not answer ({e})") from e
+    try:
+        socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [out_fd, err_fd])
+
+        def forward(number: int, _frame: object) -> None:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"signal": number}).encode() + b"\n")
+        for sig in FORWARDED:
+            signal_mod.signal(sig, forward)
+        buffered = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                say(b"Ethe VM supervisor closed the connection")
+                raise OciError(f"exec in container {record.id}: the VM supervisor closed the connection")
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                reply = json.loads(line)
+                if reply.get("started"):
+                    if pid_file:
+                        tmp = f"{pid_file}.tmp{os.getpid()}"
+                        with open(tmp, "w") as f:
+                            f.write(str(os.getpid()))
+                        os.replace(tmp, pid_file)
+                    say(b"S")
+                elif "error" in reply:
+                    say(b"E" + str(reply["error"]).encode())
+                    raise OciError(str(reply["error"]))
+                elif "exit" in reply:
+                    return int(reply["exit"])
+    finally:
+        conn.close()
