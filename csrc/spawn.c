@@ -32,6 +32,7 @@
 #include <net/if.h>
 #include <sys/socket.h>
 #include <linux/filter.h>
+#include <linux/nsfs.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -562,17 +563,49 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
     exec_command(plan);
 }
 
-/* Exec into a running container: join its namespaces, then clone once more
- * so that the new process is inside the pid namespace (setns on a pid
+/* setns(2) into every namespace of plan->setns_fds.  The user namespace
+ * grants the capabilities to join those it owns, but once in it we lose
+ * them over namespaces it does not own (a pod's network namespace may
+ * belong to the host's user namespace): so first join every other one we
+ * can, then the user namespace, then retry those that said EPERM (what
+ * crun does).  NS_GET_NSTYPE (ioctl_ns(2)) tells which fd is which. */
+static void join_namespaces(const struct mb_plan *plan)
+{
+    int user_fd = -1;
+    int deferred[MB_MAX_KEEP_FDS];
+    int n_deferred = 0;
+    for (int i = 0; i < plan->n_setns_fds; i++) {
+        int fd = plan->setns_fds[i];
+        if (ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWUSER) {
+            user_fd = fd;
+            continue;
+        }
+        if (setns(fd, 0) == 0)
+            continue;
+        if (errno != EPERM || n_deferred == MB_MAX_KEEP_FDS)
+            fail(plan, MB_STEP_SETNS, errno, i);
+        deferred[n_deferred++] = fd;
+    }
+    if (user_fd >= 0)
+        CHECK(plan, MB_STEP_SETNS, setns(user_fd, CLONE_NEWUSER));
+    for (int i = 0; i < n_deferred; i++)
+        CHECK(plan, MB_STEP_SETNS, setns(deferred[i], 0));
+}
+
+/* Exec into a running container (or start one that joins a pid, user or
+ * mount namespace by path): join the namespaces, then clone once more so
+ * that the new process is inside the pid namespace (setns on a pid
  * namespace only affects children) and, through CLONE_PARENT, is the
  * caller's own child that it can wait for. */
 static void __attribute__((noreturn)) join_and_fork(const struct mb_plan *plan)
 {
     reset_signals();
     close_other_fds(plan);
-    for (int i = 0; i < plan->n_setns_fds; i++)
-        CHECK(plan, MB_STEP_SETNS, setns(plan->setns_fds[i], 0));
-    long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
+    join_namespaces(plan);
+    /* The grandchild makes the namespaces that are new (none for an exec;
+     * for a container that joins some by path, the others, as runc's
+     * nsexec does after its setns calls). */
+    long pid = syscall(SYS_clone, CLONE_PARENT | plan->clone_flags | SIGCHLD, 0, NULL, NULL, 0);
     if (pid < 0)
         fail(plan, MB_STEP_FORK, errno, -1);
     if (pid == 0)

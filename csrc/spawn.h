@@ -188,11 +188,16 @@ struct mb_plan {
     const void *seccomp_filter;
     int seccomp_len;           /* number of sock_filter instructions, 0 = none */
 
-    /* exec into a running container: the child setns()es into these fds
-     * (user namespace first), then clones once more with CLONE_PARENT so
-     * the grandchild enters the pid namespace and is the caller's child;
-     * the intermediate child writes the grandchild's pid (int32) to
-     * report_fd and exits 0. */
+    /* exec into a running container, or an OCI container that joins a
+     * pid, user or mount namespace by path (those can only be joined
+     * before the clone: a pid namespace takes only the caller's children,
+     * a user or mount namespace only a process that shares nothing): the
+     * child setns()es into these fds (the user namespace between the
+     * others, see join_namespaces), then clones once more with
+     * CLONE_PARENT and clone_flags, so the grandchild enters the pid
+     * namespace, makes the new namespaces and is the caller's child; the
+     * intermediate child writes the grandchild's pid (int32) to report_fd
+     * and exits 0. */
     const int *setns_fds;
     int n_setns_fds;
     int report_fd;
@@ -201,7 +206,8 @@ struct mb_plan {
      * cleanup, with their own close-on-exec flag (--preserve-fds, the
      * start gate); supplementary groups for setgroups (none: just gid);
      * namespaces joined by path right after the clone (a pod's network,
-     * IPC and UTS namespaces), while the others are new. */
+     * IPC and UTS namespaces, when nothing needs setns_fds), while the
+     * others are new. */
     const int *keep_fds;
     int n_keep_fds;
     const uint32_t *groups;

@@ -165,6 +165,12 @@ BAD = {
     "unknown isolation": {"annotations": {"minibox.isolation": "gvisor"}},
     "unknown rlimit": {"process__rlimits": [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]},
     "host sysctl": {"linux__sysctl": {"vm.swappiness": "10"}},
+    "namespace path not a namespace": {"linux__namespaces": [{"type": "mount"},
+                                                             {"type": "pid", "path": "/etc/hostname"}]},
+    "namespace path of another type": {"linux__namespaces": [{"type": "mount"},
+                                                             {"type": "pid", "path": "/proc/self/ns/net"}]},
+    "namespace path missing": {"linux__namespaces": [{"type": "mount"}, {"type": "user", "path": "/no/such/ns"}]},
+    "host mount namespace": {"linux__namespaces": [{"type": "mount", "path": "/proc/self/ns/mnt"}]},
     "bind source missing": {"mounts": [{"destination": "/x", "type": "bind", "source": "/no/such/dir",
                                         "options": ["rbind"]}]},
 }

@@ -33,9 +33,13 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 # config-linux.md namespace types -> the names of /proc/PID/ns
 NAMESPACE_TYPES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts",
                    "user": "user", "cgroup": "cgroup", "time": "time"}
-# Namespaces that may be joined by path: joining happens in the child right
-# after the clone, where only these are possible without re-forking.
-JOINABLE = ("net", "ipc", "uts", "cgroup")
+# Namespaces that a process can join right after the clone (csrc/spawn.c's
+# join_fds).  The others -- pid, user, mnt, time -- are joined before it by an
+# intermediate process (setns_fds): a pid or time namespace takes only the
+# joiner's children, a user or mount namespace only a process that shares
+# nothing with another.
+JOINABLE_AFTER_CLONE = ("net", "ipc", "uts", "cgroup")
+NS_GET_NSTYPE = 0xB703  # ioctl_ns(2): _IO(0xb7, 0x3), the CLONE_NEW* flag of a namespace fd
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
 
@@ -265,6 +269,7 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
 
     linux = _get(raw, "linux", dict, "", {})
     namespaces: dict[str, str | None] = {}
+    joined_at: dict[str, str] = {}   # where each namespace's entry is, for errors
     for i, ns in enumerate(_get(linux, "namespaces", list, "linux.", [])):
         at = f"linux.namespaces[{i}]"
         if not isinstance(ns, dict):
@@ -276,15 +281,16 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
         if name in namespaces:
             raise field_error(f"{at}.type", f"{kind} is listed twice")
         ns_path = _get(ns, "path", str, f"{at}.")
-        if ns_path:
-            if name not in JOINABLE:
-                raise field_error(f"{at}.path", f"joining a {kind} namespace by path is not supported by "
-                                  f"minibox-oci (only {', '.join(JOINABLE)}); let it create one")
-            if not os.path.exists(ns_path):
-                raise field_error(f"{at}.path", f"{ns_path} does not exist")
+        if ns_path and _is_own_namespace(ns_path, kind, name, f"{at}.path"):
+            if name == "mnt":
+                raise field_error(f"{at}.path", f"{ns_path} is minibox-oci's own mount namespace: the container "
+                                  "would run in the host's file system; give another one or let it create one")
+            if name == "user":
+                continue  # our own user namespace: as if none were listed (setns would say EINVAL)
         namespaces[name] = ns_path or None
-    if "mnt" not in namespaces or namespaces["mnt"] is not None:
-        raise field_error("linux.namespaces", "a new mount namespace is required (add {\"type\": \"mount\"})")
+        joined_at[name] = f"{at}.path"
+    if "mnt" not in namespaces:
+        raise field_error("linux.namespaces", "a mount namespace is required (add {\"type\": \"mount\"})")
 
     def id_maps(key: str) -> list[IdMap]:
         maps = []
@@ -297,6 +303,10 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
         return maps
 
     uid_map, gid_map = id_maps("uidMappings"), id_maps("gidMappings")
+    if (uid_map or gid_map) and namespaces.get("user"):
+        raise field_error("linux.uidMappings" if uid_map else "linux.gidMappings",
+                          f"the user namespace is joined by path ({joined_at['user']}) and has its own id "
+                          "mappings already; remove uidMappings and gidMappings")
     if (uid_map or gid_map) and namespaces.get("user", "absent") is not None:
         raise field_error("linux.uidMappings", "id mappings need a new user namespace in linux.namespaces")
 
@@ -334,6 +344,17 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
         if linux.get(unsupported):
             raise field_error(f"linux.{unsupported}", "is not supported by minibox-oci; remove it")
 
+    if namespaces["mnt"]:
+        # The joined namespace's root is the container's root, set up by
+        # whoever made it: mounting into it would change that container's
+        # file system under its feet (runc does, and fails: its issue 1700).
+        for key, value in (("mounts", mounts), ("root.readonly", readonly), ("linux.devices", devices),
+                           ("linux.maskedPaths", masked), ("linux.readonlyPaths", readonly_paths),
+                           ("linux.sysctl", sysctl), ("linux.rootfsPropagation", propagation)):
+            if value:
+                raise field_error(key, f"cannot be applied in a mount namespace joined by path "
+                                  f"({joined_at['mnt']}): its file system is the namespace's own; remove it")
+
     hooks: dict[str, list[Hook]] = {}
     hooks_obj = _get(raw, "hooks", dict, "", {})
     for kind, items in hooks_obj.items():
@@ -361,6 +382,37 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
                   devices=devices, masked_paths=masked, readonly_paths=readonly_paths, seccomp=seccomp,
                   sysctl=dict(sysctl), propagation=propagation, hooks=hooks, annotations=dict(annotations),
                   warnings=warnings)
+
+
+def _is_own_namespace(path: str, kind: str, name: str, where: str) -> bool:
+    """Check that ``path`` is a namespace file of type ``kind``; whether it is minibox-oci's own.
+
+    A namespace file is an nsfs inode (/proc/PID/ns/NAME, or a bind mount
+    of one); ioctl_ns(2) NS_GET_NSTYPE answers its CLONE_NEW* type, and
+    fails (ENOTTY) on any other file.
+    """
+    import fcntl
+
+    from ..container.namespaces import NAMESPACE_TABLE
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise field_error(where, f"{path}: {(e.strerror or str(e)).lower()}") from e
+    try:
+        try:
+            flag = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as e:
+            raise field_error(where, f"{path} is not a namespace file (give one like /proc/PID/ns/{name}, "
+                              "or a bind mount of one)") from e
+        if flag != NAMESPACE_TABLE[name][0]:
+            actual = next((n for n, (f, _) in NAMESPACE_TABLE.items() if f == flag), hex(flag))
+            raise field_error(where, f"{path} is a {actual} namespace, not a {kind} namespace")
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    own = os.stat(f"/proc/self/ns/{name}")
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _limits(res: dict[str, Any]) -> tuple[Limits, list[str]]:

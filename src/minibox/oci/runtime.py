@@ -25,7 +25,7 @@ import signal as signal_mod
 import time
 
 from ..errors import MiniboxError, SetupError
-from .config import Config
+from .config import JOINABLE_AFTER_CLONE, Config
 from .state import OciError, Record
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
@@ -228,10 +228,18 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     if console_socket and not proc.terminal:
         raise OciError("--console-socket needs process.terminal true in config.json")
     keep = _check_preserved(preserve_fds)
-    resolve_command(cfg, proc.args, proc.path)
     new = [ns for ns, path in cfg.namespaces.items() if path is None]
     joined = [ns for ns in JOIN_ORDER if cfg.namespaces.get(ns)]
     in_userns = "user" in new
+    # A pid, user, mount or time namespace is joined before the clone, by an
+    # intermediate process (csrc/spawn.c's join_and_fork); so is every
+    # other one then, and when the container makes its own user namespace
+    # (inside it, it could no longer join namespaces of the host's).
+    join_before_clone = bool(joined) and (in_userns or any(ns not in JOINABLE_AFTER_CLONE for ns in joined))
+    in_joined_mnt = "mnt" in joined
+    if not in_joined_mnt:
+        # (in a joined mount namespace the command is found, or not, at start)
+        resolve_command(cfg, proc.args, proc.path)
     umask = "-" if proc.umask is None else f"{proc.umask:o}"
 
     plan = ChildPlan(argv=[], envp=list(proc.env), path_env=proc.path, cwd=proc.cwd, uid=proc.uid,
@@ -241,13 +249,15 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     plan.groups = list(proc.groups)
     if in_userns:
         plan.become_root = any(m.inside == 0 for m in cfg.uid_map) and any(m.inside == 0 for m in cfg.gid_map)
+    elif "user" in joined:
+        plan.become_root = True   # our uid may be unmapped there (the overflow id): be its root, as runc does
     hardening(plan, proc, cfg.seccomp, warn)
     plan.clone_flags = clone_flags(new)
     plan.hostname = cfg.hostname if cfg.hostname and "uts" in new else None
     if cfg.hostname and "uts" not in new:
         raise OciError("config.json: hostname needs a new uts namespace in linux.namespaces")
     plan.loopback_up = "net" in new
-    plan.rootfs = cfg.root
+    plan.rootfs = None if in_joined_mnt else cfg.root   # joined: setns made its root ours
     plan.readonly_rootfs = cfg.readonly
 
     from ..container.cgroups import Cgroup
@@ -267,9 +277,16 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
                        "cgroup": {"version": cgroup.version, "paths": cgroup.paths},
                        "namespaces": sorted(cfg.namespaces)}
         record.save()
-        plan.ops = mount_ops(cfg, cgroup.paths)
-        plan.join_fds = [os.open(cfg.namespaces[ns] or "", os.O_RDONLY | os.O_CLOEXEC) for ns in joined]
-        child_ends += plan.join_fds
+        plan.ops = [] if in_joined_mnt else mount_ops(cfg, cgroup.paths)
+        join_fds = [os.open(cfg.namespaces[ns] or "", os.O_RDONLY | os.O_CLOEXEC) for ns in joined]
+        child_ends += join_fds
+        if join_before_clone:
+            plan.setns_fds = join_fds
+            report_r, plan.report_fd = os.pipe()
+            fds.append(report_r)
+            child_ends.append(plan.report_fd)
+        else:
+            plan.join_fds = join_fds
         os.mkfifo(record.fifo, 0o600)
         gate = os.open(record.fifo, os.O_RDWR | os.O_CLOEXEC)
         os.set_inheritable(gate, True)   # the gate (after two execs) reads it
@@ -289,7 +306,9 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             plan.stdin_fd, plan.stdout_fd, plan.stderr_fd = 0, 1, 2
         # vfork mode when we have nothing to do for the child before it runs
         # (see container/container.py): it joins its cgroups itself.
-        plan.use_vfork = not in_userns and "time" not in new
+        # Not when joining by path first: the child may sit in a user
+        # namespace that may not write to our cgroup.procs files.
+        plan.use_vfork = not in_userns and "time" not in new and not join_before_clone
         sync_w = -1
         if plan.use_vfork:
             plan.cgroup_procs_fds = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
@@ -309,6 +328,12 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             plan.clone_flags &= ~clone_flags(["cgroup"])
             plan.unshare_cgroupns = True
         pid, pidfd = spawn(plan)
+        if join_before_clone:
+            for fd in child_ends:   # so that the pipes say EOF once the intermediate is gone
+                os.close(fd)
+            child_ends = []
+            middle_fd, pid, pidfd = pidfd, None, None
+            pid, pidfd = _grandchild(middle_fd, report_r, error_r, plan)
         from ..procfs import start_time
 
         record.data.update(pid=pid, starttime=start_time(pid))
@@ -360,6 +385,25 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
                 os.close(fd)
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _grandchild(middle_fd: int, report_r: int, error_r: int, plan: ChildPlan) -> tuple[int, int]:
+    """After join_and_fork: reap the intermediate child, return the container init's ``(pid, pidfd)``.
+
+    The init is our own child (CLONE_PARENT).  No report means the
+    intermediate failed a setns or the clone; its error is on the pipe.
+    """
+    from ..container.spawn import read_child_error
+
+    try:
+        os.waitid(os.P_PIDFD, middle_fd, os.WEXITED)
+    finally:
+        os.close(middle_fd)
+    report = os.read(report_r, 4)
+    if len(report) != 4:
+        raise read_child_error(error_r, plan) or SetupError("setns", None, detail="the helper process died")
+    pid = int.from_bytes(report, "little", signed=True)
+    return pid, os.pidfd_open(pid)
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> bool:
