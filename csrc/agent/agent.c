@@ -37,6 +37,9 @@
  *                 'k' kill (signal)
  *                 'i' stdin bytes   'c' the run's config (template clones)
  *                 'w' the main command's terminal size ("rows cols")
+ *                 'r' re-initialise after a restore ("sec nsec\0hex\0": the
+ *                     host's clock and entropy, as for a clone); answered by
+ *                     'X' "x 0" with the same id, or 'F' naming the step
  *
  * Streamed stdin (config record 'J', the OCI runtime's VMs, oci/vm_supervisor.py):
  * a fourth port, minibox.stdin, is the main command's stdin as it is
@@ -1095,6 +1098,8 @@ static void add_stdin(const char *data, uint32_t len)
     have_stdin = 1;
 }
 
+static void reinit(uint32_t id, const char *payload, uint32_t len);
+
 /* 'c': the run's own config replaces the template's */
 static void take_run_config(const char *payload, uint32_t len)
 {
@@ -1136,6 +1141,9 @@ static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
             ioctl(main_master, TIOCSWINSZ, &ws);
         break;
     }
+    case 'r':
+        reinit(id, payload, len);
+        break;
     case 'k': {
         payload[len] = 0;
         int sig = atoi(payload);
@@ -1187,16 +1195,20 @@ static int read_control(void)
 
 /* The snapshot froze the guest's wall clock at the template's build time:
  * set the host's, as it was when the host sent the run config. */
-static void set_clock(void)
+static int set_clock(uint32_t id)
 {
     if (!clock_)
-        return;
+        return 0;
     struct timespec ts = { 0, 0 };
     char *rest;
     ts.tv_sec = (time_t)strtoll(clock_, &rest, 10);
     ts.tv_nsec = strtol(rest, NULL, 10);
-    if (ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000L || clock_settime(CLOCK_REALTIME, &ts) < 0)
-        fail(0, "clock_settime", errno ? errno : EINVAL, clock_);
+    errno = 0;
+    if (ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000L || clock_settime(CLOCK_REALTIME, &ts) < 0) {
+        fail(id, "clock_settime", errno ? errno : EINVAL, clock_);
+        return -1;
+    }
+    return 0;
 }
 
 static int hexval(char c)
@@ -1208,31 +1220,43 @@ static int hexval(char c)
  * host's random bytes into the input pool, credited (RNDADDENTROPY), then
  * force the CRNG to rekey from it now (RNDRESEEDCRNG), before anything of
  * the command runs.  random(4). */
-static void reseed(void)
+static int reseed(uint32_t id)
 {
     if (!entropy_)
-        return;
+        return 0;
     static struct { struct rand_pool_info info; uint8_t bytes[256]; } pool;
     size_t n = strlen(entropy_) / 2;
-    if (n == 0 || n > sizeof pool.bytes)
-        fail(0, "reseed", EINVAL, "entropy record");
+    if (n == 0 || n > sizeof pool.bytes) {
+        fail(id, "reseed", EINVAL, "entropy record");
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         int hi = hexval(entropy_[2 * i]), lo = hexval(entropy_[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            fail(0, "reseed", EINVAL, "entropy record");
+        if (hi < 0 || lo < 0) {
+            fail(id, "reseed", EINVAL, "entropy record");
+            return -1;
+        }
         pool.bytes[i] = (uint8_t)(hi << 4 | lo);
     }
     pool.info.entropy_count = (int)(n * 8);
     pool.info.buf_size = (int)n;
     int fd = open("/dev/random", O_RDWR | O_CLOEXEC);
+    const char *what = NULL;
     if (fd < 0)
-        fail(0, "reseed", errno, "/dev/random");
-    if (ioctl(fd, RNDADDENTROPY, &pool.info) < 0)
-        fail(0, "reseed", errno, "RNDADDENTROPY");
-    if (ioctl(fd, RNDRESEEDCRNG) < 0)
-        fail(0, "reseed", errno, "RNDRESEEDCRNG");
-    close(fd);
+        what = "/dev/random";
+    else if (ioctl(fd, RNDADDENTROPY, &pool.info) < 0)
+        what = "RNDADDENTROPY";
+    else if (ioctl(fd, RNDRESEEDCRNG) < 0)
+        what = "RNDRESEEDCRNG";
+    int err = errno;
+    if (fd >= 0)
+        close(fd);
     memset(&pool, 0, sizeof pool);
+    if (what) {
+        fail(id, "reseed", err, what);
+        return -1;
+    }
+    return 0;
 }
 
 /* Template mode: the host snapshots the guest somewhere in here; whichever
@@ -1248,8 +1272,27 @@ static void wait_for_run(void)
             power_off();
         }
     }
-    set_clock();
-    reseed();
+    set_clock(0);
+    reseed(0);
+}
+
+/* 'r': a running guest restored from a snapshot (VirtualMachine.restore)
+ * wakes with the saved wall clock and CRNG state, like a clone: take the
+ * host's clock and entropy, then say so ('X' "x 0" with the request's id).
+ * The command runs on meanwhile; what it read before the snapshot it keeps. */
+static void reinit(uint32_t id, const char *payload, uint32_t len)
+{
+    const char *sep = memchr(payload, 0, len);
+    if (id == 0 || !sep || !memchr(sep + 1, 0, len - (uint32_t)(sep + 1 - payload))) {
+        fail(id ? id : 1, "reinit", EINVAL, "request");
+        return;
+    }
+    clock_ = payload;
+    entropy_ = sep + 1;
+    int bad = set_clock(id) < 0 || reseed(id) < 0;
+    clock_ = entropy_ = NULL;
+    if (!bad)
+        send_text('X', id, "x 0");
 }
 
 /* ---- PID 1 ------------------------------------------------------------ */

@@ -19,6 +19,7 @@ path; :func:`run_vm` is ``minibox.run(spec, isolation="vm")``;
 * templates.py   -- VM templates: key, manifest, build once, check on restore
 * clone.py       -- TemplateClone (a VM restored from a template) and TemplateBoot
 * pool.py        -- Pool: restored clones kept warm, one per run
+* vm_snapshot.py -- a running VM saved to one file and restored (vm.snapshot, VirtualMachine.restore)
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run_vm(spec: Spec, *, stdin: bytes | None = None, stdout: int | None = None,
     if template and template_clone_or_none(spec, stdin, **kw) is None:
         clone = TemplateClone(spec, stdin=stdin, stdout=stdout, stderr=stderr)
         try:
-            clone.restore()
+            clone.restore_template()
             vm = clone
         except TemplateError as e:  # no template can be made here (e.g. a read-only state dir): boot cold
             import logging
@@ -75,7 +76,12 @@ def __getattr__(name: str) -> Any:
         from .clone import TemplateClone
 
         return TemplateClone
+    if name in ("SnapshotError", "SnapshotMismatchError"):
+        from . import vm_snapshot
+
+        return getattr(vm_snapshot, name)
     raise AttributeError(f"module 'minibox.vm' has no attribute {name!r}")
 
 
-__all__ = ["VirtualMachine", "run_vm", "ensure_kernel", "KernelInfo", "Pool", "TemplateClone"]
+__all__ = ["VirtualMachine", "run_vm", "ensure_kernel", "KernelInfo", "Pool", "TemplateClone", "SnapshotError",
+           "SnapshotMismatchError"]

@@ -14,7 +14,8 @@ Guest -> host frames: ``H`` hello (the guest's ``uname -r``), ``S`` started
 (pid), ``O``/``E`` stdout/stderr of an exec, ``X`` exit (``x N`` exited with
 status N, ``s N`` killed by signal N), ``F`` failure (``step\\0errno\\0detail``).
 Host -> guest: ``x`` exec (a request: records like the config's), ``k`` kill
-(signal number).  Every ``X`` adds three numbers: ``x N PEAK_KIB CPU_US OOM_KILLS``.
+(signal number), ``i``/``c`` a template clone's stdin and run, ``r`` the
+clock and entropy of a restored guest.  Every ``X`` adds three numbers: ``x N PEAK_KIB CPU_US OOM_KILLS``.
 
 Every frame the guest sends is untrusted input: a payload is at most
 :data:`MAX_PAYLOAD` bytes, the type is one of the six above, and the numbers
@@ -47,6 +48,7 @@ HELLO, STARTED, STDOUT, STDERR, EXIT, FAIL = b"H", b"S", b"O", b"E", b"X", b"F"
 GUEST_TYPES = frozenset(HELLO + STARTED + STDOUT + STDERR + EXIT + FAIL)
 # Host -> guest
 EXEC, KILL, STDIN, RUN = b"x", b"k", b"i", b"c"  # i, c: a template clone's run (vm/clone.py)
+REINIT = b"r"  # a restored running guest's own clock and entropy (vm/vm_snapshot.py)
 
 #: The agent's FRAME_MAX (csrc/agent/agent.c): an exec request, stdin included, fits in one frame.
 FRAME_MAX = 1024 * 1024
@@ -174,6 +176,12 @@ def encode_run_config(spec: Spec, mounts: Sequence[GuestMount], *, has_stdin: bo
     config = encode_config(spec, mounts, root_tag="", has_stdin=has_stdin)
     sec, nsec = divmod(clock_ns, 1_000_000_000)
     return config + f"Q{sec} {nsec}\0".encode() + b"Z" + entropy.hex().encode() + b"\0"
+
+
+def reinit_frame(ident: int, clock_ns: int, entropy: bytes) -> bytes:
+    """An ``r`` request: ``"sec nsec\\0hex\\0"``; the agent sets the clock, reseeds, answers ``X`` "x 0"."""
+    sec, nsec = divmod(clock_ns, 1_000_000_000)
+    return frame(REINIT, ident, f"{sec} {nsec}\0{entropy.hex()}\0".encode())
 
 
 def frame(kind: bytes, ident: int, payload: bytes = b"") -> bytes:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import MiniboxError, SetupError, SpecError
@@ -63,16 +64,28 @@ class _FromFiles(VirtualMachine):
     """What a template boot and a clone share: QEMU started on the template's files, supervised."""
 
     def _launch(self, parts: _templates.Parts, initrd: Path, extra: list[str], steps: StartSteps) -> None:
-        """Record, start QEMU through the supervised path, connect QMP."""
+        """Record, start QEMU on the template's files through the supervised path, connect QMP."""
         self._record = self._create_record(self.spec)
         steps.done("record")
+
+        def config(fds: tuple[int, int, int, int, int]) -> machine.MachineConfig:
+            cfg = parts.config(str(initrd), fds)
+            cfg.extra = extra
+            return cfg
+
+        self._agent_bin, self._initrd = parts.agent, initrd
+        self._start_configured(config, [], steps)
+
+    def _start_configured(self, config: Callable[[tuple[int, int, int, int, int]], machine.MachineConfig],
+                          extra_fds: list[int], steps: StartSteps) -> None:
+        """Start QEMU (the record exists) as ``config(channel fds)`` says, ``extra_fds`` inherited too."""
         ours, theirs = self._channel_pairs()
-        child_fds = [sock.fileno() for sock in theirs]
+        child_fds = [sock.fileno() for sock in theirs] + extra_fds
         qmp_sock, console, ctl, out, err = ours
         self._ctl = ctl
-        fds = (theirs[0].fileno(), theirs[1].fileno(), theirs[2].fileno(), theirs[3].fileno(), theirs[4].fileno())
-        cfg = parts.config(str(initrd), fds)
-        cfg.extra = extra
+        cfg = config((theirs[0].fileno(), theirs[1].fileno(), theirs[2].fileno(), theirs[3].fileno(),
+                      theirs[4].fileno()))
+        self._cfg = cfg
         err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
         steps.done("qemu")
         self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
@@ -117,7 +130,7 @@ class TemplateBoot(_FromFiles):
 class TemplateClone(_FromFiles):
     """``spec`` run by a guest restored from a template: same verbs and Result as a cold-booted VM.
 
-    :meth:`restore` (called by :meth:`start`, or ahead of time by a Pool)
+    :meth:`restore_template` (called by :meth:`start`, or ahead of time by a Pool)
     brings a clone to the point where its agent waits; :meth:`start` then
     gives it the run.  :class:`SpecError` if ``spec`` cannot use a template
     (:func:`templates.ineligible` says why).
@@ -133,7 +146,7 @@ class TemplateClone(_FromFiles):
         self._restored = False
         self.restore_seconds = 0.0
 
-    def restore(self) -> None:
+    def restore_template(self) -> None:
         """Restore the template (built first if needed) and resume it; the agent waits for its run."""
         if self._restored:
             return
@@ -171,7 +184,7 @@ class TemplateClone(_FromFiles):
         self._stdin = stdin
 
     def _boot(self) -> None:
-        self.restore()
+        self.restore_template()
         self._t0 = time.monotonic()
         spec = _plan.effective_spec(self.spec)
         if self._stdin is not None:

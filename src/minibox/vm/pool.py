@@ -65,8 +65,8 @@ class Pool:
                 self._restoring += 1
             clone = TemplateClone(self.spec)
             try:
-                clone.restore()
-            except BaseException as e:  # restore() closed it; say why to the next run()
+                clone.restore_template()
+            except BaseException as e:  # restore_template() closed it; say why to the next run()
                 with self._cond:
                     self._restoring -= 1
                     self._failures += 1

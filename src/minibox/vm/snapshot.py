@@ -41,6 +41,8 @@ from .qmp import Monitor
 MIGRATION_TIMEOUT = 60.0
 #: The migration capability that keeps shared RAM out of the stream.
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+#: ... and without it: guest RAM goes into the stream (a running VM's snapshot, vm_snapshot.py).
+WITH_RAM = [{"capability": "x-ignore-shared", "state": False}]
 
 
 def ram_args(path: str, memory: int, *, share: bool) -> list[str]:
@@ -55,14 +57,15 @@ def incoming_args() -> list[str]:
     return ["-incoming", "defer", "-S"]
 
 
-def save(monitor: Monitor, fd: int) -> dict[str, Any]:
+def save(monitor: Monitor, fd: int, *, ignore_shared: bool = True) -> dict[str, Any]:
     """Pause the guest and write its device state to ``fd`` (a file opened for writing).
 
     The guest stays paused (QEMU's "postmigrate" state); the caller ends
-    QEMU.  Returns QEMU's ``query-migrate`` answer (sizes, times).
+    QEMU or says ``cont``.  With ``ignore_shared=False`` guest RAM is in the
+    stream too.  Returns QEMU's ``query-migrate`` answer (sizes, times).
     """
     monitor.execute("stop")
-    monitor.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+    monitor.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED if ignore_shared else WITH_RAM})
     monitor.add_fd(fd, "snapshot")
     monitor.execute("migrate", {"uri": "fd:snapshot"})
     deadline = time.monotonic() + MIGRATION_TIMEOUT
@@ -78,13 +81,13 @@ def save(monitor: Monitor, fd: int) -> dict[str, Any]:
         time.sleep(0.002)
 
 
-def load(monitor: Monitor, fd: int) -> None:
+def load(monitor: Monitor, fd: int, *, ignore_shared: bool = True) -> None:
     """Load the device state from ``fd`` into a QEMU started with :func:`incoming_args`.
 
     Returns once QEMU has it all, the guest still paused; raises
     :class:`SetupError` if QEMU refuses the stream.
     """
-    monitor.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+    monitor.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED if ignore_shared else WITH_RAM})
     monitor.add_fd(fd, "snapshot")
     monitor.execute("migrate-incoming", {"uri": "fd:snapshot"})
     deadline = time.monotonic() + MIGRATION_TIMEOUT

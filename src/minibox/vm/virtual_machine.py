@@ -199,6 +199,10 @@ class VirtualMachine(Sandbox):
         self._ids = itertools.count(1)
         self._usage = Usage()
         self._closed = False
+        # what a snapshot needs to say how this guest was made (vm/vm_snapshot.py)
+        self._cfg: machine.MachineConfig | None = None
+        self._initrd: bytes | Path | None = None
+        self._agent_bin: Path | None = None
 
     # ---- properties ---------------------------------------------------------
 
@@ -289,6 +293,7 @@ class VirtualMachine(Sandbox):
             channels=_plan.ChannelFds(theirs[0].fileno(), theirs[1].fileno(),
                                       (theirs[2].fileno(), theirs[3].fileno(), theirs[4].fileno())),
             virtiofs_fds=virtiofs_fds)
+        self._cfg, self._initrd, self._agent_bin = cfg, image, agent_bin
         if self._net is not None:
             # A tap is a NIC whose wire is an fd; QEMU inherits it (-netdev tap,fd=N).
             # Made here, in the thread that starts QEMU (see VmNetwork.open_tap).
@@ -679,6 +684,40 @@ class VirtualMachine(Sandbox):
             raise MiniboxError("the VM is not running")
         summary = self._monitor.execute("query-memory-size-summary")
         return int(summary["base-memory"]) + int(summary.get("plugged-memory", 0))
+
+    # ---- snapshots (vm/vm_snapshot.py) ------------------------------------------
+
+    def snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Save the running guest to the file ``path``: pause, save device state and RAM, resume.
+
+        The file holds a manifest (QEMU version, machine arguments, kernel,
+        initramfs and agent hashes, memory, vCPUs), the initramfs and QEMU's
+        migration stream; :meth:`restore` checks the manifest before QEMU
+        sees anything.  A paused VM stays paused.  Refused with
+        :class:`~minibox.vm.vm_snapshot.SnapshotError` for a VM with
+        virtio-fs shares (the default cold boot's rootfs, bind mounts: QEMU
+        7.2 cannot migrate vhost-user-fs; use ``rootfs_sharing="initramfs"``
+        or a Spec that starts from a template) or on the bridge.
+        """
+        from .vm_snapshot import save
+
+        save(self, Path(path))
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str], *, stdout: int | None = None, stderr: int | None = None,
+                timeout: float | None = None) -> VirtualMachine:
+        """A running VM restored from a :meth:`snapshot` file, supervised like a cold-booted one.
+
+        Its command goes on from where the snapshot caught it, with the
+        host's wall clock and freshly reseeded entropy; ``timeout`` (seconds
+        from now) bounds it.  Restoring one file twice gives two independent
+        VMs.  :class:`~minibox.vm.vm_snapshot.SnapshotMismatchError` names
+        what does not match this host (nothing is started), and a truncated
+        or damaged file is refused the same way.
+        """
+        from .vm_snapshot import restore
+
+        return restore(Path(path), stdout=stdout, stderr=stderr, timeout=timeout)
 
     # ---- cleanup --------------------------------------------------------------
 
