@@ -52,7 +52,10 @@
  * each clone then receives its own Spec in 'c', with the host's wall clock
  * (record 'Q', clock_settime(2)) and fresh entropy (record 'Z':
  * RNDADDENTROPY + RNDRESEEDCRNG, random(4)), so that no two clones share a
- * clock or a random stream.  Then it goes on with step 4.
+ * clock or a random stream.  A clone on the bridge also gets its NIC's own
+ * MAC (record 'm', set before the link goes up), address (record 'N') and
+ * /etc files (records 'f' + 'B'): the template's NIC stayed down.  Then it
+ * goes on with step 4.
  *
  * It is built by minibox itself with `cc -static -O2` and never allocates
  * more than fixed tables: a guest has no one to report a malloc failure to.
@@ -89,6 +92,7 @@
 /* the network: netdevice(7) and route(4) ioctls on an AF_INET socket */
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
@@ -163,6 +167,12 @@ static const char *net_ifname, *net_address, *net_prefixlen, *net_gateway;
 #define MAX_BINDS 8
 static struct { const char *source, *target; } binds[MAX_BINDS];
 static int nbinds;
+/* a template clone on the bridge (run config): record m, the NIC's own MAC
+ * (set before the link goes up), and records f, the generated /etc files'
+ * contents, written to /minibox/etc/<name> for the B records to bind */
+static const char *net_mac;
+static struct { const char *name, *text; } etc_files[MAX_BINDS];
+static int netc_files;
 
 /* ---- state ------------------------------------------------------------- */
 
@@ -302,7 +312,7 @@ static int parse_config(ssize_t len)
 {
     char *p = config, *end = config + len;
     main_cmd = (struct command){ .cwd = "/" };
-    nmounts = nbinds = nrlimits = 0;
+    nmounts = nbinds = nrlimits = netc_files = 0;
     while (p < end) {
         char tag = *p++;
         char *s = next_str(&p, end);
@@ -386,6 +396,15 @@ static int parse_config(ssize_t len)
             net_prefixlen = next_str(&p, end);
             net_gateway = next_str(&p, end);
             if (!net_address || !net_prefixlen || !net_gateway)
+                return -1;
+            break;
+        case 'm': net_mac = s; break;
+        case 'f':
+            if (netc_files >= MAX_BINDS || strchr(s, '/') || !s[0] || s[0] == '.')
+                return -1;
+            etc_files[netc_files].name = s;
+            etc_files[netc_files].text = next_str(&p, end);
+            if (!etc_files[netc_files++].text)
                 return -1;
             break;
         case 'B':
@@ -688,6 +707,20 @@ static void setup_network(void)
         if (errno != ENODEV || tries++ >= 2000)
             fail(0, "network", errno, net_ifname);
         usleep(5000);
+    }
+    if (net_mac) {
+        /* a clone's own MAC: its template's NIC had another (netdevice(7)) */
+        struct ifreq hw;
+        memset(&hw, 0, sizeof hw);
+        snprintf(hw.ifr_name, IFNAMSIZ, "%s", net_ifname);
+        hw.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+        unsigned int b[6];
+        if (sscanf(net_mac, "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6)
+            fail(0, "network", EINVAL, net_mac);
+        for (int i = 0; i < 6; i++)
+            hw.ifr_hwaddr.sa_data[i] = (char)b[i];
+        if (ioctl(sock, SIOCSIFHWADDR, &hw) < 0)
+            fail(0, "network", errno, "SIOCSIFHWADDR");
     }
     struct in_addr addr, gateway;
     long prefix = strtol(net_prefixlen, NULL, 10);
@@ -1274,6 +1307,18 @@ static void wait_for_run(void)
     }
     set_clock(0);
     reseed(0);
+    if (netc_files > 0 && mkdir("/minibox/etc", 0755) < 0 && errno != EEXIST)
+        fail(0, "network", errno, "/minibox/etc");
+    for (int i = 0; i < netc_files; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "/minibox/etc/%s", etc_files[i].name);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0 || write_all(fd, etc_files[i].text, strlen(etc_files[i].text)) < 0)
+            fail(0, "network", errno, path);
+        close(fd);
+    }
+    if (net_ifname)  /* the template's NIC stayed down: address it now, as this clone's */
+        setup_network();
 }
 
 /* 'r': a running guest restored from a snapshot (VirtualMachine.restore)

@@ -184,6 +184,64 @@ def test_a_container_and_a_vm_exchange_tcp_both_ways(busybox_rootfs: str) -> Non
         machine.kill()
 
 
+# -- template clones on the bridge ---------------------------------------------------------
+
+CLONE_PROBE = "ip -o link show eth0; ip -o -4 addr show eth0; ip route; cat /etc/hostname /etc/hosts"
+
+
+def clone(script: str, **kw: Any) -> VirtualMachine:
+    from minibox.vm.clone import TemplateClone
+
+    box = TemplateClone(Spec(argv=["/bin/sh", "-c", script], network="bridge", mounts=[Mount.tmpfs("/tmp")], **kw))
+    MADE.append(box)
+    return box
+
+
+def test_two_bridged_clones_of_one_template_have_their_own_mac_and_address_and_talk(
+        test_network: ipaddress.IPv4Network) -> None:
+    """Restored from one template (one NIC state in its RAM), each clone is a port of its own."""
+    from minibox.vm import templates
+
+    assert templates.ineligible(Spec(argv=["true"], network="bridge")) is None
+    first, second = clone(LISTEN, hostname="one"), clone(LISTEN, hostname="two")
+    with running_vm(first) as a, running_vm(second) as b:
+        assert a.restore_seconds > 0 and b.restore_seconds > 0  # restored, not booted  # type: ignore[attr-defined]
+        views = [box.exec(["/bin/sh", "-c", CLONE_PROBE], timeout=60).stdout.decode() for box in (a, b)]
+        for box, view, name in ((a, views[0], "one"), (b, views[1], "two")):
+            assert box.ip is not None and ipaddress.IPv4Address(box.ip) in test_network
+            link = next(line for line in view.splitlines() if ": eth0: <" in line)
+            assert vmnet.guest_mac(box.id) in link and ",UP," in link, view  # its own MAC, set before link up
+            assert f"inet {box.ip}/{test_network.prefixlen}" in view
+            assert f"default via {gateway_of(test_network)} dev eth0" in view
+            assert f"\n{name}\n" in view and f"{box.ip}\t{name}" in view  # its own /etc/hostname and hosts
+        assert a.ip != b.ip and vmnet.guest_mac(a.id) != vmnet.guest_mac(b.id)
+        # each reaches the other's listener through the bridge, under its guard rules
+        a_to_b = a.exec(["/bin/sh", "-c", CONNECT.format(msg="from-one", ip=b.ip)], timeout=60)
+        b_to_a = b.exec(["/bin/sh", "-c", CONNECT.format(msg="from-two", ip=a.ip)], timeout=60)
+        assert (a_to_b.exit_code, b_to_a.exit_code) == (0, 0), (a_to_b, b_to_a)
+        assert _received(b) == b"from-one\n" and _received(a) == b"from-two\n"
+        a.kill()
+        b.kill()
+
+
+def test_a_bridged_pool_vm_is_addressed_when_handed_out(test_network: ipaddress.IPv4Network) -> None:
+    from minibox.vm import Pool
+
+    spec = Spec(argv=["true"], network="bridge")
+    with Pool(spec, size=1) as pool:
+        vm = pool.take(Spec(argv=["/bin/sh", "-c", "ip -o -4 addr show eth0; ip -o link show eth0"],
+                            network="bridge"))
+        MADE.append(vm)
+        with vm:
+            ip, result = vm.ip, vm.wait(60)
+        pool.wait_ready(120)
+        MADE.extend(pool._ready)
+        with pytest.raises(SpecError, match="network"):
+            pool.take(Spec(argv=["true"]))  # a pool's VMs have their place on the bridge already
+    assert ip is not None and ipaddress.IPv4Address(ip) in test_network
+    assert f"inet {ip}/" in result.stdout.decode() and vmnet.guest_mac(vm.id) in result.stdout.decode(), result
+
+
 # -- published ports --------------------------------------------------------------------
 
 

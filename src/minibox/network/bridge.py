@@ -250,8 +250,11 @@ def add_veth(ipr: Any, host_name: str, bridge: str, peer_pid: int, peer_name: st
         raise SetupError("veth", _errno(e), detail=host_name) from e
 
 
-def open_tap(ipr: Any, name: str, bridge: str, *, vnet_hdr: bool = False) -> int:
+def open_tap(ipr: Any, name: str, bridge: str | None, *, vnet_hdr: bool = False) -> int:
     """Create tap device ``name`` on ``bridge``, up, and return its fd (for QEMU's ``-netdev tap,fd=N``).
+
+    With ``bridge=None`` the tap is left down and on no bridge: a NIC whose
+    wire leads nowhere (a VM template's boot, vm/clone.py).
 
     The tap is made with TUNSETIFF on /dev/net/tun (see the kernel's
     Documentation/networking/tuntap.rst) and is *not* persistent: it
@@ -260,8 +263,8 @@ def open_tap(ipr: Any, name: str, bridge: str, *, vnet_hdr: bool = False) -> int
     so ``ipr`` must talk to that same namespace.  ``vnet_hdr`` sets
     IFF_VNET_HDR (QEMU's ``vnet_hdr=on``).
     """
-    bridge_index = link_index(ipr, bridge)
-    if bridge_index is None:
+    bridge_index = link_index(ipr, bridge) if bridge is not None else None
+    if bridge is not None and bridge_index is None:
         raise SetupError("tap", ENODEV, detail=f"bridge {bridge} is gone")
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
@@ -270,10 +273,11 @@ def open_tap(ipr: Any, name: str, bridge: str, *, vnet_hdr: bool = False) -> int
     try:
         flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
-        index = link_index(ipr, name)
-        if index is None:
-            raise OSError(ENODEV, "tap not visible through this netlink socket (another namespace?)")
-        ipr.link("set", index=index, master=bridge_index, state="up")
+        if bridge_index is not None:
+            index = link_index(ipr, name)
+            if index is None:
+                raise OSError(ENODEV, "tap not visible through this netlink socket (another namespace?)")
+            ipr.link("set", index=index, master=bridge_index, state="up")
     except Exception as e:
         os.close(fd)  # the tap goes with its only fd
         raise SetupError("tap", _errno(e), detail=name) from e

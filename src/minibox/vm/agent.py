@@ -165,15 +165,24 @@ def template_config() -> bytes:
 
 
 def encode_run_config(spec: Spec, mounts: Sequence[GuestMount], *, has_stdin: bool,
-                      clock_ns: int, entropy: bytes) -> bytes:
+                      clock_ns: int, entropy: bytes, network: GuestNetwork | None = None, mac: str = "",
+                      etc_files: Mapping[str, str] | None = None) -> bytes:
     """A template clone's ``c`` frame: ``spec``'s config plus what no two clones share.
 
     ``Q sec nsec`` is the host's wall clock (the agent sets the guest's to
     it), ``Z hex`` random bytes the agent credits to the guest's input pool
     before it forces a CRNG reseed.  The rootfs is the one packed in the
-    template's initramfs (root tag "").
+    template's initramfs (root tag "").  A clone on the bridge adds its
+    ``network`` (record ``N``), its NIC's ``mac`` (record ``m``) and its
+    ``etc_files`` (records ``f name contents``, which the agent writes to
+    /minibox/etc/ and bind-mounts over /etc/ with records ``B``).
     """
-    config = encode_config(spec, mounts, root_tag="", has_stdin=has_stdin)
+    files = [(f"/minibox/etc/{name}", f"/etc/{name}") for name in (etc_files or {})]
+    config = encode_config(spec, mounts, root_tag="", has_stdin=has_stdin, network=network, files=files)
+    if mac:
+        config += _record("m", mac)
+    for name, text in (etc_files or {}).items():
+        config += _record("f", name, text)
     sec, nsec = divmod(clock_ns, 1_000_000_000)
     return config + f"Q{sec} {nsec}\0".encode() + b"Z" + entropy.hex().encode() + b"\0"
 

@@ -26,11 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import MiniboxError, SetupError, SpecError
+from ..network.attachment import etc_files
 from ..owner import StartSteps
 from ..spec import Limits, Spec
 from . import accel as _accel
 from . import agent as _agent
 from . import machine, snapshot
+from . import network as _network
 from . import plan as _plan
 from . import templates as _templates
 from .kernel import ensure_kernel, modules_for
@@ -53,10 +55,13 @@ def resolve_parts(spec: Spec) -> tuple[_templates.Parts, _accel.Verdict]:
     agent_bin = _agent.build_agent()
     version = qemu_version(qemu)
     verdict = _accel.choose(kernel, version, lambda: kvm_probe(qemu, kernel, agent_bin))
+    bridged = spec.network == "bridge"
+    modules = _plan.GUEST_MODULES_NO_FS + (_network.GUEST_MODULES if bridged else ())
     parts = _templates.Parts(
         qemu=qemu, qemu_version=version, kernel=kernel, agent=agent_bin,
-        modules=tuple(modules_for(kernel, _plan.GUEST_MODULES_NO_FS)), rootfs=_default_rootfs(),
-        accel=verdict.accelerator, memory=machine.memory_bytes(spec), cpus=machine.vcpus(spec))
+        modules=tuple(modules_for(kernel, modules)), rootfs=_default_rootfs(),
+        accel=verdict.accelerator, memory=machine.memory_bytes(spec), cpus=machine.vcpus(spec),
+        network=bridged)
     return parts, verdict
 
 
@@ -67,14 +72,19 @@ class _FromFiles(VirtualMachine):
         """Record, start QEMU on the template's files through the supervised path, connect QMP."""
         self._record = self._create_record(self.spec)
         steps.done("record")
+        tap = self._open_tap(steps) if parts.network else None
 
         def config(fds: tuple[int, int, int, int, int]) -> machine.MachineConfig:
-            cfg = parts.config(str(initrd), fds)
+            cfg = parts.config(str(initrd), fds, tap)
             cfg.extra = extra
             return cfg
 
         self._agent_bin, self._initrd = parts.agent, initrd
-        self._start_configured(config, [], steps)
+        self._start_configured(config, [] if tap is None else [tap], steps)
+
+    def _open_tap(self, steps: StartSteps) -> int:
+        """The NIC's tap (in self._tap_fd, which _start_qemu closes once QEMU holds it)."""
+        raise NotImplementedError
 
     def _start_configured(self, config: Callable[[tuple[int, int, int, int, int]], machine.MachineConfig],
                           extra_fds: list[int], steps: StartSteps) -> None:
@@ -114,6 +124,15 @@ class TemplateBoot(_FromFiles):
             raise broken
         if not hello:
             raise SetupError("template", None, self._why_it_died("the template's guest never said hello"))
+
+    def _open_tap(self, steps: StartSteps) -> int:
+        """A tap on no bridge, down: the template's NIC must exist (clones have one), but talks to nobody."""
+        from ..network import bridge
+
+        with bridge.opened() as ipr:
+            self._tap_fd = bridge.open_tap(ipr, f"mbtpl{self._id[:10]}", None)
+        steps.done("tap")
+        return self._tap_fd
 
     def save(self) -> str:
         """Pause the waiting guest (started: ``with TemplateBoot(...)``) and save it; its kernel release."""
@@ -175,6 +194,16 @@ class TemplateClone(_FromFiles):
             raise
         self.restore_seconds = time.monotonic() - t0
 
+    def _open_tap(self, steps: StartSteps) -> int:
+        """This clone's place on the bridge, as a cold boot gets it: a lease, guard rules, a tap."""
+        self._net = _network.VmNetwork.prepare(self._id, self.spec)
+        self._record.update(network=self._net.record())
+        steps.done("network")
+        # Made here, in the thread that starts QEMU (see VmNetwork.open_tap).
+        self._tap_fd = self._net.open_tap()
+        steps.done("tap")
+        return self._tap_fd
+
     def assign(self, spec: Spec, stdin: bytes | None = None) -> None:
         """Give a restored, not yet started clone another run of the same shape (a Pool's hand-out)."""
         check_same_shape(self.spec, spec, stdin)
@@ -190,9 +219,12 @@ class TemplateClone(_FromFiles):
         if self._stdin is not None:
             for i in range(0, len(self._stdin), STDIN_CHUNK):
                 self._send(_agent.frame(_agent.STDIN, 0, self._stdin[i:i + STDIN_CHUNK]))
+        net = self._net
         self._send(_agent.frame(_agent.RUN, 0, _agent.encode_run_config(
             spec, _templates.guest_mounts(spec), has_stdin=self._stdin is not None,
-            clock_ns=time.time_ns(), entropy=secrets.token_bytes(ENTROPY_BYTES))))
+            clock_ns=time.time_ns(), entropy=secrets.token_bytes(ENTROPY_BYTES),
+            network=None if net is None else net.guest_config(), mac="" if net is None else net.mac,
+            etc_files=None if net is None else etc_files(spec.hostname, net.address, net.gateway))))
         self._wait_for_start(spec)
 
     @property
@@ -207,7 +239,12 @@ def check_same_shape(made_for: Spec, spec: Spec, stdin: bytes | None) -> None:
         raise SpecError("spec", f"this Spec cannot start from a VM template: {why}")
     for what, mine, theirs in (("limits.memory", machine.memory_bytes(made_for), machine.memory_bytes(spec)),
                                ("limits.cpus", machine.vcpus(made_for), machine.vcpus(spec)),
-                               ("kernel", made_for.kernel, spec.kernel)):
+                               ("kernel", made_for.kernel, spec.kernel),
+                               # a bridged clone has its lease, guard rules and ports from the restore on
+                               ("network", made_for.network, spec.network),
+                               ("ports", list(made_for.ports), list(spec.ports)),
+                               ("ip", made_for.ip, spec.ip),
+                               ("host_access", made_for.host_access, spec.host_access)):
         if mine != theirs:
             raise SpecError(what, f"the pool's VMs were made with {what}={mine!r}, the Spec asks for {theirs!r}")
 

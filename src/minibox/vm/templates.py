@@ -27,10 +27,11 @@ size mismatch, or worse, run a guest whose RAM does not match its devices.
 Which Specs can use a template (:func:`ineligible` says why not): the
 default rootfs (the busybox image, packed into the template), no bind
 mounts (virtio-fs, i.e. vhost-user-fs, cannot be migrated by QEMU 7.2: its
-device refuses migration), network "none" (a clone would need its own tap,
-MAC and address), the microvm machine.  Everything else about the Spec --
-argv, env, cwd, user, hostname, tmpfs mounts, read-only root, stdin -- is
-sent to each clone after restore.
+device refuses migration), the microvm machine.  Everything else about the
+Spec -- argv, env, cwd, user, hostname, tmpfs mounts, read-only root, stdin
+-- is sent to each clone after restore.  network="bridge" has templates of
+its own (with a NIC, left down): each clone gets its own tap, lease, MAC
+and address, which the agent sets after the restore.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def ineligible(spec: Spec, machine_type: str = "microvm", rootfs_sharing: str | 
         return "the Spec names its own rootfs (templates pack minibox's busybox image)"
     if any(m.kind == "bind" for m in spec.mounts):
         return "bind mounts are virtio-fs shares, and QEMU 7.2 cannot migrate vhost-user-fs"
-    if spec.network != "none":
-        return f"network={spec.network!r} (a clone would need its own tap, MAC and address)"
+    if spec.network not in ("none", "bridge"):
+        return f"network={spec.network!r} (a VM has its own network stack: 'none' or 'bridge')"
     if machine_type != "microvm":
         return f"machine type {machine_type!r} (templates are made for microvm)"
     if rootfs_sharing == "virtiofs":
@@ -97,17 +98,28 @@ class Parts:
     accel: str
     memory: int
     cpus: int
+    network: bool = False  # a virtio-net NIC (network="bridge"); each clone gets its own tap, MAC, address
 
-    def config(self, initrd: str, fds: tuple[int, int, int, int, int]) -> machine.MachineConfig:
-        """QEMU's configuration for a guest of these parts; ``fds``: QMP, console, the agent's three ports."""
+    def config(self, initrd: str, fds: tuple[int, int, int, int, int],
+               tap_fd: int | None = None) -> machine.MachineConfig:
+        """QEMU's configuration for a guest of these parts; ``fds``: QMP, console, the agent's three ports.
+
+        With :attr:`network`, ``tap_fd`` is the NIC's tap.  The NIC has no
+        ``mac=``: the template's keeps QEMU's default, and the agent gives
+        each clone's its own before the link goes up (the MAC is guest state,
+        migrated with the device, so the command line could not change it).
+        """
+        if self.network and tap_fd is None:
+            raise TemplateError("a bridged template's QEMU needs a tap")
         return machine.MachineConfig(
             qemu=self.qemu, kernel=str(self.kernel.path), initrd=initrd, cmdline=machine.kernel_cmdline(),
             memory=self.memory, cpus=self.cpus, accel=self.accel, machine="microvm",
-            qmp_fd=fds[0], console_fd=fds[1], port_fds=list(zip(machine.PORTS, fds[2:], strict=True)))
+            qmp_fd=fds[0], console_fd=fds[1], port_fds=list(zip(machine.PORTS, fds[2:], strict=True)),
+            tap_fd=tap_fd if self.network else None)
 
     def argv(self, initrd: str) -> list[str]:
         """QEMU's command line for a guest of these parts, fds as placeholders (the key's shape)."""
-        return machine.qemu_argv(self.config(initrd, (3, 4, 5, 6, 7)))
+        return machine.qemu_argv(self.config(initrd, (3, 4, 5, 6, 7), 8 if self.network else None))
 
     def key(self) -> dict[str, Any]:
         """Everything that shapes the guest, as plain data (hashed into the directory name)."""
@@ -126,6 +138,7 @@ class Parts:
             "accel": self.accel,
             "memory": self.memory,
             "cpus": self.cpus,
+            "network": self.network,
         }
 
 

@@ -378,7 +378,7 @@ class VirtualMachine(Sandbox):
             held.go()
         finally:
             held.close()
-        if self._net is not None:
+        if self._tap_fd is not None:
             # QEMU holds the tap now: with our copy closed it lives exactly as long as QEMU.
             _network.close_fd(self._tap_fd)
             self._tap_fd = None
