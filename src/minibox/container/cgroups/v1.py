@@ -138,12 +138,21 @@ def cpuset_ready(directory: str, mountpoint: str) -> tuple[str, str]:
     return cpus or parent_cpus, mems or parent_mems
 
 
+def controllers(limits: Limits) -> list[str]:
+    """The controllers a container with ``limits`` gets a directory in, where they are mounted.
+
+    memory, pids, cpuacct and freezer always (stats, pause, kill); cpu and
+    cpuset only for a limit that needs them.
+    """
+    fields = limit_fields(limits)
+    return ["memory", "pids", "cpuacct", "freezer"] + [c for c in ("cpu", "cpuset") if c in fields]
+
+
 def create(
     layout: CgroupLayout, own: dict[str, str], name: str, limits: Limits, parent: str | None
 ) -> dict[str, str]:
     fields = limit_fields(limits)
-    wanted = ["memory", "pids", "cpuacct", "freezer"]
-    wanted += [c for c in ("cpu", "cpuset") if c in fields]
+    wanted = controllers(limits)
     for controller in wanted:
         field_ = fields.get(controller)
         if controller not in layout.hierarchies and field_ is not None:
