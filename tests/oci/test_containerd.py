@@ -131,7 +131,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 def _leftovers(container_id: str) -> list[str]:
     import glob
 
-    return glob.glob(f"/sys/fs/cgroup/*/**/minibox/{container_id}.*", recursive=True)
+    # ctr asks for cgroupsPath /NAMESPACE/ID (here /minibox/ID); without one, minibox's own <id>.<random>
+    return (glob.glob(f"/sys/fs/cgroup/*/minibox/{container_id}")
+            + glob.glob(f"/sys/fs/cgroup/*/**/minibox/{container_id}.*", recursive=True))
 
 
 def test_ctr_run_exit_code_and_output(ctr: Ctr) -> None:
@@ -149,6 +151,10 @@ def test_ctr_detached_exec_pause_kill(ctr: Ctr) -> None:
     try:
         done = ctr("task", "exec", "--exec-id", "e1", name, "sh", "-c", "exit 5", check=False)
         assert done.returncode == 5, done.stderr
+        pid = int(ctr("task", "ls").stdout.split(name, 1)[1].split()[0])
+        with open(f"/proc/{pid}/cgroup") as f:
+            where = dict(line.split(":", 2)[1:] for line in f.read().splitlines())
+        assert where["memory"] == where["pids"] == f"/minibox/{name}", "the cgroupsPath ctr asks for"
         ctr("task", "pause", name)
         assert "PAUSED" in ctr("task", "ls").stdout
         ctr("task", "resume", name)

@@ -69,7 +69,9 @@ minibox = ["{wrapper}"]
         return done  # type: ignore[no-any-return]
 
     def leftovers(self, container_id: str) -> list[str]:
-        found = glob.glob(f"/sys/fs/cgroup/*/**/minibox/{container_id}.*", recursive=True)
+        # the cgroup podman asks for (cgroupsPath /libpod_parent/libpod-ID), or one of minibox's own
+        found = glob.glob(f"/sys/fs/cgroup/*/libpod_parent/**/libpod-{container_id}", recursive=True)
+        found += glob.glob(f"/sys/fs/cgroup/*/**/minibox/{container_id}.*", recursive=True)
         if (self.state / container_id).exists():
             found.append(str(self.state / container_id))
         return found
@@ -145,6 +147,26 @@ def test_detached_exec_pause_stop_and_rm(podman: Podman) -> None:
         assert "got term" in podman("logs", container_id).stdout
     finally:
         podman("rm", "-f", container_id, check=False)
+    assert not podman.leftovers(container_id)
+
+
+def test_container_is_in_the_cgroup_podman_asked_for(podman: Podman) -> None:
+    container_id = podman("run", "-d", "--memory", "32m", IMAGE, "sleep", "60").stdout.strip()
+    try:
+        pid = int(podman("inspect", "-f", "{{.State.Pid}}", container_id).stdout)
+        state = subprocess.run([MINIBOX_OCI, "--root", str(podman.state), "state", container_id],
+                               capture_output=True, text=True, check=True).stdout
+        config = json.loads((Path(json.loads(state)["bundle"]) / "config.json").read_text())
+        asked = config["linux"]["cgroupsPath"]
+        assert asked == f"/libpod_parent/libpod-{container_id}"   # podman's cgroupfs layout
+        with open(f"/proc/{pid}/cgroup") as f:
+            where = dict(line.rstrip("\n").split(":", 2)[1:] for line in f)
+        assert where["memory"] == asked and where["pids"] == asked
+        with open(f"/sys/fs/cgroup/memory{asked}/memory.limit_in_bytes") as f:
+            assert int(f.read()) == 32 << 20
+    finally:
+        podman("rm", "-f", "-t", "0", container_id, check=False)
+    assert not glob.glob(f"/sys/fs/cgroup/*{asked}"), "removed at delete"
     assert not podman.leftovers(container_id)
 
 

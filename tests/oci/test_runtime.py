@@ -171,6 +171,7 @@ BAD = {
                                                              {"type": "pid", "path": "/proc/self/ns/net"}]},
     "namespace path missing": {"linux__namespaces": [{"type": "mount"}, {"type": "user", "path": "/no/such/ns"}]},
     "host mount namespace": {"linux__namespaces": [{"type": "mount", "path": "/proc/self/ns/mnt"}]},
+    "cgroups path leaving its parent": {"linux__cgroupsPath": "/libpod_parent/../../x"},
     "bind source missing": {"mounts": [{"destination": "/x", "type": "bind", "source": "/no/such/dir",
                                         "options": ["rbind"]}]},
 }
@@ -257,3 +258,25 @@ def test_forced_delete_cleans_up_after_a_killed_create(oci: Oci) -> None:
         if orphan.comm == "sleep":
             os.kill(orphan.pid, signal.SIGKILL)
             os.waitpid(orphan.pid, 0)
+
+
+def test_cgroups_path_is_honoured_below_minibox_parent_and_removed(oci: Oci) -> None:
+    from minibox.container.cgroups import parent_dirs
+
+    # relative: below minibox's own parent, as runc reads it below its own cgroup
+    oci.write_config(["sleep", "30"], linux__cgroupsPath="oci-test-pod/c1")
+    parents = parent_dirs()
+    assert not any(os.path.exists(f"{d}/oci-test-pod") for d in parents.values())
+    oci.create("cg1")
+    pid = oci.state("cg1")["pid"]
+    with open(f"/proc/{pid}/cgroup") as f:
+        where = dict(line.split(":", 2)[1:] for line in f.read().splitlines())
+    assert where["pids"].endswith("/minibox/oci-test-pod/c1"), where
+    assert os.path.isdir(f"{parents['pids']}/oci-test-pod/c1")
+    # a cgroup that exists is never taken over: another container's limits would change
+    again = oci.create("cg2", check=False)
+    assert again.returncode == 1 and "linux.cgroupsPath" in again.stderr and "exists" in again.stderr
+    assert oci.state("cg1")["status"] == "created" and not (oci.root / "cg2").exists()
+    oci("delete", "cg1")
+    oci.reap(pid)
+    assert not any(os.path.exists(f"{d}/oci-test-pod") for d in parents.values()), "its parents go too"

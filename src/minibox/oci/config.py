@@ -316,6 +316,11 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
     if cgroups_path and ":" in cgroups_path and not cgroups_path.startswith("/"):
         raise field_error("linux.cgroupsPath", f"{cgroups_path!r} is a systemd slice:prefix:name path; "
                           "minibox-oci manages cgroupfs only (configure the engine with cgroup_manager=cgroupfs)")
+    if cgroups_path:
+        parts = [p for p in cgroups_path.split("/") if p]
+        if not parts or any(p in (".", "..") or "\x00" in p for p in parts):
+            raise field_error("linux.cgroupsPath", f"{cgroups_path!r} must name a cgroup below the hierarchy root "
+                              "(/a/b) or below minibox's own parent (a/b), without '.' or '..' components")
 
     devices = []
     for i, d in enumerate(_get(linux, "devices", list, "linux.", [])):

@@ -260,10 +260,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     plan.rootfs = None if in_joined_mnt else cfg.root   # joined: setns made its root ours
     plan.readonly_rootfs = cfg.readonly
 
-    from ..container.cgroups import Cgroup
-
-    # unique per create: two --root directories may both hold an id
-    cgroup = Cgroup.create(f"{record.id}.{os.urandom(3).hex()}", cfg.limits)
+    cgroup, made_parents = _create_cgroup(record, cfg)
     fds: list[int] = []       # ours, closed at the end
     child_ends: list[int] = []
     pid: int | None = None
@@ -274,7 +271,8 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
         # cgroup and whatever runs in it.
         record.data = {"id": record.id, "pid": 0, "bundle": cfg.bundle, "rootfs": cfg.root, "created": _now(),
                        "annotations": cfg.annotations, "started": False,
-                       "cgroup": {"version": cgroup.version, "paths": cgroup.paths},
+                       "cgroup": {"version": cgroup.version, "paths": cgroup.paths,
+                                  "made_parents": made_parents},
                        "namespaces": sorted(cfg.namespaces)}
         record.save()
         plan.ops = [] if in_joined_mnt else mount_ops(cfg, cgroup.paths)
@@ -378,6 +376,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
         with contextlib.suppress(OSError, MiniboxError):
             cgroup.kill_all()
         cgroup.remove()
+        _remove_parents(made_parents)
         raise
     finally:
         for fd in fds + child_ends:
@@ -385,6 +384,51 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
                 os.close(fd)
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _create_cgroup(record: Record, cfg: Config) -> tuple[Any, list[str]]:
+    """The container's cgroup, where ``linux.cgroupsPath`` puts it; and the parents made for it.
+
+    As runc reads cgroupsPath on cgroupfs: an absolute path is below the
+    hierarchy root (podman asks for ``/libpod_parent/libpod-ID``, ctr for
+    ``/NAMESPACE/ID``), a relative one below minibox's own parent
+    (``<the caller's cgroup>/minibox``, or $MINIBOX_CGROUP_PARENT).  Unlike
+    runc, the last component must be new: minibox-oci writes limits only
+    into a cgroup it made (never into a host's cgroup that happens to have
+    that name), and removes it -- with the parents it had to make, once
+    empty -- at delete.  Without cgroupsPath the cgroup is
+    ``<minibox's parent>/<id>.<random>``: two --root directories may both
+    hold an id.
+    """
+    from ..container.cgroups import Cgroup, detect_layout, parent_dirs
+    from ..container.cgroups.layout import effective_parent
+
+    if not cfg.cgroups_path:
+        return Cgroup.create(f"{record.id}.{os.urandom(3).hex()}", cfg.limits), []
+    parts = [p for p in cfg.cgroups_path.split("/") if p]
+    parent = "/".join(parts[:-1])
+    if cfg.cgroups_path.startswith("/"):
+        parent = "/" + parent
+    else:
+        parent = effective_parent(None).rstrip("/") + ("/" + parent if parent else "")
+    layout = detect_layout()
+    made: list[str] = []
+    for directory in dict.fromkeys(parent_dirs(parent, layout).values()):
+        while not os.path.isdir(directory) and directory not in made:   # made by create, deepest first
+            made.append(directory)
+            directory = os.path.dirname(directory)
+    try:
+        return Cgroup.create(parts[-1], cfg.limits, parent=parent, layout=layout), made
+    except SetupError as e:
+        _remove_parents(made)
+        raise OciError(f"config.json: linux.cgroupsPath {cfg.cgroups_path!r}: {e}") from e
+
+
+def _remove_parents(made: list[str]) -> None:
+    """rmdir the parent cgroups create made, deepest first, unless another container uses them."""
+    for directory in made:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 def _grandchild(middle_fd: int, report_r: int, error_r: int, plan: ChildPlan) -> tuple[int, int]:
@@ -525,6 +569,7 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
             cgroup.remove()
         except SetupError as e:
             raise OciError(f"container {record.id}: {e}") from e
+        _remove_parents(record.data["cgroup"].get("made_parents", []))
     state = record.oci_state()
     state["status"] = "stopped"
     from .hooks import run_hooks
