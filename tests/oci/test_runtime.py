@@ -35,7 +35,7 @@ def test_create_leaves_init_blocked_before_exec_then_start_runs_it(oci: Oci, tmp
     assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())
     # no minibox-oci process of its own is left once create returned
     assert not [p for p in os.listdir("/proc") if p.isdigit() and p != str(pid)
-                and "minibox-oci" in _safe_cmdline(int(p)) and "--root" in _safe_cmdline(int(p))]
+                and "minibox-oci" in _safe_cmdline(int(p)) and str(oci.root) in _safe_cmdline(int(p))]
     assert cgroup_dirs("c1"), "the container has its cgroup"
 
     oci("start", "c1")
