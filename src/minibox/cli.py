@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
     import argparse
+    import threading
+    from collections.abc import Sequence
     from typing import Any, NoReturn
 
 
@@ -453,8 +454,6 @@ class _Relay:
     """
 
     def __init__(self, fds: Sequence[int]) -> None:
-        import threading
-
         self.child: dict[int, int] = {}      # our fd -> the end the container gets
         self._ours: list[int] = []           # ends the container must not keep open through us
         self._threads: list[threading.Thread] = []
@@ -472,6 +471,8 @@ class _Relay:
                 self.child[fd] = write_end
                 self._ours.append(write_end)
                 copy = (read_end, fd, read_end)
+            import threading  # only with a terminal to relay: a start without one need not import it
+
             thread = threading.Thread(target=self._copy, args=copy, daemon=True)
             self._threads.append(thread)
             if fd != 0:

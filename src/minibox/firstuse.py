@@ -20,15 +20,18 @@ stdout: a command's output stays the command's.
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import sys
-import threading
 import time
 
+# contextlib and threading would cost every CLI start milliseconds of imports
+# (minibox/_lean.py); the ticker thread imports threading when a step starts.
+from ._lean import contextmanager, suppress
 from ._record import record
 
 TYPE_CHECKING = False  # the CLI imports this module at start: no typing import at run time
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Iterator
     from typing import TextIO
 
@@ -69,7 +72,7 @@ def add_callback(fn: Callable[[StepEvent], None]) -> None:
 
 
 def remove_callback(fn: Callable[[StepEvent], None]) -> None:
-    with contextlib.suppress(ValueError):
+    with suppress(ValueError):
         _callbacks.remove(fn)
 
 
@@ -95,7 +98,7 @@ class Step:
                          self.size, detail)
 
 
-@contextlib.contextmanager
+@contextmanager
 def step(name: str, what: str, why: str) -> Iterator[Step]:
     """Report a first-use step around the code that does it (its exceptions pass through)."""
     current = Step(name, what, why)
@@ -120,9 +123,9 @@ class _Reporter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream  # None: whatever sys.stderr is when a line is written
         self.tty = self.stream.isatty()
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.current: Step | None = None
-        self.stop = threading.Event()
+        self.stop: threading.Event | None = None  # made with the first step's ticker
 
     @property
     def stream(self) -> TextIO:
@@ -137,17 +140,20 @@ class _Reporter:
             if event.phase == "start":
                 self._write(f"minibox: first use: {event.describe()}\n")
                 self.current = Step(event.step, event.what, event.why)
-                self.stop.clear()
-                threading.Thread(target=self._tick, args=(self.current,), daemon=True).start()
+                import threading
+
+                self.stop = threading.Event()  # a new one per step: the last step's ticker may still be waking
+                threading.Thread(target=self._tick, args=(self.current, self.stop), daemon=True).start()
             else:
-                self.stop.set()
+                if self.stop is not None:
+                    self.stop.set()
                 self.current = None
                 clear = "\r\033[K" if self.tty else ""
                 self._write(f"{clear}minibox: first use: {event.describe()}\n")
 
-    def _tick(self, current: Step) -> None:
+    def _tick(self, current: Step, stop: threading.Event) -> None:
         interval = self.TICK if self.tty else self.LOG_TICK
-        while not self.stop.wait(interval):
+        while not stop.wait(interval):
             with self.lock:
                 if self.current is not current:
                     return
@@ -158,7 +164,7 @@ class _Reporter:
                     self._write(f"minibox: first use: ... {current.what}: {so_far:.0f} s so far\n")
 
 
-@contextlib.contextmanager
+@contextmanager
 def cli_reporter(stream: TextIO | None = None) -> Iterator[None]:
     """While in the block, print the steps (and time so far) on ``stream`` (default: stderr)."""
     reporter = _Reporter(stream)
@@ -166,5 +172,6 @@ def cli_reporter(stream: TextIO | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        reporter.stop.set()
+        if reporter.stop is not None:
+            reporter.stop.set()
         remove_callback(reporter)

@@ -41,14 +41,13 @@ gc`` can find.
 
 from __future__ import annotations
 
-import contextlib
+import _socket
+import _thread
 import errno
 import fcntl
 import os
-import signal
-import socket
-import threading
 
+from ._lean import SIGKILL, send_fd, suppress
 from .errors import SetupError
 from .paths import runtime_dir_name
 
@@ -59,11 +58,11 @@ if TYPE_CHECKING:
 #: The environment variable of the test hook (see :class:`StartSteps`).
 DIE_AFTER_STEP_ENV = "MINIBOX_TEST_DIE_AFTER_STEP"
 
-_mutex = threading.Lock()
+_mutex = _thread.allocate_lock()  # threading.Lock() (threading itself costs a CLI start ~3 ms)
 _count = 0                      # how many sandboxes of this process hold the lock
 _lock_fd: int | None = None
 _identity: dict[str, Any] | None = None
-_keeper: socket.socket | None = None
+_keeper: _socket.socket | None = None  # the socket module's enums and selectors are not needed here
 _keeper_pid: int | None = None
 
 
@@ -195,7 +194,7 @@ def remove_stale_locks() -> list[str]:
             # rename: removed once no process has that pid (a recycled pid only delays it).
             pid = name[1:].split("-", 1)[0]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                with contextlib.suppress(FileNotFoundError):
+                with suppress(FileNotFoundError):
                     os.unlink(os.path.join(owners_dir(), name))
                     removed.append(name)
             continue
@@ -232,7 +231,7 @@ def keep(pidfd: int) -> None:
             if _keeper is None:
                 _keeper = _start_keeper()
             try:
-                socket.send_fds(_keeper, [b"K"], [pidfd])
+                send_fd(_keeper, b"K", pidfd)
                 return
             except OSError as e:
                 # The keeper is gone (killed by hand?): start a new one, once.
@@ -249,7 +248,7 @@ def keeper_binary() -> str:
     return static_binary("keeper/keeper.c", "minibox-keeper")
 
 
-def _start_keeper() -> socket.socket:
+def _start_keeper() -> _socket.socket:
     """Start this process's keeper; return our end of its socket.
 
     posix_spawn(3) (a vfork-style clone, no copy of a large interpreter's
@@ -260,7 +259,7 @@ def _start_keeper() -> socket.socket:
     """
     global _keeper_pid
     binary = keeper_binary()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     try:
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -362,7 +361,7 @@ def _after_fork_in_child() -> None:
         _keeper.close()
     _count, _lock_fd, _identity, _keeper = 0, None, None, None
     global _mutex
-    _mutex = threading.Lock()
+    _mutex = _thread.allocate_lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -388,4 +387,4 @@ class StartSteps:
     def done(self, name: str) -> None:
         self.count += 1
         if self.count == self._die_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), SIGKILL)

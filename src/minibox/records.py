@@ -35,12 +35,12 @@ that took the pid over in between.
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import signal
 import time
 
+from . import _json as json  # json's C half without its Python layer (re, enum): the CLI starts faster
+from ._lean import SIGKILL, pidfd_send_signal
 from .errors import SetupError
 from .paths import runtime_dir_name
 from .procfs import start_time, stat
@@ -112,7 +112,7 @@ def signal_verified(proc: ProcessRecord, sig: int, wait: float = 0.0) -> bool:
         if start_time(proc["pid"]) != proc["starttime"]:
             return False
         try:
-            signal.pidfd_send_signal(pidfd, sig)
+            pidfd_send_signal(pidfd, sig)
         except ProcessLookupError:
             return False
         if wait:
@@ -124,7 +124,7 @@ def signal_verified(proc: ProcessRecord, sig: int, wait: float = 0.0) -> bool:
 
 def kill_verified(proc: ProcessRecord, timeout: float = KILL_WAIT) -> bool:
     """SIGKILL the recorded process if it is still that process and wait until it is gone."""
-    return signal_verified(proc, signal.SIGKILL, wait=timeout)
+    return signal_verified(proc, SIGKILL, wait=timeout)
 
 
 # -- the record files --------------------------------------------------------------------

@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import abc
 import os
-import signal as _signal
 import time
-from collections.abc import Mapping, Sequence
-from types import TracebackType
 
+# _collections_abc: what collections.abc re-exports, loaded by os already (the
+# collections package would cost a command-line start ~2 ms); SIGKILL from
+# _lean, not signal (whose enum classes cost ~3 ms).
+from _collections_abc import Mapping, Sequence
+
+from ._lean import SIGKILL
 from ._record import field, record
 from .errors import StateError
 from .spec import DEFAULT_PATH, Spec
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    from types import TracebackType
     from typing import Literal, Self
 
 if TYPE_CHECKING:
@@ -135,7 +139,9 @@ class Result:
             return "killed by the OOM killer: the memory limit was hit"
         if self.signal is not None:
             try:
-                name = _signal.Signals(self.signal).name
+                import signal  # only to name it
+
+                name = signal.Signals(self.signal).name
             except ValueError:
                 name = f"signal {self.signal}"
             return f"killed by {name}"
@@ -159,7 +165,7 @@ def reason_of(exit_code: int | None, sig: int | None, *, timed_out: bool = False
     """
     if timed_out:
         return "timeout"
-    if oom and (sig == _signal.SIGKILL or exit_code == 128 + _signal.SIGKILL):
+    if oom and (sig == SIGKILL or exit_code == 128 + SIGKILL):
         return "oom"
     if sig is not None:
         return "signaled"
@@ -174,7 +180,7 @@ def make_result(exit_code: int | None, sig: int | None, *, started: float, timed
     A command killed at its timeout has no exit status, whatever it was.
     """
     if timed_out and sig is None and exit_code is None:
-        sig = int(_signal.SIGKILL)
+        sig = SIGKILL
     return Result(exit_code=exit_code, signal=sig,
                   reason=reason_of(exit_code, sig, timed_out=timed_out, oom=oom),
                   stdout=stdout, stderr=stderr, duration=time.monotonic() - started,
@@ -261,7 +267,7 @@ class Sandbox(abc.ABC):
         """
 
     @abc.abstractmethod
-    def kill(self, sig: int = _signal.SIGKILL) -> None:
+    def kill(self, sig: int = SIGKILL) -> None:
         """Send ``sig`` to the sandbox (every process in it, for SIGKILL)."""
 
     @abc.abstractmethod

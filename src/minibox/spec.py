@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+
+# collections.abc re-exports _collections_abc, which os has loaded already;
+# importing the collections package itself would cost a command-line start
+# about 2 ms (collections, operator, reprlib, keyword, itertools).
+from _collections_abc import Mapping, Sequence
 
 from ._record import field, record
 from .errors import SpecError
@@ -41,7 +44,6 @@ DEFAULT_NAMESPACES: tuple[str, ...] = ("pid", "mnt", "uts", "ipc", "net", "cgrou
 #: The PATH a command is searched in when ``env`` sets none (docker's default), on both isolations.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-_SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 #: The largest size the kernel stores: cgroup limits are page counts that
 #: top out at LONG_MAX bytes (a bigger memory.limit_in_bytes wraps round
@@ -56,9 +58,53 @@ MAX_TIMEOUT = (2**31 - 1) / 1000
 # RFC 1123 host name label(s), as sethostname(2) users expect; the kernel
 # itself accepts anything up to 64 bytes, but a name a resolver cannot parse
 # is a mistake worth catching.
-_HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
-_ENV_NAME_RE = re.compile(r"^[^=\x00]+$")
-_CPUSET_RE = re.compile(r"^\d{1,5}(-\d{1,5})?(,\d{1,5}(-\d{1,5})?)*$")
+_HOSTNAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+
+# The checks below are written out by hand rather than as regular
+# expressions: importing re (and the enum it needs) costs a command-line
+# start about 3 ms.  Where a pattern used to end in "$", which also matches
+# just before one final newline, the hand-written check does the same.
+
+
+def _size_parts(text: str) -> tuple[str, str, str] | None:
+    """``(whole, fraction, unit)`` of a size like ``" 1.5 GiB"``, or None.
+
+    The grammar: optional whitespace, digits, optionally "." and digits,
+    optional whitespace, optionally one of K M G T (any case), optionally
+    "b" or "ib" (any case of b), optional whitespace.
+    """
+    rest = text.strip()
+    if rest[-1:] in ("b", "B"):
+        rest = rest[:-1]
+        if rest[-1:] == "i":
+            rest = rest[:-1]
+    unit = ""
+    if rest[-1:] and rest[-1] in "kKmMgGtT":
+        unit, rest = rest[-1], rest[:-1]
+    whole, dot, fraction = rest.rstrip().partition(".")
+    if not whole.isdecimal() or (dot and not fraction.isdecimal()):
+        return None
+    return whole, fraction, unit
+
+
+def _valid_hostname(name: str) -> bool:
+    """RFC 1123: dot-separated labels of 1-63 letters, digits and '-', none starting or ending with '-'."""
+    if name.endswith("\n"):
+        name = name[:-1]
+    return all(0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-" and _HOSTNAME_CHARS.issuperset(label)
+               for label in name.split("."))
+
+
+def _valid_cpuset_syntax(text: str) -> bool:
+    """cpuset(7) list syntax: ``N`` or ``N-M`` items (1-5 digits each), comma-separated."""
+    if text.endswith("\n"):
+        text = text[:-1]
+    for item in text.split(","):
+        first, dash, last = item.partition("-")
+        for number in (first, last) if dash else (first,):
+            if not (0 < len(number) <= 5 and number.isdecimal()):
+                return False
+    return True
 
 
 def _shown(value: object) -> str:
@@ -82,13 +128,13 @@ def parse_size(value: int | str, field_name: str) -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if not match:
+        parts = _size_parts(value)
+        if parts is None:
             raise SpecError(
                 field_name,
                 f"cannot parse size {_shown(value)}; use bytes or a number with K, M, G or T (e.g. '64M')",
             )
-        whole, fraction, unit, _ = match.groups()
+        whole, fraction, unit = parts
         if len(whole.lstrip("0")) > 20:  # int() of thousands of digits is slow, then refused anyway
             raise SpecError(field_name, f"{_shown(value)} is more than the kernel can store (at most 2**63-1 bytes)")
         scale = _SIZE_UNITS[unit.lower()]
@@ -201,7 +247,7 @@ class Limits:
                 raise SpecError("limits.pids", f"the kernel accepts at most {PIDS_MAX} (PID_MAX_LIMIT), "
                                                f"got {_shown(self.pids)}")
         if self.cpuset is not None:
-            if not isinstance(self.cpuset, str) or not _CPUSET_RE.match(self.cpuset):
+            if not isinstance(self.cpuset, str) or not _valid_cpuset_syntax(self.cpuset):
                 raise SpecError("limits.cpuset", f"expected a CPU list like '0' or '0-1,3', "
                                                  f"got {_shown(self.cpuset)}")
             try:
@@ -362,7 +408,7 @@ class Spec:
         if not isinstance(self.env, Mapping):
             raise SpecError("env", "expected a mapping of names to strings")
         for key, value in self.env.items():
-            if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
+            if not isinstance(key, str) or not key or "=" in key or "\x00" in key:
                 raise SpecError("env", f"invalid variable name {_shown(key)}")
             if not isinstance(value, str):
                 raise SpecError(f"env[{_shown(key)}]", f"expected a string, got {type(value).__name__}")
@@ -371,7 +417,7 @@ class Spec:
         set_(self, "env", dict(self.env))
         # cwd, hostname
         _require_absolute(self.cwd, "cwd")
-        if not isinstance(self.hostname, str) or not _HOSTNAME_RE.match(self.hostname) or len(self.hostname) > 64:
+        if not isinstance(self.hostname, str) or not _valid_hostname(self.hostname) or len(self.hostname) > 64:
             raise SpecError("hostname", f"{_shown(self.hostname)} is not a valid host name "
                             "(letters, digits, '-', '.'; at most 64)")
         # user

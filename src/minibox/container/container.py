@@ -29,16 +29,15 @@ which leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import _thread
 import errno
 import os
 import select
-import signal as signal_mod
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
 
+# contextlib, signal and threading cost a command-line start milliseconds of
+# imports (minibox/_lean.py says which); these are the parts used here.
+from .._lean import SIGKILL, contextmanager, pidfd_send_signal, suppress
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError, StateError
 from ..sandbox import CLOSED, EXITED, PAUSED, RUNNING, Result, Sandbox, Stats, Usage, make_result, split_wait_status
 from ..spec import Spec
@@ -51,6 +50,7 @@ from .userns import default_maps, write_id_maps
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from typing import Any
 
 class Container(Sandbox):
@@ -82,7 +82,7 @@ class Container(Sandbox):
         self._stdout = stdout
         self._stderr = stderr
         self._want_cgroup = cgroup or not spec.limits.is_empty()
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
         self._pid: int | None = None
         self._pidfd: int | None = None
         self._pipes = Pipes()
@@ -312,7 +312,7 @@ class Container(Sandbox):
             steps.done("running")
         finally:
             for fd in to_close + child_ends:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(fd)
 
     def _open_join_fds(self, child_ends: list[int]) -> list[int]:
@@ -439,7 +439,7 @@ class Container(Sandbox):
             self._teardown()
             return self._result
 
-    @contextlib.contextmanager
+    @contextmanager
     def _oom_watch(self) -> Iterator[dict[int, Callable[[], None]]]:
         """While waiting: on the cgroup's OOM event, SIGKILL every process of the container.
 
@@ -454,18 +454,18 @@ class Container(Sandbox):
         cgroup = self._cgroup
         fd = None
         if cgroup is not None and self.spec.limits.memory is not None:
-            with contextlib.suppress(MiniboxError, OSError):
+            with suppress(MiniboxError, OSError):
                 fd = cgroup.oom_watch()
         if fd is None:
             yield {}
             return
 
         def on_oom() -> None:
-            with contextlib.suppress(BlockingIOError):
+            with suppress(BlockingIOError):
                 os.eventfd_read(fd)
             self._oom_event = True
-            with contextlib.suppress(OSError, MiniboxError):
-                cgroup.signal_all(signal_mod.SIGKILL)
+            with suppress(OSError, MiniboxError):
+                cgroup.signal_all(SIGKILL)
 
         try:
             if cgroup.under_oom():  # an OOM before the watch existed
@@ -480,8 +480,8 @@ class Container(Sandbox):
         if "pid" not in self.spec.effective_namespaces:
             # Without a pid namespace, children of init survive it: end them
             # with the session the child created (its pgid is its pid).
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._pid, signal_mod.SIGKILL)
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pid, SIGKILL)
         _, status, rusage = os.wait4(self._pid, 0)
         self._status = status
         self._rusage = rusage
@@ -493,9 +493,9 @@ class Container(Sandbox):
         exit_code, sig = split_wait_status(self._status or 0)
         oom = False
         if self._cgroup is not None:
-            with contextlib.suppress(OSError, ValueError, MiniboxError):
+            with suppress(OSError, ValueError, MiniboxError):
                 self._cgroup.snapshot()  # one read of the evidence, kept for the removal
-            with contextlib.suppress(OSError, MiniboxError):
+            with suppress(OSError, MiniboxError):
                 oom = bool(self._cgroup.oom_killed())
             oom = oom or self._oom_event  # our SIGKILL may have come before the kernel's
         return make_result(exit_code, sig, started=self._started_at, timed_out=timed_out,
@@ -503,7 +503,7 @@ class Container(Sandbox):
 
     def _usage(self) -> Usage:
         if self._cgroup is not None:
-            with contextlib.suppress(OSError, MiniboxError):
+            with suppress(OSError, MiniboxError):
                 usage: Usage = self._cgroup.usage()
                 return usage
         ru = self._rusage
@@ -515,27 +515,27 @@ class Container(Sandbox):
 
     def _kill_all(self) -> None:
         if self._cgroup is not None:
-            with contextlib.suppress(OSError, MiniboxError):
+            with suppress(OSError, MiniboxError):
                 self._cgroup.kill_all()
         if self._pidfd is not None:
             # SIGKILL to init of a pid namespace kills every process in it.
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal_mod.pidfd_send_signal(self._pidfd, signal_mod.SIGKILL)
+            with suppress(ProcessLookupError, OSError):
+                pidfd_send_signal(self._pidfd, SIGKILL)
         if self._pid is not None and "pid" not in self.spec.effective_namespaces and self._status is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._pid, signal_mod.SIGKILL)
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pid, SIGKILL)
 
-    def kill(self, sig: int = signal_mod.SIGKILL) -> None:
+    def kill(self, sig: int = SIGKILL) -> None:
         """Send ``sig`` to the container's init; SIGKILL ends every process in it."""
         with self._lock:
             self._check("kill")
         if self._pidfd is None:
             return  # reaped meanwhile: nothing left to signal
-        if sig == signal_mod.SIGKILL:
+        if sig == SIGKILL:
             self._kill_all()
             return
         try:
-            signal_mod.pidfd_send_signal(self._pidfd, sig)
+            pidfd_send_signal(self._pidfd, sig)
         except ProcessLookupError:
             pass
 
@@ -584,6 +584,8 @@ class Container(Sandbox):
         # The exec's own env, cwd and user (validated by _exec_spec), with the Spec's hardening: it gets
         # no more than the command has.  A copy, not dataclasses.replace(): that would validate the
         # whole Spec again, and the rootfs's host directory may be gone while the container runs on.
+        import copy
+
         exec_spec = copy.copy(self.spec)
         for name in ("env", "cwd", "user"):
             object.__setattr__(exec_spec, name, getattr(request, name))
@@ -672,8 +674,8 @@ class Container(Sandbox):
             else:
                 finished = communicate(pidfd, pipes, stdin, deadline, out, err)
             if not finished:
-                with contextlib.suppress(ProcessLookupError):
-                    signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
+                with suppress(ProcessLookupError):
+                    pidfd_send_signal(pidfd, SIGKILL)
                 if master is None:
                     communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
             _, status, ru = os.wait4(grandchild, 0)
@@ -687,17 +689,17 @@ class Container(Sandbox):
             if tty_parent is not None:
                 tty_parent.close()
             if master is not None:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(master)
             if grandchild is not None:
-                with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                    os.kill(grandchild, signal_mod.SIGKILL)
+                with suppress(ProcessLookupError, ChildProcessError):
+                    os.kill(grandchild, SIGKILL)
                     os.waitpid(grandchild, 0)
             if pidfd is not None:
                 os.close(pidfd)
             pipes.close()
             for fd in fds + child_ends:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(fd)
 
     # -- close --------------------------------------------------------------------
@@ -712,7 +714,7 @@ class Container(Sandbox):
                 return
             if self._pid is not None and self._result is None:
                 self._kill_all()
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     out: list[bytes] = []
                     if self._pidfd is not None:
                         communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, out)
@@ -730,7 +732,7 @@ class Container(Sandbox):
         self._pipes.close()
         for fd in (self._pty_master, self._pidfd):
             if fd is not None:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(fd)
         self._pty_master = self._pidfd = None
         self._cleanups.clear()
@@ -743,15 +745,15 @@ class Container(Sandbox):
         """Release host resources, newest first; also after a half-finished start."""
         if self._pid is not None and self._status is None:
             self._kill_all()
-            with contextlib.suppress(ChildProcessError):
+            with suppress(ChildProcessError):
                 self._reap()
         self._pipes.close()
         if self._pty_master is not None:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(self._pty_master)
             self._pty_master = None
         if self._pidfd is not None:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(self._pidfd)
             self._pidfd = None
         errors: list[BaseException] = []

@@ -14,7 +14,6 @@ without root.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from .._record import replace
 from ..errors import PreflightError
@@ -26,6 +25,7 @@ from .userns import default_maps
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 _scratch: str | None = None

@@ -31,7 +31,6 @@ again.  docs/rootfs.md tells the race this closes (CVE-2021-30465).
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 
@@ -291,15 +290,21 @@ def mount_plan(spec: Spec, *, in_userns: bool, extra: list[MountOp] | None = Non
     return [*fixed, *middle, *masks]
 
 
-@functools.lru_cache(maxsize=4)
-def _fixed_part(in_userns: bool, own_net: bool) -> tuple[tuple[MountOp, ...], tuple[tuple[str, int], ...],
-                                                         tuple[MountOp, ...]]:
+_FixedPart = tuple[tuple["MountOp", ...], tuple[tuple[str, int], ...], tuple["MountOp", ...]]
+_fixed_parts: dict[tuple[bool, bool], _FixedPart] = {}  # a dict, not functools.lru_cache: no functools import
+
+
+def _fixed_part(in_userns: bool, own_net: bool) -> _FixedPart:
     """/proc, /sys and /dev anchored, their mounts, and the masks anchored on them (cached).
 
     They are the same for every start; the anchoring itself would cost a
-    few hundred microseconds of the fast path each time.
+    few hundred microseconds of the fast path each time.  Four combinations
+    of the arguments exist, so the cache stays small.
     """
-    mounts: list[tuple[str, int]] = []
-    ops = anchored(_proc_and_sys(own_net, in_userns) + _dev(), mounts=mounts)
-    masks = anchored(list(_MASKS), start=len(ops), mounts=list(mounts))
-    return tuple(ops), tuple(mounts), tuple(masks)
+    key = (in_userns, own_net)
+    if key not in _fixed_parts:
+        mounts: list[tuple[str, int]] = []
+        ops = anchored(_proc_and_sys(own_net, in_userns) + _dev(), mounts=mounts)
+        masks = anchored(list(_MASKS), start=len(ops), mounts=list(mounts))
+        _fixed_parts[key] = (tuple(ops), tuple(mounts), tuple(masks))
+    return _fixed_parts[key]

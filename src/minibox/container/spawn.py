@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
-import struct
-from collections.abc import Sequence
+import sys
 
 from .._native import ffi, lib
 from .._record import record
@@ -28,6 +27,7 @@ from .rootfs import MountOp
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 # What each step of csrc/spawn.h's enum mb_step is called in an error.  The
@@ -74,7 +74,8 @@ SYNC_GO = bytes([lib.MB_SYNC_GO])                      # cgroups and network rea
 # enum mb_compat: force the old-kernel fallbacks of csrc/rootfs.c.  Tests
 # set this to run the same containers through the fallback paths.
 COMPAT: int = 0
-_ERROR = struct.Struct("=iii")
+#: The child's report (struct mb_error): three native C ints -- the step, errno, the index of the op.
+_ERROR_SIZE = 12
 
 
 @record()
@@ -263,9 +264,9 @@ def spawn(plan: ChildPlan) -> tuple[int, int]:
 def read_child_error(error_fd: int, plan: ChildPlan) -> SetupError | None:
     """Block until the child exec'd (EOF: ``None``) or reported a failed step."""
     data = b""
-    while len(data) < _ERROR.size:
+    while len(data) < _ERROR_SIZE:
         try:
-            chunk = os.read(error_fd, _ERROR.size - len(data))
+            chunk = os.read(error_fd, _ERROR_SIZE - len(data))
         except InterruptedError:
             continue
         if not chunk:
@@ -273,9 +274,9 @@ def read_child_error(error_fd: int, plan: ChildPlan) -> SetupError | None:
         data += chunk
     if not data:
         return None
-    if len(data) < _ERROR.size:
+    if len(data) < _ERROR_SIZE:
         return SetupError("report", errno_mod.EPROTO, detail="truncated report from the child")
-    step, err, index = _ERROR.unpack(data)
+    step, err, index = (int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8))
     name = STEP_NAMES.get(step, f"step {step}")
     if step == STEP_EXECVE:
         return exec_failure(name, err, plan.cmd or plan.argv[0])

@@ -15,10 +15,11 @@ caller's terminal and the pty master and forwards the window size
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
+
+from .._lean import suppress
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class Pipes:
         for name in ("stdin_w", "stdout_r", "stderr_r"):
             fd = getattr(self, name)
             if fd is not None:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(fd)
                 setattr(self, name, None)
 

@@ -15,10 +15,13 @@ newuidmap(1)/newgidmap(1).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from ..errors import SetupError
 from ..spec import IdMap, Spec
+
+TYPE_CHECKING = False  # collections.abc would import the collections package: annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: Host ids minibox gives non-root container users of a root caller
 #: (0x78000000-0x78ffffff): above the ranges systemd hands out to users,

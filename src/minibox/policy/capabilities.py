@@ -43,12 +43,13 @@ PR_CAP_AMBIENT).  Spec: OCI runtime-spec config.md, ``process.capabilities``.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
-
 from .._record import record
 from ..errors import SpecError
 from ..spec import Spec
+
+TYPE_CHECKING = False  # collections.abc would import the collections package: annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 #: Capability numbers, from linux/capability.h (capabilities(7)).
 CAPABILITIES: dict[str, int] = {
@@ -109,15 +110,19 @@ DEFAULT_CAPABILITIES: frozenset[str] = frozenset(
 )
 
 
-@functools.cache
+_cap_last_cap: list[int] = []  # read once (functools.cache would import functools and collections)
+
+
 def cap_last_cap() -> int:
     """The highest capability number the running kernel knows (``/proc/sys/kernel/cap_last_cap``)."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        # Kernels before 3.2 lack the file; CAP_AUDIT_READ (37) is old enough to assume.
-        return 37
+    if not _cap_last_cap:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _cap_last_cap.append(int(f.read()))
+        except (OSError, ValueError):
+            # Kernels before 3.2 lack the file; CAP_AUDIT_READ (37) is old enough to assume.
+            _cap_last_cap.append(37)
+    return _cap_last_cap[0]
 
 
 def supported_capabilities() -> frozenset[str]:
