@@ -10,9 +10,13 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian's /usr/bin/python3 when present: the default python3 may live under
-# /root (mode 0700), which an unprivileged test user could not run.
-PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
+# The venv's interpreter: of the python3.11+ every user may run (a pyenv under
+# /root, mode 0700, is not: an unprivileged test user could not run it) that
+# can make a venv and build the C core, the one that starts fastest, timed
+# here (src/minibox/_entry.py fastest-python; a CLI start is mostly the
+# interpreter's).  Set PYTHON=... to choose yourself.
+BOOT_PYTHON := $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
+PYTHON ?= $(shell $(BOOT_PYTHON) src/minibox/_entry.py fastest-python || echo $(BOOT_PYTHON))
 APT_PACKAGES := gcc libc6-dev libcap-dev libseccomp-dev busybox-static cpio \
 	qemu-system-x86 qemu-system-common iproute2 nftables python3-venv python3-dev \
 	podman conmon containerd
@@ -48,10 +52,14 @@ apt:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/rootfs.c csrc/rootfs.h csrc/build_native.py
+$(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/rootfs.c csrc/rootfs.h csrc/build_native.py \
+		src/minibox/_entry.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,compare,plot]'
+	@# pip's console scripts start site.py (.pth files, sitecustomize): replace them
+	@# by ones that start python -S with the same paths (src/minibox/_entry.py)
+	$(PY) -m minibox._entry scripts $(VENV)/bin
 	@# byte-compile now: with PYTHONDONTWRITEBYTECODE set, every CLI start
 	@# would otherwise recompile minibox from source (about 15 ms)
 	$(PY) -m compileall -q src/minibox > /dev/null
