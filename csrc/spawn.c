@@ -597,6 +597,9 @@ static void join_namespaces(const struct mb_plan *plan)
  * that the new process is inside the pid namespace (setns on a pid
  * namespace only affects children) and, through CLONE_PARENT, is the
  * caller's own child that it can wait for. */
+static int vfork_child(void *arg);
+static long clone_vfork(const struct mb_plan *plan, uint64_t flags, int *pidfd, int (*fn)(void *));
+
 static void __attribute__((noreturn)) join_and_fork(const struct mb_plan *plan)
 {
     reset_signals();
@@ -604,8 +607,15 @@ static void __attribute__((noreturn)) join_and_fork(const struct mb_plan *plan)
     join_namespaces(plan);
     /* The grandchild makes the namespaces that are new (none for an exec;
      * for a container that joins some by path, the others, as runc's
-     * nsexec does after its setns calls). */
-    long pid = syscall(SYS_clone, CLONE_PARENT | plan->clone_flags | SIGCHLD, 0, NULL, NULL, 0);
+     * nsexec does after its setns calls).  In vfork mode (an exec that
+     * needs nothing from the caller: it joins its cgroups itself) it
+     * borrows our memory too, which is the caller's: no page table is
+     * copied on the way, and we sleep until it has exec'd. */
+    long pid;
+    if (plan->use_vfork)
+        pid = clone_vfork(plan, CLONE_PARENT | plan->clone_flags, NULL, vfork_child);
+    else
+        pid = syscall(SYS_clone, CLONE_PARENT | plan->clone_flags | SIGCHLD, 0, NULL, NULL, 0);
     if (pid < 0)
         fail(plan, MB_STEP_FORK, errno, -1);
     if (pid == 0)
@@ -640,21 +650,29 @@ static int vfork_child(void *arg)
     child_main((const struct mb_plan *)arg);
 }
 
+/* The middle process of an exec in vfork mode: join, then clone the
+ * command's process (join_and_fork). */
+static int vfork_join(void *arg)
+{
+    join_and_fork((const struct mb_plan *)arg);
+}
+
 /* CLONE_VM|CLONE_VFORK, the way posix_spawn() starts a program: the child
  * borrows the parent's memory instead of copying its page tables, which for
  * a caller holding gigabytes saves milliseconds per start.  The calling
  * thread sleeps until the child calls execve() or exits; other threads run
  * on (the GIL is released by cffi).  The child writes only to its own stack
  * and to errno, which belongs to the sleeping thread. */
-static long spawn_vfork(const struct mb_plan *plan, uint64_t flags, int *pidfd)
+static long clone_vfork(const struct mb_plan *plan, uint64_t flags, int *pidfd, int (*fn)(void *))
 {
     const size_t stack_size = 256 * 1024;
     char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED)
         return -1;
-    long pid = clone(vfork_child, stack + stack_size,
-                     (int)(flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD),
+    if (pidfd != NULL)
+        flags |= CLONE_PIDFD;
+    long pid = clone(fn, stack + stack_size, (int)(flags | CLONE_VM | CLONE_VFORK | SIGCHLD),
                      (void *)plan, pidfd);
     int saved = errno;
     munmap(stack, stack_size);   /* the child has exec'd or exited */
@@ -675,8 +693,9 @@ int mb_spawn(const struct mb_plan *plan, int *pidfd)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
 
-    if (plan->use_vfork && !joining) {
-        pid = spawn_vfork(plan, flags, pidfd);
+    if (plan->use_vfork) {
+        /* joining (an exec): the middle process too, see join_and_fork() */
+        pid = clone_vfork(plan, flags, pidfd, joining ? vfork_join : vfork_child);
         goto done;
     }
     pid = clone3_child(plan, flags, pidfd);

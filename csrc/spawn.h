@@ -115,7 +115,9 @@ struct mb_plan {
     int use_vfork;             /* CLONE_VM|CLONE_VFORK: no page-table copy; the
                                 * caller's thread sleeps until execve, so the
                                 * child must need nothing from it (no id maps,
-                                * no network plumbing) */
+                                * no network plumbing); with setns_fds (an
+                                * exec) the middle process and the command's
+                                * both, and the command gets no go byte */
     const int *cgroup_procs_fds;   /* the child writes "0" to each after the go,
                                     * joining its cgroups itself (v1: "tasks",
                                     * no RCU wait; v2: cgroup.procs) */

@@ -639,6 +639,11 @@ class Container(Sandbox):
             join_self = self._cgroup is not None and self._cgroup.version == 1
             if join_self:
                 plan.cgroup_procs_fds = self._open_join_fds(child_ends)
+            # Then it needs nothing from us before it runs: vfork mode (csrc/spawn.c),
+            # neither the middle process nor it copies our page tables, and no go byte.
+            plan.use_vfork = join_self or self._cgroup is None
+            if plan.use_vfork:
+                plan.sync_fd = -1
             _, middle_fd = spawn(plan)
             for fd in child_ends:
                 os.close(fd)
@@ -657,10 +662,11 @@ class Container(Sandbox):
             pidfd = os.pidfd_open(grandchild)
             if self._cgroup is not None and not join_self:
                 self._cgroup.attach(grandchild)
-            try:
-                os.write(sync_w, SYNC_GO)
-            except OSError as e:  # it died first: its own report says why
-                raise read_child_error(error_r, plan) or SetupError("exec", e.errno) from e
+            if not plan.use_vfork:
+                try:
+                    os.write(sync_w, SYNC_GO)
+                except OSError as e:  # it died first: its own report says why
+                    raise read_child_error(error_r, plan) or SetupError("exec", e.errno) from e
             if tty_parent is not None:
                 master = receive_fd(tty_parent)
             failure = read_child_error(error_r, plan)
