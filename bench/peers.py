@@ -17,9 +17,11 @@ with the server.
 crun and runc get an OCI bundle each (``crun spec`` / ``runc spec``, then
 args ``/bin/true``, root.path = the rootfs, terminal false, readonly
 false; the "limits" bundles add memory.limit = 64 MiB and pids.limit =
-64), a private state directory (``--root``), a unique container id per
-run, and a ``delete -f`` after every run, failed or not (not timed), so no
-container and no cgroup is left behind.
+64; the "sleeper" bundle runs ``sleep`` for ``run -d`` and ``exec``), a
+private state directory (``--root``), a unique container id per run, and a
+``delete -f`` after every run, failed or not (not timed), so no container
+and no cgroup is left behind.  The ``exec`` row's container is started on
+first use and deleted when the server ends.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ PIDS_LIMIT = 64
 PEER_ROWS: tuple[tuple[str, str], ...] = (
     ("crun", "crun run"),
     ("crun_limits", "crun run (memory 64M, pids 64)"),
+    ("crun_detached", "crun run -d (to running)"),
+    ("crun_exec", "crun exec"),
     ("runc", "runc run"),
     ("bwrap", "bwrap --unshare-all"),
     ("unshare_chroot", "unshare -mpuin --fork chroot"),
@@ -61,13 +65,18 @@ def find_tool(name: str) -> str | None:
 # --- OCI bundles --------------------------------------------------------------------
 
 
-def prepare_bundle(runtime: str, bundle: Path, rootfs: Path, *, limits: bool) -> Path:
+#: What the detached bundle runs: the container must stay up (run -d, then exec into it).
+SLEEPER_ARGS = ["sleep", "1000000"]
+
+
+def prepare_bundle(runtime: str, bundle: Path, rootfs: Path, *, limits: bool,
+                   args: Sequence[str] = ("/bin/true",)) -> Path:
     """Generate ``bundle/config.json`` with ``<runtime> spec`` and point it at ``rootfs``."""
     bundle.mkdir(parents=True, exist_ok=True)
     subprocess.run([runtime, "spec"], cwd=bundle, check=True, capture_output=True)
     config_path = bundle / "config.json"
     config = json.loads(config_path.read_text())
-    config["process"]["args"] = ["/bin/true"]
+    config["process"]["args"] = list(args)
     config["process"]["terminal"] = False
     config["root"] = {"path": str(rootfs.resolve()), "readonly": False}
     if limits:
@@ -104,6 +113,7 @@ class PeerConfig:
                 continue
             for limits in (False, True):
                 prepare_bundle(binary, work / f"{runtime}{'-limits' if limits else ''}", rootfs, limits=limits)
+            prepare_bundle(binary, work / f"{runtime}-sleeper", rootfs, limits=False, args=SLEEPER_ARGS)
             (work / f"{runtime}-state").mkdir(exist_ok=True)
 
 
@@ -117,6 +127,7 @@ class _Peers:
         self.config = config
         self.work = Path(config.workdir)
         self.counter = 0
+        self.exec_target: tuple[str, str, str] | None = None  # (binary, state, id) of the exec row's container
 
     def _oci(self, runtime: str, limits: bool) -> float:
         binary = getattr(self.config, runtime)
@@ -137,6 +148,49 @@ class _Peers:
             if not ok:  # a run that failed half way may leave its (empty) cgroups behind
                 remove_cgroups_named(cid)
 
+    def _delete(self, binary: str, state: str, cid: str) -> None:
+        subprocess.run([binary, "--root", state, "delete", "-f", cid], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+    def _detached(self, runtime: str) -> float:
+        """``run -d`` of a sleeping container: until the runtime returns with it running (delete not timed)."""
+        binary = getattr(self.config, runtime)
+        if binary is None:
+            raise CommandFailed(f"{runtime} is not installed")
+        self.counter += 1
+        cid = f"{ID_PREFIX}-{os.getpid()}-{self.counter}"
+        state = str(self.work / f"{runtime}-state")
+        ok = False
+        try:
+            elapsed = time_command([binary, "--root", state, "run", "-d", "--bundle",
+                                    str(self.work / f"{runtime}-sleeper"), cid])
+            ok = True
+            return elapsed
+        finally:
+            self._delete(binary, state, cid)
+            if not ok:
+                remove_cgroups_named(cid)
+
+    def _exec(self, runtime: str) -> float:
+        """``exec /bin/true`` into one sleeping container, started on first use and kept until close()."""
+        binary = getattr(self.config, runtime)
+        if binary is None:
+            raise CommandFailed(f"{runtime} is not installed")
+        state = str(self.work / f"{runtime}-state")
+        if self.exec_target is None:
+            cid = f"{ID_PREFIX}-{os.getpid()}-exec"
+            self.exec_target = (binary, state, cid)
+            time_command([binary, "--root", state, "run", "-d", "--bundle", str(self.work / f"{runtime}-sleeper"),
+                          cid])
+        return time_command([binary, "--root", state, "exec", self.exec_target[2], "/bin/true"])
+
+    def close(self) -> None:
+        if self.exec_target is not None:
+            binary, state, cid = self.exec_target
+            self._delete(binary, state, cid)
+            remove_cgroups_named(cid)
+            self.exec_target = None
+
     def _plain(self, tool: str, argv: Sequence[str]) -> float:
         binary = getattr(self.config, tool)
         if binary is None:
@@ -150,6 +204,10 @@ class _Peers:
                 return self._oci("crun", limits=False)
             case "crun_limits":
                 return self._oci("crun", limits=True)
+            case "crun_detached":
+                return self._detached("crun")
+            case "crun_exec":
+                return self._exec("crun")
             case "runc":
                 return self._oci("runc", limits=False)
             case "runc_limits":
@@ -167,7 +225,11 @@ class _Peers:
 
 def serve(config: PeerConfig, requests: IO[str], replies: IO[str]) -> None:
     """The server's loop: one peer run per ``time KEY`` request (see common.serve_lines)."""
-    serve_lines(_Peers(config).measure, requests, replies)
+    peers = _Peers(config)
+    try:
+        serve_lines(peers.measure, requests, replies)
+    finally:
+        peers.close()
 
 
 # --- the client side (the benchmark's process, in the host namespace) ----------------

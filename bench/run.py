@@ -15,8 +15,15 @@ Rows:
   pivot_root, no limits, hence no cgroup; output captured (the API default).
 * the ``minibox run`` CLI: a fresh interpreter each time.
 * ``minibox.run`` with ``Limits(memory="64M", pids=64)``: the cgroup path.
-* the peers (bench/peers.py): crun, crun with the same limits, runc, bwrap,
-  unshare+chroot, chroot -- timed by a server in a private mount namespace.
+* ``Container(spec).start()`` of a sleeping command, to running (its
+  default cgroup, for pause and stats); ``close()`` is not timed.
+* ``Container.exec(["/bin/true"])`` into one sleeping container.
+* memory per idle container: what each of 10 sleeping containers' cgroups
+  is charged (a PASS/MISS line, not a row).
+* the peers (bench/peers.py): crun, crun with the same limits, ``crun run
+  -d`` of a sleeping container (to running), ``crun exec /bin/true`` into
+  one, runc, bwrap, unshare+chroot, chroot -- timed by a server in a
+  private mount namespace.
 * extension rows: every ``bench/bench_*.py`` that defines
   ``rows(runs: int) -> list[common.Row]`` (e.g. bench_vm.py) is called after
   the main table and its rows are printed with the others (not interleaved).
@@ -65,7 +72,7 @@ from common import (
     time_command,
     write_json,
 )
-from peers import ID_PREFIX, PEER_ROWS, PeerConfig, PeerServer, host_mount_leaked, leftover_cgroups
+from peers import ID_PREFIX, PEER_ROWS, SLEEPER_ARGS, PeerConfig, PeerServer, host_mount_leaked, leftover_cgroups
 
 DEFAULT_RUNS = 30
 QUICK_RUNS = 5
@@ -86,8 +93,11 @@ class Target:
 TARGETS = (
     Target(f"in-process minibox.run ≤ 1.0{TIMES} bwrap --unshare-all", "minibox_run", "bwrap", 1.0, "issue 2"),
     Target(f"minibox CLI ≤ 1.5{TIMES} crun run", "minibox_cli", "crun", 1.5, "issue 2"),
-    Target(f"minibox.run with memory+pids limits ≤ 0.7{TIMES} crun with the same limits", "minibox_limits",
-           "crun_limits", 0.7, "issue 3"),
+    Target(f"minibox.run with memory+pids limits ≤ 0.3{TIMES} crun with the same limits", "minibox_limits",
+           "crun_limits", 0.3, "issue 14"),
+    Target(f"Container(spec).start() to running ≤ 0.3{TIMES} crun run -d", "minibox_container", "crun_detached", 0.3,
+           "issue 14"),
+    Target(f"Container.exec ≤ 0.3{TIMES} crun exec", "minibox_exec", "crun_exec", 0.3, "issue 14"),
     Target(f"VirtualMachine boot-to-exit ≤ 1.1{TIMES} a hand-written QEMU command line", "vm:minibox", "vm:hand",
            1.1, "issue 5"),
 )
@@ -113,11 +123,30 @@ def cli_environment(pycache: Path) -> dict[str, str]:
     return env
 
 
-def minibox_subjects(rootfs: Path, pycache: Path) -> list[Subject]:
+def minibox_subjects(rootfs: Path, pycache: Path, exec_box: Any) -> list[Subject]:
     import minibox
 
     plain = minibox.Spec(argv=["/bin/true"], rootfs=str(rootfs))
     limited = minibox.Spec(argv=["/bin/true"], rootfs=str(rootfs), limits=minibox.Limits(memory="64M", pids=64))
+    sleeper = minibox.Spec(argv=SLEEPER_ARGS, rootfs=str(rootfs))
+
+    def start_container() -> float:
+        """Container(spec).start() until the command runs (with its default cgroup); close() not timed."""
+        box = minibox.Container(sleeper)
+        try:
+            start = time.perf_counter()
+            box.start()
+            return ms_since(start)
+        finally:
+            box.close()
+
+    def exec_true() -> float:
+        start = time.perf_counter()
+        result = exec_box.exec(["/bin/true"])
+        elapsed = ms_since(start)
+        if result.exit_code != 0:
+            raise CommandFailed(f"exec: exit {result.exit_code} ({result.reason}): {result.stderr[-200:]!r}")
+        return elapsed
 
     def run_once(spec: Any) -> Callable[[], float]:
         def sample() -> float:
@@ -137,6 +166,9 @@ def minibox_subjects(rootfs: Path, pycache: Path) -> list[Subject]:
         Subject("minibox_cli", "minibox run (CLI)", lambda: time_command(cli_argv, env=cli_env),
                 "fresh interpreter, .pyc cached"),
         Subject("minibox_limits", "minibox.run (memory 64M, pids 64)", run_once(limited), "cgroup v1/v2 path"),
+        Subject("minibox_container", "Container.start() (to running)", start_container,
+                "default cgroup; close not timed"),
+        Subject("minibox_exec", "Container.exec", exec_true, "into a sleeping container"),
     ]
 
 
@@ -192,8 +224,8 @@ def peer_subjects(server: LineServer) -> list[Subject]:
     return [Subject(key, name, sampler(key), notes.get(key, "")) for key, name in PEER_ROWS]
 
 
-ORDER = ("minibox_run", "minibox_run_big", "minibox_cli", "minibox_limits", "crun", "crun_limits", "runc", "bwrap",
-         "unshare_chroot", "chroot")
+ORDER = ("minibox_run", "minibox_run_big", "minibox_cli", "minibox_limits", "minibox_container", "minibox_exec",
+         "crun", "crun_limits", "crun_detached", "crun_exec", "runc", "bwrap", "unshare_chroot", "chroot")
 
 
 # --- extension benchmarks --------------------------------------------------------------
@@ -222,6 +254,43 @@ def extension_rows(runs: int) -> list[Row]:
     return rows
 
 
+# --- memory per container -------------------------------------------------------------
+
+MEMORY_TARGET_KIB = 400
+MEMORY_SANDBOXES = 10
+
+
+def memory_per_container(rootfs: Path, count: int = MEMORY_SANDBOXES) -> dict[str, Any]:
+    """What each idle container's cgroup is charged (Container.stats().memory_bytes), as issue 14 counts it.
+
+    ``count`` containers run ``sleep`` side by side; each one's charge is
+    read once all are up (v1 memory.usage_in_bytes, v2 memory.current).  No
+    runtime process stays behind a container, so the cgroup holds all of it.
+    """
+    import minibox
+
+    label = f"memory per idle container ≤ {MEMORY_TARGET_KIB} KiB charged"
+    check: dict[str, Any] = {"target": label, "issue": "issue 14", "factor": None}
+    with contextlib.ExitStack() as stack:
+        try:
+            boxes = [stack.enter_context(minibox.Container(minibox.Spec(argv=SLEEPER_ARGS, rootfs=str(rootfs))))
+                     for _ in range(count)]
+            time.sleep(0.3)
+            charged = [box.stats().memory_bytes for box in boxes]
+        except Exception as e:
+            check.update(verdict="NOT MEASURED", detail=f"{type(e).__name__}: {e}")
+            return check
+    values = [c / 1024 for c in charged if c is not None]
+    if not values:
+        check.update(verdict="NOT MEASURED", detail="the cgroups report no memory figure")
+        return check
+    kib = median(values)
+    check.update(verdict="PASS" if kib <= MEMORY_TARGET_KIB else "MISS", row_ms=None, kib=kib,
+                 detail=f"median {kib:.0f} KiB over {len(values)} (range {min(values):.0f}-{max(values):.0f}), "
+                        f"target ≤ {MEMORY_TARGET_KIB} KiB")
+    return check
+
+
 # --- what a cgroup costs minibox ----------------------------------------------------
 
 
@@ -240,8 +309,9 @@ def cgroup_breakdown(runs: int, settle: float) -> list[Row]:
     from minibox.container.cgroups import Cgroup, prune_parents
 
     names = ("Cgroup.create (memory 64M, pids 64)", "Cgroup.attach (all hierarchies)",
-             "  first cgroup.procs write", "  each later write (mean)", "Cgroup.remove (after exit)")
-    keys = ("cg_create", "cg_attach", "cg_first_write", "cg_later_write", "cg_remove")
+             "  first cgroup.procs write", "  each later write (mean)",
+             "a process moving itself (what the child does)", "Cgroup.remove (after exit)")
+    keys = ("cg_create", "cg_attach", "cg_first_write", "cg_later_write", "cg_self_join", "cg_remove")
     samples: dict[str, list[float]] = {k: [] for k in keys}
     first_hierarchy = ""
     limits = Limits(memory="64M", pids=64)
@@ -270,6 +340,8 @@ def cgroup_breakdown(runs: int, settle: float) -> list[Row]:
                 samples["cg_first_write"].append(writes[0])
                 if len(writes) > 1:
                     samples["cg_later_write"].append(statistics.fmean(writes[1:]))
+                time.sleep(settle)
+                samples["cg_self_join"].append(self_join_ms(cgroup.self_join_files()))
             finally:
                 for sleeper in sleepers:
                     sleeper.kill()  # our own children, by pid
@@ -287,6 +359,35 @@ def cgroup_breakdown(runs: int, settle: float) -> list[Row]:
         rows.append(Row.from_samples(key, name, samples[key], note) if samples[key]
                     else Row.not_measured(key, name, "no samples"))
     return rows
+
+
+def self_join_ms(paths: Sequence[str]) -> float:
+    """A fresh process writes "0" to each of ``paths`` (moving itself, as the spawn's child does); its ms.
+
+    Timed inside the child, from the first open to the last write, and
+    sent back through a pipe; the child then exits (its cgroup empties).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        try:
+            start = time.perf_counter()
+            for path in paths:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, b"0")
+                os.close(fd)
+            os.write(write_end, str(ms_since(start)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        reply = os.read(read_end, 64)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    if not reply:
+        raise CommandFailed("the self-join child reported nothing")
+    return float(reply)
 
 
 # --- profile of minibox.run ------------------------------------------------------------
@@ -379,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("run as root: crun, runc and minibox's namespaces and cgroups need it")
 
     started = datetime.now().astimezone()
+    load_at_start = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="minibox-bench."))
     try:
         from minibox.images.busybox import build_busybox_rootfs
@@ -386,9 +488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rootfs = build_busybox_rootfs(workdir / "rootfs")
         config = PeerConfig.detect(rootfs, workdir)
         config.prepare()
-        subjects = minibox_subjects(rootfs, workdir / "pycache")
+        import minibox
+
         ballast_argv = [sys.executable, str(Path(__file__).resolve()), "serve-ballast", str(BALLAST_MIB), str(rootfs)]
-        with PeerServer(config) as server, LineServer(ballast_argv, "ballast server") as big:
+        with PeerServer(config) as server, LineServer(ballast_argv, "ballast server") as big, \
+                minibox.Container(minibox.Spec(argv=SLEEPER_ARGS, rootfs=str(rootfs))) as exec_box:
+            subjects = minibox_subjects(rootfs, workdir / "pycache", exec_box)
             subjects += [*peer_subjects(server), ballast_subject(big)]
             subjects.sort(key=lambda s: ORDER.index(s.key))
 
@@ -402,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{len(timed)} rows, ({warmup} warm-up + {runs}) rounds, interleaved, settle {args.settle_ms:g} ms")
             rows = interleaved(timed, runs, warmup=warmup,
                                progress=lambda done, total: log(f"  round {done}/{total}") if done % 5 == 0 else None)
+        log("memory per container ...")
+        memory_check = memory_per_container(rootfs)
         log("cgroup breakdown ...")
         breakdown = cgroup_breakdown(runs, settle)
         extra = [] if args.no_extensions else extension_rows(runs)
@@ -415,9 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in all_rows:
         crun = references.get("crun")
         row.ratio = row.median_ms / crun if row.median_ms is not None and crun else None
-    checks = check_targets(by_key)
+    checks = [*check_targets(by_key), memory_check]
 
-    print(f"minibox bench — {started:%Y-%m-%d %H:%M %Z} — {platform.node()} — kernel {platform.release()}")
+    load = os.getloadavg()
+    print(f"minibox bench — {started:%Y-%m-%d %H:%M %Z} — {platform.node()} — kernel {platform.release()} — "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (at {load_at_start[0]:.2f} when it began)")
     print(f"start-to-exit of /bin/true in a busybox rootfs; medians of {runs} interleaved runs; "
           f"settle {args.settle_ms:g} ms before each sample; this process's peak RSS {rss_mib():.0f} MiB\n")
     print(format_table(all_rows, references))
@@ -440,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "host": platform.node(), "kernel": platform.release(), "python": sys.version.split()[0],
         "runs": runs, "warmup": warmup, "settle_ms": args.settle_ms, "bench_rss_mib": rss_mib(),
+        "load_average": {"start": load_at_start, "end": load},
         "rows": all_rows, "targets": checks, "cgroup_breakdown": breakdown, "leaks": leaks,
     }, args.json)
     log(f"\nresults written to {path}")
