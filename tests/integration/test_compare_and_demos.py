@@ -202,7 +202,8 @@ def test_compare_json_measures_both_rows(isolated: Isolated, tmp_path: Path) -> 
     # --plot drew both kinds' start times and memory: an SVG naming them, one dot per sample
     svg = picture.read_text()
     assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
-    for words in ("container", "cold microVM", "start-to-exit", "host memory per idle sandbox"):
+    for words in ("container", "microVM from a template", "cold microVM", "start-to-exit",
+                  "host memory per idle sandbox"):
         assert words in svg, words
     rows = {row["name"]: row["values"] for row in data["rows"]}
     assert {"container", "vm"} <= set(rows)
@@ -226,6 +227,12 @@ def test_compare_json_measures_both_rows(isolated: Isolated, tmp_path: Path) -> 
     assert rows["vm"]["accelerator"]["value"] in ("kvm", "tcg")
     assert rows["vm"]["accelerator"]["note"]  # the reason, in words
     assert rows["vm"]["density"]["value"] <= 2
+    # the VM's start from its template, and its cold boot as a row of its own (a container has none)
+    assert "template" in rows["vm"]["start_to_exit"]["note"]
+    assert rows["vm"]["start_cold"]["status"] == "measured" and len(rows["vm"]["start_cold"]["samples"]) == 2
+    assert "template=False" in rows["vm"]["start_cold"]["note"]
+    assert rows["container"]["start_cold"]["status"] == "described"
+    assert data["ratios_vm_over_container"]["start_cold"] > 0
     assert data["parameters"] == {"runs": 2, "density": 2}
 
 
@@ -257,7 +264,8 @@ def _full_report() -> Report:
         "boundary": Cell("host kernel", "", "the host kernel: namespaces + cgroups", status="described"),
         "kernel_release": Cell("6.18.44-fc-v857", "", "6.18.44-fc-v857 (the host's)"),
         "accelerator": Cell("none", "", "none (host CPU, host kernel)", status="described"),
-        "start_to_exit": timing(3.21), "memory_idle": Cell(262144, "bytes", "256 KiB", samples=[262144.0]),
+        "start_to_exit": timing(3.21), "start_cold": Cell("no boot", "", "no boot", status="described"),
+        "memory_idle": Cell(262144, "bytes", "256 KiB", samples=[262144.0]),
         "disk": Cell(2_100_000, "bytes", "2.0 MiB"),
         "density": Cell(10, "sandboxes", "10 of 10", extra={"seconds": 0.31, "requested": 10}),
     })
@@ -265,7 +273,8 @@ def _full_report() -> Report:
         "boundary": Cell("hypervisor", "", "QEMU microvm (TCG) + guest kernel", status="described"),
         "kernel_release": Cell("6.1.0-56-cloud-amd64", "", "6.1.0-56-cloud-amd64 (host: 6.18.44-fc-v857)"),
         "accelerator": Cell("tcg", "", "TCG", note="/dev/kvm could not boot the guest: " + "x" * 200),
-        "start_to_exit": timing(1456.0), "memory_idle": Cell(229_000_000, "bytes", "218 MiB"),
+        "start_to_exit": timing(148.0), "start_cold": timing(1456.0),
+        "memory_idle": Cell(229_000_000, "bytes", "218 MiB"),
         "disk": Cell(56_000_000, "bytes", "53 MiB"),
         "density": Cell(4, "sandboxes", "4 of 10", extra={"seconds": 6.2, "requested": 10}),
     })
@@ -279,9 +288,11 @@ def test_default_table_fits_80_columns_and_wide_has_the_rest() -> None:
     report = _full_report()
     text = render_plain(report)
     assert max(len(line) for line in text.splitlines()) <= 80, text
-    for value in ("3.21 ms", "1,456 ms", "256 KiB", "218 MiB", "6.1.0-56-cloud-amd64", "4 of 10 in 6.2 s", "TCG"):
+    for value in ("3.21 ms", "148 ms", "1,456 ms", "256 KiB", "218 MiB", "6.1.0-56-cloud-amd64",
+                  "4 of 10 in 6.2 s", "TCG", "VM cold boot", "no boot"):
         assert value in text, value
-    assert "454\u00d7" in text  # 1456 / 3.21, the VM over the container
+    assert "46\u00d7" in text  # 148 / 3.21: a VM from its template over the container
+    assert "454\u00d7" in text  # 1456 / 3.21: a cold-booted VM over the container
     assert "[1]" not in text  # footnotes only for what was not measured
     wide = render_wide(report)
     assert "/dev/kvm could not boot the guest" in wide and "median of 5 runs" in wide

@@ -18,8 +18,10 @@ from typing import Any
 from ..errors import MiniboxError
 from .report import Report
 
-#: The sandbox kinds drawn, in order, with their colours.
-KINDS = (("container", "container", "#1f77b4"), ("vm", "cold microVM", "#d62728"))
+#: The series drawn, in order, with their colours: (column, start-to-exit metric, label, colour).
+KINDS = (("container", "start_to_exit", "container", "#1f77b4"),
+         ("vm", "start_to_exit", "microVM from a template", "#ff7f0e"),
+         ("vm", "start_cold", "cold microVM", "#d62728"))
 FORMATS = (".svg", ".png")
 
 
@@ -71,14 +73,15 @@ def plot(report: Report, path: str) -> None:
     plt = _pyplot()
     starts: list[tuple[str, str, list[float]]] = []
     memory: list[tuple[str, str, list[float]]] = []
-    for key, label, colour in KINDS:
+    for key, metric, label, colour in KINDS:
         column = report.column(key)
         if column is None:
             continue
-        start, mem = column.cell("start_to_exit"), column.cell("memory_idle")
+        start, mem = column.cell(metric), column.cell("memory_idle")
         if start.measured and start.samples:
             starts.append((label, colour, list(start.samples)))
-        if mem.measured and mem.samples:
+        # the idle memory is a cold-booted VM's (measure.measure_density): drawn with that series
+        if (key == "container" or metric == "start_cold") and mem.measured and mem.samples:
             memory.append((label, colour, [m / (1 << 20) for m in mem.samples]))
     if not starts and not memory:
         raise PlotError("nothing to plot: neither start times nor memory were measured")

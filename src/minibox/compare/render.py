@@ -23,6 +23,7 @@ SHORT_LABELS = {
     "kernel_release": "kernel inside",
     "accelerator": "accelerator",
     "start_to_exit": "start-to-exit",
+    "start_cold": "VM cold boot",
     "memory_idle": "memory, idle box",
     "disk": "on disk",
     "density": "idle boxes started",
@@ -48,7 +49,7 @@ def _short(column: Column, metric: str, host_kernel: str) -> str:
         return {"none": "none (host CPU)", "kvm": "KVM", "tcg": "TCG (emulated)"}.get(str(value), str(value))
     if not isinstance(value, (int, float)):
         return str(cell.text or value)
-    if metric == "start_to_exit":
+    if metric in ("start_to_exit", "start_cold"):
         text = f"{fmt_ms(value)} ms"
         if len(cell.samples) >= 4:
             q1, q3 = percentile(cell.samples, 0.25), percentile(cell.samples, 0.75)
@@ -94,7 +95,8 @@ def short_rows(report: Report) -> tuple[list[str], list[list[str]], list[str]]:
 
 def _legend(report: Report) -> list[str]:
     """What the short values mean, in a sentence or two."""
-    return [f"start-to-exit: median (p25-p75) of {report.runs} runs of /bin/true; memory: the "
+    return [f"start-to-exit: median (p25-p75) of {report.runs} runs of /bin/true, a VM restored from its "
+            "template; VM cold boot: the same, booting the guest (template=False); memory: the "
             "container's cgroup charge, the VM's QEMU RSS; vm\u00d7: VM over container (density: "
             "time to start one). 'minibox compare --wide': how each value was measured."]
 
