@@ -201,7 +201,7 @@ def save(vm: VirtualMachine, path: Path) -> None:
         os.pwrite(fd, initrd, HEADER_SIZE)
         stream_at = HEADER_SIZE + len(initrd)
         os.lseek(fd, stream_at, os.SEEK_SET)  # QEMU writes from the fd's offset on
-        was_running = not vm._paused
+        was_running = vm.state == "running"  # pause() left it paused: it stays so
         t0 = time.monotonic()
         try:
             info = snapshot.save(monitor, fd, ignore_shared=False)
