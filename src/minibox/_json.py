@@ -64,18 +64,54 @@ def _not_serializable(value: Any) -> Any:
     return json.JSONEncoder().default(value)  # raises json's TypeError, with its message
 
 
-def dumps(value: Any) -> str:
-    """``json.dumps(value)``: the same text, or the same error."""
-    if isinstance(value, (dict, list)):
-        encode = _json.make_encoder(
-            {},                                # markers, fresh per call: check_circular=True
-            _not_serializable,                 # default
-            _json.encode_basestring_ascii,     # ensure_ascii=True
-            None,                              # indent
-            ": ", ", ",                        # key and item separators
-            False, False, True,                # sort_keys, skipkeys, allow_nan
-        )
-        return "".join(encode(value, 0))
+def _encoder() -> Any:
+    """The C encoder as ``json.dumps`` configures it with its defaults (fresh markers each time)."""
+    return _json.make_encoder(
+        {},                                # markers: check_circular=True
+        _not_serializable,                 # default
+        _json.encode_basestring_ascii,     # ensure_ascii=True
+        None,                              # indent
+        ": ", ", ",                        # key and item separators
+        False, False, True,                # sort_keys, skipkeys, allow_nan
+    )
+
+
+def _indented(value: Any, step: str, level: int, open_ids: set[int]) -> str | None:
+    """``json.dumps(value, indent=len(step))``'s text for str-keyed dicts and lists; None: leave it to json."""
+    if not isinstance(value, (dict, list, tuple)):
+        return "".join(_encoder()(value, 0))
+    if not value:
+        return "{}" if isinstance(value, dict) else "[]"
+    if id(value) in open_ids:
+        return None  # a cycle: json raises its ValueError
+    open_ids.add(id(value))
+    parts: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = _indented(item, step, level + 1, open_ids) if isinstance(key, str) else None
+            if inner is None:
+                return None  # a key json converts (int, float, bool, None), or a cycle below
+            parts.append(f"{_json.encode_basestring_ascii(key)}: {inner}")
+    else:
+        for item in value:
+            inner = _indented(item, step, level + 1, open_ids)
+            if inner is None:
+                return None
+            parts.append(inner)
+    open_ids.discard(id(value))
+    pad = "\n" + step * (level + 1)
+    brackets = "{}" if isinstance(value, dict) else "[]"
+    return f"{brackets[0]}{pad}{(',' + pad).join(parts)}\n{step * level}{brackets[1]}"
+
+
+def dumps(value: Any, *, indent: int | None = None) -> str:
+    """``json.dumps(value)`` or ``json.dumps(value, indent=N)``: the same text, or the same error."""
+    if indent is None:
+        return "".join(_encoder()(value, 0))
+    if isinstance(indent, int) and not isinstance(indent, bool):
+        text = _indented(value, " " * indent, 0, set())
+        if text is not None:
+            return text
     import json
 
-    return json.dumps(value)
+    return json.dumps(value, indent=indent)

@@ -39,6 +39,19 @@ SIGTERM: int = _signal.SIGTERM
 SIGSTOP: int = _signal.SIGSTOP
 SIGCONT: int = _signal.SIGCONT
 SIGCHLD: int = _signal.SIGCHLD
+NSIG: int = _signal.NSIG
+
+
+def signal_number(name: str) -> int | None:
+    """The number of signal ``name`` ("SIGTERM", "SIGRTMIN"...), as ``signal.Signals[name]`` finds it; else None.
+
+    signal.Signals holds the module's upper-case names that start with SIG
+    but not SIG_ (SIG_DFL, SIG_BLOCK... are not signals).
+    """
+    if not (name.isupper() and name.startswith("SIG") and not name.startswith("SIG_")):
+        return None
+    number = getattr(_signal, name, None)
+    return number if isinstance(number, int) else None
 
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:

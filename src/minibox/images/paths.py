@@ -19,10 +19,13 @@ container's child, which resolves its mount targets the same way.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
+from .._lean import contextmanager  # contextlib would cost minibox-oci create milliseconds of imports
 from ..errors import SetupError
+
+TYPE_CHECKING = False  # collections.abc would import the collections package: annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def open_in_root(root_fd: int, path: str, *, nofollow: bool = False, compat: int = 0) -> int:

@@ -11,11 +11,11 @@ lines in the log the engine reads.  The import list stays short: a
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
+from .. import _json as json  # json's C half without re and enum: each verb is a fresh interpreter
 from ..errors import MiniboxError
 from .state import DEFAULT_ROOT, OCI_VERSION, OciError, Record
 
@@ -282,7 +282,7 @@ def _exec(record: Record, opts: dict[str, Any], args: list[str], log: Log) -> in
     if opts.get("process"):
         try:
             with open(opts["process"], "rb") as f:
-                raw = json.load(f)
+                raw = json.loads(f.read())
         except (OSError, ValueError) as e:
             raise OciError(f"--process {opts['process']}: {e}") from e
         proc = config_mod.parse_process(raw, "process.")
@@ -371,7 +371,7 @@ def _spec(opts: dict[str, Any]) -> int:
     if os.path.exists(path):
         raise OciError(f"{path} already exists; remove it first")
     with open(path, "w") as f:
-        json.dump(config, f, indent=2)
+        f.write(json.dumps(config, indent=2))
     return 0
 
 

@@ -12,8 +12,7 @@ logged, as the spec says.  Hooks meant to run inside the container
 
 from __future__ import annotations
 
-import json
-
+from .. import _json as json  # json's C half without re and enum: each verb is a fresh interpreter
 from .state import OciError
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings

@@ -18,12 +18,12 @@ shim) -- the one that reads its exit status, as with runc and crun.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal as signal_mod
 import time
 
+# contextlib and signal cost each verb milliseconds of imports (minibox/_lean.py)
+from .._lean import NSIG, SIGKILL, pidfd_send_signal, signal_number, suppress
 from ..errors import MiniboxError, SetupError
 from .config import JOINABLE_AFTER_CLONE, Config
 from .state import OciError, Record
@@ -203,12 +203,12 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
 def _teardown_child(pid: int | None, pidfd: int | None) -> None:
     if pid is None:
         return
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         if pidfd is not None:
-            signal_mod.pidfd_send_signal(pidfd, signal_mod.SIGKILL)
+            pidfd_send_signal(pidfd, SIGKILL)
         else:
-            os.kill(pid, signal_mod.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
+            os.kill(pid, SIGKILL)
+    with suppress(ChildProcessError):
         os.waitpid(pid, 0)
     if pidfd is not None:
         os.close(pidfd)
@@ -373,14 +373,14 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     except BaseException:
         _teardown_child(pid, pidfd)
         pidfd = None
-        with contextlib.suppress(OSError, MiniboxError):
+        with suppress(OSError, MiniboxError):
             cgroup.kill_all()
         cgroup.remove()
         _remove_parents(made_parents)
         raise
     finally:
         for fd in fds + child_ends:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
         if pidfd is not None:
             os.close(pidfd)
@@ -427,7 +427,7 @@ def _create_cgroup(record: Record, cfg: Config) -> tuple[Any, list[str]]:
 def _remove_parents(made: list[str]) -> None:
     """rmdir the parent cgroups create made, deepest first, unless another container uses them."""
     for directory in made:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.rmdir(directory)
 
 
@@ -509,15 +509,15 @@ def parse_signal(value: str) -> int:
     text = value.strip().upper()
     if text.isdigit():
         number = int(text)
-        if not 0 < number < signal_mod.NSIG:
+        if not 0 < number < NSIG:
             raise OciError(f"invalid signal {value!r}")
         return number
     if not text.startswith("SIG"):
         text = "SIG" + text
-    try:
-        return int(signal_mod.Signals[text])
-    except KeyError as e:
-        raise OciError(f"invalid signal {value!r}") from e
+    found = signal_number(text)
+    if found is None:
+        raise OciError(f"invalid signal {value!r}")
+    return found
 
 
 def kill(record: Record, sig: int, all_processes: bool = False) -> None:
@@ -530,14 +530,14 @@ def kill(record: Record, sig: int, all_processes: bool = False) -> None:
     if all_processes:
         cgroup = record.cgroup()
         for pid in cgroup.procs() if cgroup is not None else [record.pid]:
-            with contextlib.suppress(ProcessLookupError):
+            with suppress(ProcessLookupError):
                 os.kill(pid, sig)
         return
     pidfd = os.pidfd_open(record.pid)
     try:
         if not record.alive():   # the pid was recycled between the check and the open
             raise OciError(f"container {record.id} is not running")
-        signal_mod.pidfd_send_signal(pidfd, sig)
+        pidfd_send_signal(pidfd, sig)
     except ProcessLookupError as e:
         raise OciError(f"container {record.id} is not running") from e
     finally:
@@ -558,10 +558,10 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
     # killed half way, or exec'd processes of an init that has gone
     if status != "stopped" or (cgroup is not None and cgroup.procs()):
         if cgroup is not None:
-            with contextlib.suppress(OSError, MiniboxError):
+            with suppress(OSError, MiniboxError):
                 cgroup.kill_all()
-        with contextlib.suppress(ProcessLookupError, OciError):
-            kill(record, signal_mod.SIGKILL)
+        with suppress(ProcessLookupError, OciError):
+            kill(record, SIGKILL)
         if record.pid and status != "stopped" and not wait_gone(record.pid):
             raise OciError(f"container {record.id}: its init did not die within 5 s of SIGKILL")
     if cgroup is not None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
-from collections.abc import Callable
-from typing import Final
 
+from ..._lean import SIGKILL
 from ...errors import SetupError
 from ...sandbox import Stats, Usage
 from ...spec import Limits
 from . import files
+
+TYPE_CHECKING = False  # typing and collections.abc cost each fresh interpreter (minibox-oci) milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Final
 
 #: CFS bandwidth period (µs) used for ``cpus``: the kernel's and runc's default.
 CPU_PERIOD_US: Final = 100_000
@@ -43,7 +46,7 @@ def kill_loop(
         pids = procs()
         for pid in pids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, SIGKILL)
             except ProcessLookupError:
                 pass
         if frozen and set_frozen is not None:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Final
 
 from ...errors import SetupError, SpecError
+
+TYPE_CHECKING = False  # typing and collections.abc cost each fresh interpreter (minibox-oci) milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Final
 
 # Bounds: every wait in this package ends.
 REMOVE_BACKOFF: Final = (0.001, 0.002, 0.004, 0.008, 0.015, 0.03, 0.04)

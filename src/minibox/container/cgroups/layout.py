@@ -12,14 +12,17 @@ configured.  ``preflight`` and ``compare`` read the layout from here too.
 from __future__ import annotations
 
 import errno
-import functools
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Final, Literal
 
+# _record, not dataclasses (which imports inspect, ast, dis...): the same
+# frozen classes, without milliseconds of imports in every minibox-oci verb.
+from ..._record import field, record
 from ...errors import PreflightError, SetupError
 from . import files
+
+TYPE_CHECKING = False  # typing and collections.abc cost each fresh interpreter (minibox-oci) milliseconds
+if TYPE_CHECKING:
+    from typing import Final, Literal
 
 #: Environment variable naming the parent cgroup (see :func:`parent_path`).
 PARENT_ENV: Final = "MINIBOX_CGROUP_PARENT"
@@ -40,7 +43,7 @@ V1_KNOWN: Final = frozenset(
 V2_USEFUL: Final = frozenset(("memory", "pids", "cpu"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hierarchy:
     """One mounted cgroup hierarchy, as /proc/self/mountinfo describes it."""
 
@@ -62,7 +65,7 @@ class Hierarchy:
         return self.mountpoint.rstrip("/") + (path if path != "/" else "")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupLayout:
     """Which cgroup layout this host uses, and where its hierarchies are mounted.
 
@@ -86,16 +89,38 @@ class CgroupLayout:
         return self.kind
 
 
-OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_OCTAL_DIGITS = frozenset("01234567")
 
 
 def unescape(field_: str) -> str:
-    return OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field_)
+    """A mountinfo field with its ``\\NNN`` octal escapes (space, tab, newline, backslash) decoded."""
+    if "\\" not in field_:
+        return field_
+    out, i = [], 0
+    while i < len(field_):
+        code = field_[i + 1:i + 4]
+        if field_[i] == "\\" and len(code) == 3 and _OCTAL_DIGITS.issuperset(code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
 
 
-@functools.lru_cache(maxsize=4)
+_layouts: dict[tuple[str, str], CgroupLayout] = {}  # a dict, not functools.lru_cache: no functools import
+
+
 def detect_layout(mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/self/cgroup") -> CgroupLayout:
-    """Read the mount table and decide between the v1 and v2 backends (cached).
+    """Read the mount table and decide between the v1 and v2 backends (cached)."""
+    key = (mountinfo, proc_cgroup)
+    if key not in _layouts:
+        _layouts[key] = _read_layout(mountinfo, proc_cgroup)
+    return _layouts[key]
+
+
+def _read_layout(mountinfo: str, proc_cgroup: str) -> CgroupLayout:
+    """Read the mount table and decide between the v1 and v2 backends.
 
     A cgroup2 mount is used when it offers memory, pids or cpu, or when no v1
     hierarchy exists at all; otherwise the v1 hierarchies are (a hybrid host

@@ -10,17 +10,20 @@ table is in :func:`create`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from collections.abc import Sequence
 
+from ..._lean import suppress
 from ...errors import PreflightError, SetupError, SpecError
 from ...sandbox import Stats, Usage
 from ...spec import Limits
 from . import files
 from .backend import CPU_PERIOD_US, Backend, kill_loop, limit_fields, quota
 from .layout import PARENT_ENV, CgroupLayout, effective_parent, parent_path
+
+TYPE_CHECKING = False  # typing and collections.abc cost each fresh interpreter (minibox-oci) milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class V2(Backend):
@@ -153,7 +156,7 @@ def create(
             # An OOM kill ends the whole container, as on v1 (Container.wait kills the group on
             # the OOM event): cgroup-v2.rst, memory.oom.group.  A victim stuck behind a lock that
             # a member in reclaim holds would otherwise wait for the OOM reaper (docs/cgroups.md).
-            with contextlib.suppress(FileNotFoundError):  # before Linux 4.19
+            with suppress(FileNotFoundError):  # before Linux 4.19
                 files.write(child + "/memory.oom.group", "1")
             if limits.memory_swap_bytes is not None:
                 swap = limits.memory_swap_bytes - limits.memory_bytes
