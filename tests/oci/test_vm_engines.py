@@ -120,6 +120,10 @@ def test_podman_detached_vm_exec_pause_stop(podman_vm: PodmanVm) -> None:
             assert f.read().strip() == "conmon", "conmon reaps the VM supervisor"
         done = podman_vm("exec", container_id, "sh", "-c", "echo in $(hostname); exit 5", check=False)
         assert done.returncode == 5 and done.stdout == f"in {container_id[:12]}\n", done.stderr
+        done = podman_vm("exec", "-i", container_id, "cat", input="exec stdin\n")
+        assert done.stdout == "exec stdin\n"
+        tty = podman_vm("exec", "-t", container_id, "tty", stdin=subprocess.DEVNULL)
+        assert tty.stdout.strip().startswith("/dev/pts/")
         podman_vm("pause", container_id)
         assert podman_vm("inspect", "-f", "{{.State.Status}}", container_id).stdout.strip() == "paused"
         podman_vm("unpause", container_id)
@@ -133,10 +137,13 @@ def test_podman_detached_vm_exec_pause_stop(podman_vm: PodmanVm) -> None:
 
 
 def test_podman_run_with_a_terminal_in_a_vm(podman_vm: PodmanVm) -> None:
-    done = podman_vm("--runtime", "minibox-vm", "run", "--rm", "-t", IMAGE, "sh", "-c", "tty; exit 4",
-                     stdin=subprocess.DEVNULL, check=False)
+    """``run -i -t``: the host pty relayed to a pty in the guest, input included (echoed by the guest's tty)."""
+    done = podman_vm("--runtime", "minibox-vm", "run", "--rm", "-i", "-t", IMAGE, "sh", "-c",
+                     "tty; read line; echo got $line; exit 4", input="hello\n", check=False)
     assert done.returncode == 4, done.stderr
-    assert done.stdout.strip().startswith("/dev/pts/")
+    lines = done.stdout.replace("\r", "").splitlines()
+    # the guest's tty echoes the input as it arrives, maybe before `tty` prints
+    assert any(line.startswith("/dev/pts/") for line in lines) and lines[-1] == "got hello", done.stdout
 
 
 @pytest.mark.skipif(shutil.which("containerd") is None or shutil.which("ctr") is None,

@@ -132,7 +132,8 @@ def _has_fd3() -> bool:
 def test_lifecycle_exec_pause_kill_delete(oci: Oci, tmp_path: Path) -> None:
     """create/start/state/ps/exec/pause/resume/kill/delete on one VM, selected by the annotation."""
     oci.write_config(["sh", "-c", "trap 'echo got TERM; exit 42' TERM; echo started; "
-                      "while true; do sleep 0.1; done"], annotations=VM)
+                      "while true; do sleep 0.1; done"], annotations=VM,
+                     linux__resources={"memory": {"limit": 192 << 20}, "cpu": {"quota": 150000, "period": 100000}})
     pid_file = tmp_path / "pid"
     out_path = tmp_path / "out"
     with open(out_path, "w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -155,18 +156,24 @@ def test_lifecycle_exec_pause_kill_delete(oci: Oci, tmp_path: Path) -> None:
 
     oci("start", "v1")
     assert oci.state("v1")["status"] == "running"
-    done = oci("exec", "v1", "sh", "-c", "hostname; exit 5", check=False)
+    done = oci("exec", "v1", "sh", "-c", "hostname; exit 5", check=False, stdin=subprocess.DEVNULL)
     assert (done.returncode, done.stdout) == (5, "ocitest\n"), done.stderr
     done = oci("exec", "--env", "FOO=bar", "--cwd", "/tmp", "--user", "1000:1000", "v1",
-               "sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)")
+               "sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g)", stdin=subprocess.DEVNULL)
     assert done.stdout == "bar /tmp 1000:1000\n"
+    # linux.resources sized the VM: 2 vCPUs for a quota of 1.5 CPUs, 192 MiB of RAM
+    done = oci("exec", "v1", "sh", "-c", "nproc; grep MemTotal /proc/meminfo", stdin=subprocess.DEVNULL)
+    cpus, memory = done.stdout.splitlines()
+    assert int(cpus) == 2
+    assert 128 << 10 < int(memory.split()[1]) <= 192 << 10, memory
     done = oci("exec", "v1", "cat", input="through stdin\n")
     assert done.stdout == "through stdin\n"
-    missing = oci("exec", "v1", "no-such-command", check=False)
+    missing = oci("exec", "v1", "no-such-command", check=False, stdin=subprocess.DEVNULL)
     assert missing.returncode != 0 and "executable file not found" in missing.stderr
 
     relay_pid_file = tmp_path / "exec.pid"
-    oci("exec", "--detach", "--pid-file", str(relay_pid_file), "v1", "sh", "-c", "sleep 1; exit 9")
+    oci("exec", "--detach", "--pid-file", str(relay_pid_file), "v1", "sh", "-c", "sleep 1; exit 9",
+        stdin=subprocess.DEVNULL)
     relay = int(relay_pid_file.read_text())
     assert oci.reap(relay) == 9, "the relay process exits with the exec'd command's status"
 

@@ -385,10 +385,15 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
                  console_socket: str | None = None, preserve_fds: int = 0) -> int:
     """Run ``proc`` in the guest through the agent; a relay process of our own carries it.
 
-    The relay connects to the supervisor, hands it the fds the output goes
-    to, forwards signals, and exits with the command's status.  In the
-    foreground this process is the relay; with ``--detach`` a forked child
-    is (its pid goes to ``--pid-file``), once the agent has started the command.
+    The relay connects to the supervisor, reads its stdin to the end (it
+    travels inside the agent's request), hands the supervisor the fds the
+    output goes to, forwards signals, and exits with the command's status.
+    In the foreground this process is the relay.  With ``--detach`` a
+    forked child is, and its pid goes to ``--pid-file`` as soon as it is
+    connected: conmon and the containerd shim feed an exec's stdin only
+    once ``exec --detach`` has returned, so the relay cannot wait for the
+    command to start first (a command that cannot start is its exit status,
+    127 or 126, and its error on its stderr).
     """
     status = record.status()
     if status != "running":
@@ -418,33 +423,28 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
         finally:
             os.close(master)
         out_fd = err_fd = tty_slave
-    else:
-        # stdin travels inside the agent's request: read to its end first (bounded)
-        data = b""
-        while chunk := os.read(0, 65536):
-            data += chunk
-            if len(data) > EXEC_STDIN_MAX:
-                raise OciError(f"exec: at most {EXEC_STDIN_MAX} bytes of stdin go to a command in a VM")
-        request["stdin"] = data.decode("latin-1")
     if not detach:
-        code = _relay(record, request, out_fd, err_fd, None, pid_file)
-        return code
-    started_r, started_w = os.pipe()
+        return _relay(record, request, out_fd, err_fd, None, pid_file)
+    connected_r, connected_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            os.close(started_r)
-            code = _relay(record, request, out_fd, err_fd, started_w, None)
+            os.close(connected_r)
+            code = _relay(record, request, out_fd, err_fd, connected_w, None)
+        except MiniboxError as e:
+            with contextlib.suppress(OSError):
+                os.write(2, f"minibox-oci: {e}\n".encode())
+            code = getattr(e, "exit_status", 1)
         finally:
             os._exit(code)
-    os.close(started_w)
+    os.close(connected_w)
     if tty_slave is not None:
         os.close(tty_slave)
     answer = b""
-    while chunk := os.read(started_r, 65536):
+    while chunk := os.read(connected_r, 65536):
         answer += chunk
-    os.close(started_r)
+    os.close(connected_r)
     if answer != b"S":
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
@@ -457,27 +457,46 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
     return 0
 
 
-def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, started_fd: int | None,
+class ExecError(OciError):
+    """An exec that could not start in the guest; ``exit_status`` as a shell's (127, 126, or 1)."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, connected_fd: int | None,
            pid_file: str | None) -> int:
-    """Carry one exec: ask the supervisor, forward signals, return the exit status."""
+    """Carry one exec: connect, read stdin, ask the supervisor, forward signals; the exit status."""
     import socket
 
     from .vm_supervisor import FORWARDED, connect
 
-    def say(message: bytes) -> None:
-        nonlocal started_fd
-        if started_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(started_fd, message)
-            os.close(started_fd)
-            started_fd = None
-
     try:
         conn = connect(record.dir, None)
     except OSError as e:
-        say(b"E" + f"container {record.id}: its VM supervisor does not answer ({e})".encode())
-        raise OciError(f"container {record.id}: its VM supervisor does not answer ({e})") from e
+        message = f"container {record.id}: its VM supervisor does not answer ({e})"
+        if connected_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(connected_fd, b"E" + message.encode())
+            os.close(connected_fd)
+        raise OciError(message) from e
     try:
+        if connected_fd is not None:
+            os.write(connected_fd, b"S")
+            os.close(connected_fd)
+        if pid_file:
+            tmp = f"{pid_file}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(tmp, pid_file)
+        if not request["tty"]:
+            data = b""
+            while chunk := os.read(0, 65536):
+                data += chunk
+                if len(data) > EXEC_STDIN_MAX:
+                    raise OciError(f"exec: at most {EXEC_STDIN_MAX} bytes of stdin go to a command in a VM")
+            request["stdin"] = data.decode("latin-1")
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [out_fd, err_fd])
 
         def forward(number: int, _frame: object) -> None:
@@ -489,23 +508,14 @@ def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, st
         while True:
             chunk = conn.recv(65536)
             if not chunk:
-                say(b"Ethe VM supervisor closed the connection")
                 raise OciError(f"exec in container {record.id}: the VM supervisor closed the connection")
             buffered += chunk
             while b"\n" in buffered:
                 line, buffered = buffered.split(b"\n", 1)
                 reply = json.loads(line)
-                if reply.get("started"):
-                    if pid_file:
-                        tmp = f"{pid_file}.tmp{os.getpid()}"
-                        with open(tmp, "w") as f:
-                            f.write(str(os.getpid()))
-                        os.replace(tmp, pid_file)
-                    say(b"S")
-                elif "error" in reply:
-                    say(b"E" + str(reply["error"]).encode())
-                    raise OciError(str(reply["error"]))
-                elif "exit" in reply:
+                if "error" in reply:
+                    raise ExecError(str(reply["error"]), int(reply.get("status", 1)))
+                if "exit" in reply:
                     return int(reply["exit"])
     finally:
         conn.close()

@@ -232,7 +232,8 @@ class OciVirtualMachine(VirtualMachine):
                     started = ident in channels.started_execs
                 if failure is not None:
                     error = self._failure_error(failure)
-                    return {"error": _exec_message(argv, error)}
+                    status = error.exit_status if isinstance(error, CommandNotFoundError) else 1
+                    return {"error": _exec_message(argv, error), "status": status}
                 if started and not announced:
                     announced = True
                     _send_line(conn, {"started": True})
