@@ -293,10 +293,11 @@ def rows(runs: int) -> list[Row]:
     result = measure(max(3, min(runs, 20)))
     life: dict[str, list[float]] = result["lifecycle"]  # type: ignore[assignment]
     pods: dict[str, list[float]] = result["podman"]  # type: ignore[assignment]
+    memory = next(f"{'PASS' if met else 'FAIL'} {detail}" for target, met, detail in verdicts(result)
+                  if target.startswith("a detached"))
     out = []
     for name, samples in life.items():
-        note = "" if name != "minibox-oci" else "; ".join(f"{t.split(' vs ')[1]}: {d}" for t, _, d in
-                                                           verdicts(result) if "create+start" in t)
+        note = f"detached: {memory}" if name == "minibox-oci" else ""
         out.append(Row.from_samples(f"oci:{name}", f"{name} create+start+delete", samples, note))
     for name, samples in pods.items():
         out.append(Row.from_samples(f"podman:{name}", f"podman run --rm ({name})", samples))

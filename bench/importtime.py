@@ -3,6 +3,7 @@
     sudo .venv/bin/python bench/importtime.py                  # minibox run -- /bin/true (the default image)
     sudo .venv/bin/python bench/importtime.py --rootfs DIR     # minibox run --rootfs DIR -- /bin/true
          .venv/bin/python bench/importtime.py --oci            # minibox-oci's import path (no root needed)
+    sudo .venv/bin/python bench/importtime.py --phases 20 --rootfs DIR   # interpreter, site, imports, the rest
 
 It runs the command in a fresh interpreter under ``python -X importtime``
 (CPython's per-module import timer: microseconds spent importing each
@@ -58,12 +59,68 @@ def importtime(code: str, argv: list[str], pycache: str) -> tuple[list[tuple[str
     return rows, done.returncode
 
 
+#: Every module of the run path, imported without running anything (the "imports" phase).
+RUN_MODULES = ("import minibox.cli, minibox.container.container, minibox.owner, minibox.records, minibox.firstuse, "
+               "minibox._static, minibox.policy.capabilities, minibox.policy.seccomp.cache, minibox.procfs")
+
+
+def phases(rootfs: str | None, rounds: int, src: str | None = None) -> int:
+    """Where a ``minibox run -- /bin/true`` goes, from outside: medians of alternating fresh processes.
+
+    interpreter = ``python -S -c pass``; site = what ``python -c pass``
+    adds (pip's console script pays it, minibox's does not); imports = the
+    run path's modules on top of the interpreter; the rest of the console
+    script's run is parsing, the container's start, wait and clean-up.
+    """
+    import statistics
+    import time
+
+    paths = [p for p in sys.path if p.endswith("site-packages") or p.endswith("/src")]
+    run = [os.path.join(os.path.dirname(sys.executable), "minibox")]
+    if src:  # another checkout (e.g. an older commit, for a before/after): as pip's script starts it, with site
+        paths = [p for p in paths if not p.endswith("/src")] + [src]
+        run = [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r}); sys.argv[0] = 'minibox'; "
+                                     "from minibox.cli import entry_point; entry_point()"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    steps = {
+        "interpreter (python -S -c pass)": [sys.executable, "-S", "-c", "pass"],
+        "interpreter with site (python -c pass)": [sys.executable, "-c", "pass"],
+        "interpreter + the run path's imports": [sys.executable, "-S", "-c",
+                                                 f"import sys; sys.path += {paths!r}; {RUN_MODULES}"],
+        "minibox run -- /bin/true (console script)": [*run, "run", *(["--rootfs", rootfs] if rootfs else []),
+                                                       "--", "/bin/true"],
+    }
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for round_no in range(rounds + 1):
+        for name, argv in steps.items():
+            time.sleep(0.06)
+            start = time.perf_counter()
+            subprocess.run(argv, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            if round_no:
+                samples[name].append((time.perf_counter() - start) * 1000)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    names = list(steps)
+    load = os.getloadavg()
+    print(f"medians of {rounds} alternating runs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}:")
+    for name in names:
+        print(f"  {medians[name]:6.1f} ms  {name}")
+    print(f"  -> site would add {medians[names[1]] - medians[names[0]]:.1f} ms; the imports "
+          f"{medians[names[2]] - medians[names[0]]:.1f} ms; parsing, the container and its clean-up "
+          f"{medians[names[3]] - medians[names[2]]:.1f} ms")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rootfs", help="run in this rootfs (default: minibox's own image)")
     parser.add_argument("--oci", action="store_true", help="the minibox-oci import path instead")
     parser.add_argument("--top", type=int, default=15, help="how many of the slowest imports to print")
+    parser.add_argument("--phases", type=int, metavar="N", default=0,
+                        help="instead: time the run's phases from outside, N alternating rounds")
+    parser.add_argument("--src", metavar="DIR", help="with --phases: that checkout's src/ (started with site)")
     args = parser.parse_args()
+    if args.phases:
+        return phases(args.rootfs, args.phases, args.src)
     if args.oci:
         code, argv = OCI, []
     else:
