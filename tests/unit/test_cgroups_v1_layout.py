@@ -271,7 +271,8 @@ def test_old_kernels_without_the_oom_kill_counter_use_failcnt(fake: FakeCgroup1,
     assert cg.oom_killed() is True
 
 
-def test_remove_removes_every_directory_and_the_parent_at_exit(fake: FakeCgroup1, tmp_path: Path) -> None:
+def test_remove_removes_every_directory_and_the_parent_with_its_last_user(fake: FakeCgroup1,
+                                                                          tmp_path: Path) -> None:
     layout = layout_for(fake, tmp_path)
     first = Cgroup.create("c1", FULL, layout=layout)
     second = Cgroup.create("c2", FULL, layout=layout)
@@ -279,15 +280,8 @@ def test_remove_removes_every_directory_and_the_parent_at_exit(fake: FakeCgroup1
     first.remove()
     first.remove()  # idempotent
     assert not any(os.path.exists(d) for d in first.paths.values())
+    assert all(os.path.isdir(d) for d in parents.values())  # c2 still uses them
     second.remove()
-    # the parents stay for this process's next container (no mkdir/rmdir per start) ...
-    assert all(os.path.isdir(d) for d in parents.values())
-    third = Cgroup.create("c3", FULL, layout=layout)
-    fake.writes.clear()
-    cgroups._prune_parents_now()  # ... and go when it exits (atexit), unless a container still uses them
-    assert all(os.path.isdir(d) for d in parents.values())
-    third.remove()
-    cgroups._prune_parents_now()
     assert not any(os.path.exists(d) for d in set(parents.values()))
     assert cgroups.prune_parents(layout=layout) == []
 

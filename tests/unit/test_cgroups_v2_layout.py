@@ -255,9 +255,7 @@ def test_remove_keeps_the_shared_parent_while_used_and_is_idempotent(fake: FakeC
     assert not Path(first.paths["unified"]).exists()
     assert (fake.root / "user.slice/app.scope/minibox").is_dir()  # c2 still uses it
     second.remove()
-    assert (fake.root / "user.slice/app.scope/minibox").is_dir()  # kept for this process's next container
-    cgroups._prune_parents_now()  # what runs at exit
-    assert not (fake.root / "user.slice/app.scope/minibox").exists()
+    assert not (fake.root / "user.slice/app.scope/minibox").exists()  # gone with its last user
     assert cgroups.prune_parents(layout=layout_for(fake, tmp_path)) == []
 
 

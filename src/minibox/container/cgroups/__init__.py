@@ -44,10 +44,6 @@ from .layout import (
 )
 from .v1 import weight_to_shares
 
-TYPE_CHECKING = False  # annotations are strings: typing costs nothing at run time
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
 __all__ = [
     "DEFAULT_PARENT",
     "PARENT_ENV",
@@ -270,43 +266,16 @@ class Cgroup:
         if first is not None:
             raise SetupError("cgroup remove", first.errno, detail=failed) from first
         self._removed = True
-        prune_at_exit(os.path.dirname(d) for d in self.paths.values())
-
-
-#: The minibox parents this process's containers used: removed (if empty) when it exits.
-_parents_to_prune: dict[str, None] = {}
-_prune_registered = False
-
-
-def prune_at_exit(parents: Iterable[str]) -> None:
-    """Remove these shared minibox parents when this process exits, if they are empty then.
-
-    Left behind, a parent would keep the caller's own cgroup (on v1 often a
-    per-command memory cgroup) from being removed -- but not while the
-    caller lives, since the caller is in it.  So the parents stay for the
-    next container of this process (their mkdir and rmdir in every
-    hierarchy cost about 0.7 ms per start and close) and go at its exit.
-    rmdir refuses a parent another container still uses (EBUSY), and
-    create() remakes a parent that disappears under it (another process's
-    prune, ``minibox gc``); a caller killed by a signal leaves them to gc.
-    """
-    global _prune_registered
-    if not _prune_registered:
-        import atexit
-
-        atexit.register(_prune_parents_now)
-        _prune_registered = True
-    for parent in parents:
-        _parents_to_prune[parent] = None
-
-
-def _prune_parents_now() -> None:
-    for parent in _parents_to_prune:
-        try:
-            files.rmdir(parent)
-        except OSError:
-            pass
-    _parents_to_prune.clear()
+        # The shared minibox parent goes too once it is empty: left behind, it
+        # would keep the caller's own cgroup (on v1 often a per-command memory
+        # cgroup) from being removed.  rmdir refuses a parent another
+        # container still uses (EBUSY), and create() remakes a parent that
+        # disappears under it.
+        for parent in files.unique(os.path.dirname(d) for d in self.paths.values()):
+            try:
+                files.rmdir(parent)
+            except OSError:
+                pass
 
 
 def planned_paths(name: str, limits: Limits, parent: str | None = None,
