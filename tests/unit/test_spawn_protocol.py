@@ -105,3 +105,21 @@ def test_execve_errors_map_once() -> None:
 def test_the_default_path_is_written_once() -> None:
     assert PY_SOURCES.count('"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"') == 1
     assert "/usr/bin:/bin" not in C_SOURCES
+
+
+def test_the_c_mount_steps_are_built_once_per_distinct_plan() -> None:
+    from minibox._native import ffi
+
+    def targets(cplan: spawn._CPlan) -> list[str]:
+        ops = cplan.c.ops
+        return [ffi.string(ops[i].target).decode() for i in range(cplan.c.n_ops)]
+
+    base = [rootfs.MountOp(rootfs.OP_MKDIR, "/a"), rootfs.MountOp(rootfs.OP_MKDIR, "/b", mode=0o700)]
+    other = [rootfs.MountOp(rootfs.OP_MKDIR, "/a"), rootfs.MountOp(rootfs.OP_MKDIR, "/c", mode=0o700)]
+    first = spawn._CPlan(spawn.ChildPlan(argv=["true"], envp=[], ops=base))
+    again = spawn._CPlan(spawn.ChildPlan(argv=["true"], envp=[], ops=list(base)))
+    changed = spawn._CPlan(spawn.ChildPlan(argv=["true"], envp=[], ops=other))
+    assert first.c.ops == again.c.ops  # the same steps: the same C array, reused
+    assert targets(first) == targets(again) == ["/a", "/b"]
+    assert changed.c.ops != first.c.ops and targets(changed) == ["/a", "/c"]
+    assert changed.c.ops[1].mode == 0o700

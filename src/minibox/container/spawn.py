@@ -216,23 +216,16 @@ class _CPlan:
         return array
 
     def _ops(self, ops: Sequence[MountOp]) -> Any:
-        array = ffi.new("struct mb_op[]", max(1, len(ops)))
-        self._keep.append(array)
-        bases = {op.base for op in ops}
-        for i, op in enumerate(ops):
-            c = array[i]
-            c.kind = op.kind
-            c.base = op.base
-            c.source = self._str(op.relative_source())
-            c.source_in_root = int(op.source_in_root)
-            c.target = self._str(op.relative_target())
-            c.fstype = self._str(op.fstype)
-            c.flags = op.flags
-            c.data = self._str(op.data)
-            c.mode = op.mode
-            c.keep_fd = int(i in bases)
-            c.optional = int(op.optional)
-        return array
+        """The mount steps as ``struct mb_op[]``, built once per distinct plan (see _OPS_CACHE)."""
+        key = tuple(ops)
+        entry = _OPS_CACHE.get(key)
+        if entry is None:
+            entry = _build_ops(key)
+            if len(_OPS_CACHE) >= _OPS_CACHE_SIZE:
+                _OPS_CACHE.clear()
+            _OPS_CACHE[key] = entry
+        self._keep.append(entry)  # alive until the child has exec'd, even if evicted meanwhile
+        return entry[0]
 
     def _str(self, value: str | None) -> Any:
         if value is None:
@@ -246,6 +239,42 @@ class _CPlan:
         arr = ffi.new("char *[]", items)
         self._keep.append(arr)
         return arr
+
+
+#: Mount steps already turned into C structs, by value (MountOp is frozen and
+#: hashable): a process that starts the same kind of container again reuses
+#: them instead of encoding ~40 steps' strings anew (~0.3 ms a start).  The
+#: child only reads them.  Each entry is (array, the buffers it points to).
+_OPS_CACHE: dict[tuple[MountOp, ...], tuple[Any, list[Any]]] = {}
+_OPS_CACHE_SIZE = 16
+
+
+def _build_ops(ops: tuple[MountOp, ...]) -> tuple[Any, list[Any]]:
+    keep: list[Any] = []
+
+    def cstr(value: str | None) -> Any:
+        if value is None:
+            return ffi.NULL
+        buf = ffi.new("char[]", os.fsencode(value))
+        keep.append(buf)
+        return buf
+
+    array = ffi.new("struct mb_op[]", max(1, len(ops)))
+    bases = {op.base for op in ops}
+    for i, op in enumerate(ops):
+        c = array[i]
+        c.kind = op.kind
+        c.base = op.base
+        c.source = cstr(op.relative_source())
+        c.source_in_root = int(op.source_in_root)
+        c.target = cstr(op.relative_target())
+        c.fstype = cstr(op.fstype)
+        c.flags = op.flags
+        c.data = cstr(op.data)
+        c.mode = op.mode
+        c.keep_fd = int(i in bases)
+        c.optional = int(op.optional)
+    return array, keep
 
 
 def spawn(plan: ChildPlan) -> tuple[int, int]:
