@@ -64,6 +64,7 @@ _lock_fd: int | None = None
 _identity: dict[str, Any] | None = None
 _keeper: _socket.socket | None = None  # the socket module's enums and selectors are not needed here
 _keeper_pid: int | None = None
+_keeper_starter: int | None = None  # the keeper's first process, not reaped yet (see start_keeper)
 
 
 def owners_dir() -> str:
@@ -219,6 +220,21 @@ def remove_stale_locks() -> list[str]:
 # -- the keeper ------------------------------------------------------------------------------
 
 
+def start_keeper() -> None:
+    """Start this process's keeper, if it has none, without waiting for it.
+
+    A container's start calls this before its clone, so that the keeper's
+    first process execs and forks into the background while the container
+    is being made (about 0.8 ms of a CLI start here, measured), instead of
+    before it; :func:`keep` then reaps that process and checks that it
+    succeeded, before the container may outlive anything.
+    """
+    global _keeper
+    with _mutex:
+        if _keeper is None:
+            _keeper = _spawn_keeper()
+
+
 def keep(pidfd: int) -> None:
     """Hand the keeper a pidfd: that process is SIGKILLed if this process dies first.
 
@@ -229,7 +245,9 @@ def keep(pidfd: int) -> None:
     with _mutex:
         for attempt in (1, 2):
             if _keeper is None:
-                _keeper = _start_keeper()
+                _keeper = _spawn_keeper()
+            _reap_keeper_starter()
+            assert _keeper is not None
             try:
                 send_fd(_keeper, b"K", pidfd)
                 return
@@ -248,16 +266,16 @@ def keeper_binary() -> str:
     return static_binary("keeper/keeper.c", "minibox-keeper")
 
 
-def _start_keeper() -> _socket.socket:
+def _spawn_keeper() -> _socket.socket:
     """Start this process's keeper; return our end of its socket.
 
     posix_spawn(3) (a vfork-style clone, no copy of a large interpreter's
     page tables) is three times cheaper here than subprocess.Popen.  The
     keeper gets its end as fd 3 and /dev/null as 0-2, closes every other fd
-    it may have inherited, forks into the background and exits; we reap that
-    first process at once.
+    it may have inherited, forks into the background and exits; that first
+    process is reaped by :func:`_reap_keeper_starter` (called by :func:`keep`).
     """
-    global _keeper_pid
+    global _keeper_pid, _keeper_starter
     binary = keeper_binary()
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     try:
@@ -265,18 +283,33 @@ def _start_keeper() -> _socket.socket:
                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)]  # dup2 clears close-on-exec on fd 3
-        pid = os.posix_spawn(binary, [binary, "watch", "3"], {}, file_actions=actions, setsid=True)
-        _, status = os.waitpid(pid, 0)
+        _keeper_starter = os.posix_spawn(binary, [binary, "watch", "3"], {}, file_actions=actions, setsid=True)
     except OSError as e:
         ours.close()
         raise SetupError("keeper", e.errno, detail=binary) from e
     finally:
         theirs.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        ours.close()
-        raise SetupError("keeper", None, detail=f"{binary} exited with status {os.waitstatus_to_exitcode(status)}")
     _keeper_pid = None  # its first message says (see keeper_pid)
     return ours
+
+
+def _reap_keeper_starter() -> None:
+    """Reap the keeper's first process; if it failed (it could not fork), close the socket: SetupError."""
+    global _keeper, _keeper_starter
+    if _keeper_starter is None:
+        return
+    try:
+        _, status = os.waitpid(_keeper_starter, 0)
+    except ChildProcessError:  # a caller's os.wait() took it: the send to the socket will tell
+        return
+    finally:
+        _keeper_starter = None
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        if _keeper is not None:
+            _keeper.close()
+        _keeper = None
+        raise SetupError("keeper", None, detail=f"{keeper_binary()} exited with status {code}")
 
 
 def keeper_fd() -> int | None:
@@ -360,6 +393,8 @@ def _after_fork_in_child() -> None:
     if _keeper is not None:
         _keeper.close()
     _count, _lock_fd, _identity, _keeper = 0, None, None, None
+    global _keeper_starter
+    _keeper_starter = None  # the parent's child, not ours
     global _mutex
     _mutex = _thread.allocate_lock()
 

@@ -162,7 +162,7 @@ class Container(Sandbox):
         return start_error(e, "each holds about 3 fds: a pidfd and its stdout/stderr pipes")
 
     def _start(self) -> None:
-        from ..owner import StartSteps
+        from ..owner import StartSteps, start_keeper
 
         steps = StartSteps()
         spec = self.spec
@@ -174,6 +174,8 @@ class Container(Sandbox):
         spec, rootfs, root, readonly = choose_root(spec, plan)
         self._record = self._create_record(spec)
         steps.done("record")
+        if not self._detached:
+            start_keeper()  # its first process settles while the container is made; keep() checks it
         if spec.network == "bridge":
             from .network import NetworkAttachment
             self._network = NetworkAttachment.prepare(self.id, spec)
