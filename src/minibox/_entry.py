@@ -71,7 +71,7 @@ def site_paths(python: str) -> list[str]:
 def script_text(python: str, module: str, paths: list[str]) -> str:
     """The console script: ``python -S``, site's directories appended, then ``module.entry_point()``."""
     return f"""#!{python} -S
-{MARKER} (python -m minibox._entry; pip's own script starts site.py, ~10 ms more)
+{MARKER} (python -m minibox._entry scripts; pip's own script starts site.py, ~10 ms more)
 import sys
 if not sys.flags.safe_path:
     del sys.path[0]  # the script's own directory (bin/), where nothing is importable
