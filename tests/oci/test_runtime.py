@@ -280,3 +280,18 @@ def test_cgroups_path_is_honoured_below_minibox_parent_and_removed(oci: Oci) -> 
     oci("delete", "cg1")
     oci.reap(pid)
     assert not any(os.path.exists(f"{d}/oci-test-pod") for d in parents.values()), "its parents go too"
+
+
+def test_kill_of_a_stopped_container_as_containerd_expects(oci: Oci) -> None:
+    oci.write_config(["true"])
+    oci.create("st1")
+    pid = oci.state("st1")["pid"]
+    oci("start", "st1")
+    assert oci.reap(pid) == 0
+    # containerd's shim reads "container not running" as "already finished" (checkKillError)
+    plain = oci("kill", "st1", "KILL", check=False)
+    assert plain.returncode == 1 and "container not running" in plain.stderr
+    # --all signals what is left in the cgroup, and nothing is no error (runc's behaviour)
+    assert oci("kill", "--all", "st1", "KILL", check=False).returncode == 0
+    oci("delete", "st1")
+    assert not cgroup_dirs("st1")

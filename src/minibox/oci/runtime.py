@@ -354,8 +354,14 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             raise failure
 
         if proc.oom_score_adj is not None:
-            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-                f.write(str(proc.oom_score_adj))
+            try:
+                with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                    f.write(str(proc.oom_score_adj))
+            except PermissionError as e:
+                # proc(5): lowering it below the inherited minimum needs CAP_SYS_RESOURCE
+                raise OciError(f"config.json: process.oomScoreAdj {proc.oom_score_adj}: permission denied: "
+                               "lowering it needs CAP_SYS_RESOURCE, which minibox-oci lacks here "
+                               "(containerd: restrict_oom_score_adj = true)") from e
         record.data["hooks"] = {kind: [vars(h) for h in hooks] for kind, hooks in cfg.hooks.items()
                                 if kind in ("poststart", "poststop")}
         record.save()
@@ -525,21 +531,33 @@ def kill(record: Record, sig: int, all_processes: bool = False) -> None:
         from . import vm_runtime
 
         return vm_runtime.kill(record, sig)
-    if not record.alive():
-        raise OciError(f"container {record.id} is not running")
+    # "container not running" is what containerd's runc shim looks for in the
+    # error (checkKillError): the process has finished, not a failure.
+    not_running = f"cannot signal container {record.id}: container not running"
     if all_processes:
+        # As runc: --all signals whatever is left in the cgroup, also once the
+        # init has gone (containerd's shim does this when an init that shared
+        # its pod's pid namespace exits, to end the processes it left).
         cgroup = record.cgroup()
-        for pid in cgroup.procs() if cgroup is not None else [record.pid]:
+        try:
+            pids = list(cgroup.procs()) if cgroup is not None else []
+        except OSError:
+            pids = []
+        if cgroup is None and record.alive():
+            pids = [record.pid]
+        for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, sig)
         return
+    if not record.alive():
+        raise OciError(not_running)
     pidfd = os.pidfd_open(record.pid)
     try:
         if not record.alive():   # the pid was recycled between the check and the open
-            raise OciError(f"container {record.id} is not running")
+            raise OciError(not_running)
         pidfd_send_signal(pidfd, sig)
     except ProcessLookupError as e:
-        raise OciError(f"container {record.id} is not running") from e
+        raise OciError(not_running) from e
     finally:
         os.close(pidfd)
 
