@@ -39,7 +39,7 @@ def _blob(archive: tarfile.TarFile, data: bytes) -> str:
     return f"sha256:{digest}"
 
 
-def oci_archive(rootfs: Path, target: Path) -> None:
+def oci_archive(rootfs: Path, target: Path, name: str = IMAGE, cmd: tuple[str, ...] = ("sh",)) -> None:
     """An OCI image layout (image-spec image-layout.md) in a tar: one layer, config, manifest, index."""
     layer_buffer = io.BytesIO()
     with tarfile.open(fileobj=layer_buffer, mode="w") as layer:
@@ -48,7 +48,7 @@ def oci_archive(rootfs: Path, target: Path) -> None:
     with tarfile.open(target, "w") as archive:
         layer_digest = _blob(archive, layer_data)
         config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+                             "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": list(cmd)},
                              "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -58,7 +58,7 @@ def oci_archive(rootfs: Path, target: Path) -> None:
                         "size": len(layer_data)}]}).encode()
         index = json.dumps({"schemaVersion": 2, "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _blob(archive, manifest),
-            "size": len(manifest), "annotations": {"io.containerd.image.name": IMAGE,
+            "size": len(manifest), "annotations": {"io.containerd.image.name": name,
                                                    "org.opencontainers.image.ref.name": "latest"}}]}).encode()
         for name, data in (("index.json", index), ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')):
             info = tarfile.TarInfo(name)
