@@ -128,3 +128,22 @@ def test_joining_refuses_what_the_joined_namespace_already_decides(oci: Oci, san
     assert refused.returncode == 1 and refused.stderr.startswith("minibox-oci: config.json: mounts")
     assert not (oci.root / "mapped").exists() and not (oci.root / "mounted").exists()
     assert not cgroup_dirs("mapped") and not cgroup_dirs("mounted")
+
+
+def test_exec_still_works_once_the_holder_of_a_joined_namespace_has_gone(oci: Oci, open_rootfs: Path) -> None:
+    # a pod's infra container may stop while the others run on in its network namespace
+    oci.ids += ["holder", "member"]
+    oci("create", "--bundle", _bundle(oci, "holder-bundle", default_config(["sleep", "60"]), open_rootfs), "holder")
+    holder = oci.state("holder")["pid"]
+    config = default_config(["sleep", "60"])
+    config["linux"]["namespaces"] = [{"type": "network", "path": f"/proc/{holder}/ns/net"},
+                                     *({"type": t} for t in ("pid", "ipc", "uts", "mount"))]
+    oci("create", "--bundle", _bundle(oci, "member-bundle", config, open_rootfs), "member")
+    member = oci.state("member")["pid"]
+    oci("start", "member")
+    net = _inode(holder, "net")
+    oci("delete", "--force", "holder")
+    oci.reap(holder)
+    assert oci("exec", "member", "readlink", "/proc/self/ns/net").stdout.strip() == net
+    oci("delete", "--force", "member")
+    oci.reap(member)

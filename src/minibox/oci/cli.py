@@ -289,7 +289,7 @@ def _exec(record: Record, opts: dict[str, Any], args: list[str], log: Log) -> in
     else:
         if not args:
             raise OciError("exec: give the command after the container id, or --process FILE")
-        base = config_mod.load(record.data["bundle"]).process
+        base = config_mod.load(record.data["bundle"], created=True).process
         env = list(base.env) + list(opts.get("env", []))
         user = opts.get("user")
         uid, gid = base.uid, base.gid

@@ -232,8 +232,13 @@ class Config:
     warnings: list[str] = field(default_factory=list)
 
 
-def load(bundle: str) -> Config:
-    """Read and validate ``bundle``/config.json; raise SpecError naming the field."""
+def load(bundle: str, created: bool = False) -> Config:
+    """Read and validate ``bundle``/config.json; raise SpecError naming the field.
+
+    ``created``: the container exists already (exec reads its config), so the
+    namespaces it joined by path are not checked again: the process that
+    held one (a pod's infra container) may have gone since.
+    """
     bundle = os.path.abspath(bundle)
     path = os.path.join(bundle, "config.json")
     try:
@@ -245,10 +250,10 @@ def load(bundle: str) -> Config:
         raise SpecError("config.json", f"cannot be read as JSON: {e}") from e
     if not isinstance(raw, dict):
         raise field_error("(top)", "expected a JSON object")
-    return parse(raw, bundle)
+    return parse(raw, bundle, check_namespace_paths=not created)
 
 
-def parse(raw: dict[str, Any], bundle: str) -> Config:
+def parse(raw: dict[str, Any], bundle: str, check_namespace_paths: bool = True) -> Config:
     warnings: list[str] = []
     version = _get(raw, "ociVersion", str, "", "1.0.0")
     if not version.startswith("1."):
@@ -300,7 +305,7 @@ def parse(raw: dict[str, Any], bundle: str) -> Config:
         if name in namespaces:
             raise field_error(f"{at}.type", f"{kind} is listed twice")
         ns_path = _get(ns, "path", str, f"{at}.")
-        if ns_path and _is_own_namespace(ns_path, kind, name, f"{at}.path"):
+        if ns_path and check_namespace_paths and _is_own_namespace(ns_path, kind, name, f"{at}.path"):
             if name == "mnt":
                 raise field_error(f"{at}.path", f"{ns_path} is minibox-oci's own mount namespace: the container "
                                   "would run in the host's file system; give another one or let it create one")

@@ -42,7 +42,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
         raise OciError(f"cannot exec in container {record.id}: it is {status}")
     if proc.terminal and not console_socket:
         raise OciError("--tty needs --console-socket to receive the pty")
-    cfg = config_mod.load(record.data["bundle"])
+    cfg = config_mod.load(record.data["bundle"], created=True)
     keep = _check_preserved(preserve_fds)
     plan = ChildPlan(argv=list(proc.args), envp=list(proc.env), path_env=proc.path, cwd=proc.cwd,
                      uid=proc.uid, gid=proc.gid, cmd=proc.args[0])
