@@ -186,13 +186,16 @@ def test_second_container_joins_the_network_namespace(podman: Podman) -> None:
 INFRA_IMAGE = "localhost/minibox-pause:latest"
 
 
-def test_pod_containers_share_the_infra_containers_network_ipc_and_uts(podman: Podman) -> None:
+def test_pod_containers_share_the_infra_containers_network_ipc_uts_and_pid(podman: Podman) -> None:
     # A pod as Kubernetes makes one: an infra ("pause") container holds the
     # namespaces, the others join them by path.  With no network for
     # podman's own pause image, the infra image is the busybox one whose
     # command sleeps (pid 1 has no default action for SIGTERM: rm -t 0).
     podman("import", "--change", 'CMD ["sleep", "86400"]', str(podman.base / "busybox.tar"), INFRA_IMAGE)
-    pod = podman("pod", "create", "--name", "mbx-pod", "--infra-image", INFRA_IMAGE).stdout.strip()
+    # sharing pid too, as a Kubernetes pod with shareProcessNamespace: the
+    # containers join the infra's pid namespace by path (before their clone)
+    pod = podman("pod", "create", "--name", "mbx-pod", "--infra-image", INFRA_IMAGE,
+                 "--share", "ipc,net,uts,pid").stdout.strip()
     containers: list[str] = []
     try:
         server = podman("run", "-d", "--pod", pod, IMAGE, "sh", "-c",
@@ -201,16 +204,17 @@ def test_pod_containers_share_the_infra_containers_network_ipc_and_uts(podman: P
         containers = [infra, server]
         pids = [int(podman("inspect", "-f", "{{.State.Pid}}", c).stdout) for c in containers]
         assert "sleep" in open(f"/proc/{pids[0]}/cmdline").read()
-        shared = [os.readlink(f"/proc/{pids[0]}/ns/{ns}") for ns in ("net", "ipc", "uts")]
-        assert [os.readlink(f"/proc/{pids[1]}/ns/{ns}") for ns in ("net", "ipc", "uts")] == shared
+        shared = [os.readlink(f"/proc/{pids[0]}/ns/{ns}") for ns in ("net", "ipc", "uts", "pid")]
+        assert [os.readlink(f"/proc/{pids[1]}/ns/{ns}") for ns in ("net", "ipc", "uts", "pid")] == shared
         # (the server exits once it has answered)
         client = podman("run", "--rm", "--pod", pod, IMAGE, "sh", "-c",
                         "for ns in net ipc uts pid; do readlink /proc/self/ns/$ns; done; hostname; "
+                        "ps -o pid,args | grep -q '^ *1 sleep 86400' && echo sees-infra; "
                         "nc -w 5 127.0.0.1 7777 </dev/null").stdout.split("\n")
-        assert client[0:3] == shared, "the client joined the infra container's net, ipc and uts"
-        assert client[3] != os.readlink(f"/proc/{pids[0]}/ns/pid"), "each has its own pid namespace"
+        assert client[0:4] == shared, "the client joined the infra container's net, ipc, uts and pid"
         assert client[4] == "mbx-pod", "the pod's host name, from the shared uts namespace"
-        assert client[5] == "pong", "the two talk over the pod's loopback"
+        assert client[5] == "sees-infra", "the infra's command is pid 1 of the shared pid namespace"
+        assert client[6] == "pong", "the two talk over the pod's loopback"
         assert shared[0] != os.readlink("/proc/self/ns/net")
     finally:
         podman("pod", "rm", "-f", "-t", "0", pod, check=False)
