@@ -213,8 +213,8 @@ class Record:
 
     :meth:`create` takes the owner's lock (:func:`minibox.owner.acquire`)
     and writes the record; :meth:`update` rewrites it (only the owner ever
-    writes it); :meth:`remove` deletes it and lets go of the owner's lock
-    once this process owns no sandbox any more.
+    writes it); :meth:`remove` deletes it and counts one sandbox fewer
+    (the owner's lock file stays until the process exits: minibox/owner.py).
     """
 
     def __init__(self, path: str, data: dict[str, Any]) -> None:
@@ -275,7 +275,7 @@ class Record:
         owner.release()
 
     def remove(self) -> None:
-        """Delete the record (idempotent); the owner's lock goes with its last record."""
+        """Delete the record (idempotent); the owner counts one sandbox fewer (its lock stays until exit)."""
         if self._removed:
             return
         from . import owner
