@@ -147,3 +147,21 @@ def test_exec_still_works_once_the_holder_of_a_joined_namespace_has_gone(oci: Oc
     assert oci("exec", "member", "readlink", "/proc/self/ns/net").stdout.strip() == net
     oci("delete", "--force", "member")
     oci.reap(member)
+
+
+def test_joins_a_bind_mounted_network_namespace(oci: Oci, open_rootfs: Path, tmp_path: Path) -> None:
+    # what CNI hands the CRI for a pod (/var/run/netns/cni-...): a namespace
+    # kept by a bind mount of its nsfs file, with no process inside
+    import subprocess
+
+    path = tmp_path / "netns"
+    path.touch()
+    subprocess.run(["unshare", f"--net={path}", "true"], check=True)
+    try:
+        config = default_config(["readlink", "/proc/self/ns/net"])
+        config["linux"]["namespaces"] = [{"type": "network", "path": str(path)},
+                                         *({"type": t} for t in ("pid", "ipc", "uts", "mount"))]
+        out = _run(oci, "netns-joiner", config, open_rootfs).stdout.strip()
+        assert out == f"net:[{os.stat(path).st_ino}]"
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
