@@ -119,7 +119,7 @@ def vm_spec(cfg: Config, warnings: list[str]) -> Spec:
         key, _, value = entry.partition("=")
         env[key] = value
     try:
-        return Spec(argv=list(proc.args), rootfs=cfg.root, env=env, cwd=proc.cwd,
+        spec = Spec(argv=list(proc.args), rootfs=cfg.root, env=env, cwd=proc.cwd,
                     hostname=cfg.hostname or "minibox", user=(proc.uid, proc.gid),
                     limits=Limits(memory=limits.memory, cpus=limits.cpus, pids=limits.pids),
                     network="none", mounts=mounts, readonly_rootfs=cfg.readonly,
@@ -127,8 +127,15 @@ def vm_spec(cfg: Config, warnings: list[str]) -> Spec:
                     no_new_privileges=proc.no_new_privileges,
                     seccomp=cfg.seccomp if cfg.seccomp else "unconfined",
                     rlimits=dict(proc.rlimits), tty=proc.terminal)
+        # what VirtualMachine(spec) checks, before anything exists
+        from ..vm.machine import memory_bytes
+        from ..vm.virtual_machine import refuse_unsupported
+
+        refuse_unsupported(spec)
+        memory_bytes(spec)
     except SpecError as e:
         raise OciError(f"config.json (as a VM): {e}") from e
+    return spec
 
 
 # -- create ----------------------------------------------------------------------------------
@@ -150,18 +157,14 @@ def create(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     warnings: list[str] = []
     spec = vm_spec(cfg, warnings)
     resolve_command(cfg, proc.args, proc.path)
-    # the kernel and the agent are found (or built) here, in the caller, so a
-    # missing piece is this command's one-line error, before anything forks
+    # QEMU is looked for here, in the caller: its absence is this command's
+    # one-line error, before anything forks
     try:
-        from ..vm.virtual_machine import find_qemu, refuse_unsupported
+        from ..vm.virtual_machine import find_qemu
 
-        refuse_unsupported(spec)
-        from ..vm import machine
-
-        machine.memory_bytes(spec)
         find_qemu()
     except MiniboxError as e:
-        raise OciError(f"config.json (as a VM): {e}") from e
+        raise OciError(str(e)) from e
     if warn is not None:
         for message in warnings:
             warn(message)
