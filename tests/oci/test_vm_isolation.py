@@ -59,6 +59,10 @@ def _assert_nothing_left(oci: Oci, container_id: str, pids: list[int], vm_id: st
     assert not [p for p in pids if _alive(p)], "every host process of the VM is gone"
     assert not (oci.root / container_id).exists(), "the state directory is gone"
     assert records.load(records.path_of(vm_id)) is None, "the VM's minibox record is gone"
+    from minibox.owner import owners_dir
+
+    assert not [name for name in os.listdir(owners_dir()) if name.split("-")[0] == str(pids[0])], \
+        "the supervisor's owner lock file is gone"
     _reap_orphans()
 
 

@@ -254,6 +254,11 @@ def _become_supervisor(spec: Spec, state_dir: str, ready_fd: int, tty_fd: int | 
         with contextlib.suppress(OSError):
             os.write(2, f"minibox-oci: the VM supervisor failed: {e!r}\n".encode())
     finally:
+        # os._exit skips atexit: remove the owner's lock file here, as its hook would
+        from ..owner import _remove_lock_at_exit
+
+        with contextlib.suppress(OSError):
+            _remove_lock_at_exit()
         os._exit(code)
 
 
