@@ -303,14 +303,15 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
         else:
             plan.stdin_fd, plan.stdout_fd, plan.stderr_fd = 0, 1, 2
         # vfork mode when we have nothing to do for the child before it runs
-        # (see container/container.py): it joins its cgroups itself.
+        # (see container/container.py): it joins its cgroups itself, on v1
+        # through "tasks", which spares it the RCU grace period of a
+        # cgroup.procs write (Cgroup.self_join_files).
         # Not when joining by path first: the child may sit in a user
-        # namespace that may not write to our cgroup.procs files.
+        # namespace that may not write to our cgroup files.
         plan.use_vfork = not in_userns and "time" not in new and not join_before_clone
         sync_w = -1
         if plan.use_vfork:
-            plan.cgroup_procs_fds = [os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-                                     for d in dict.fromkeys(cgroup.paths.values())]
+            plan.cgroup_procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup.self_join_files()]
             child_ends += plan.cgroup_procs_fds
         else:
             sync_r, sync_w = os.pipe()
