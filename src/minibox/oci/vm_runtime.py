@@ -71,7 +71,8 @@ def vm_spec(cfg: Config, warnings: list[str]) -> Spec:
     for ns, path in cfg.namespaces.items():
         if path is not None:
             raise _refused(f"linux.namespaces ({ns}, path {path})",
-                           "a guest cannot join a namespace of the host; let the VM have its own")
+                           "a guest cannot join a namespace of the host; let the VM have its own "
+                           "(podman: --network none, no --pod)")
     if cfg.uid_map or cfg.gid_map:
         raise _refused("linux.uidMappings", "the guest kernel is the boundary and ids are the guest's own; "
                        "remove the user namespace's mappings")
