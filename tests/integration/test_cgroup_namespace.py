@@ -10,6 +10,7 @@ joined, as runc does.  Checked from inside, with the clone mode recorded.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -76,3 +77,23 @@ def test_exec_joins_the_same_rooted_namespace() -> None:
         box.kill()
     assert result.exit_code == 0, result.stderr
     assert all(path == "/" for _, path in cgroup_lines(result.stdout)), result.stdout
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["no-cgroup", "limits"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_exec_enters_every_namespace_on_every_clone_mode(mode: str, limited: bool) -> None:
+    # exec takes its own fast path (vfork) when it can; a time namespace is one
+    # setns(2) refuses to a process sharing its memory (EUSERS), so each mode's
+    # namespaces are entered for real and compared, inode by inode, with the command's.
+    limits = Limits(pids=32) if limited else Limits()
+    spec = Spec(argv=["sleep", "30"], limits=limits, namespaces=MODES[mode])
+    with Container(spec) as box:
+        assert box.pid is not None
+        names = sorted(spec.effective_namespaces)
+        theirs = [os.readlink(f"/proc/{box.pid}/ns/{name}") for name in names]
+        # busybox readlink takes one file at a time
+        script = " ".join(f"readlink /proc/self/ns/{name};" for name in names)
+        result = box.exec(["sh", "-c", script])
+        box.kill()
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.decode().split() == theirs

@@ -643,7 +643,9 @@ class Container(Sandbox):
                 plan.cgroup_procs_fds = self._open_join_fds(child_ends)
             # Then it needs nothing from us before it runs: vfork mode (csrc/spawn.c),
             # neither the middle process nor it copies our page tables, and no go byte.
-            plan.use_vfork = join_self or self._cgroup is None
+            # Not into a time namespace: setns(2) refuses it (EUSERS) to a process
+            # sharing its memory with another, as a vfork child does.
+            plan.use_vfork = (join_self or self._cgroup is None) and "time" not in namespaces
             if plan.use_vfork:
                 plan.sync_fd = -1
             _, middle_fd = spawn(plan)
