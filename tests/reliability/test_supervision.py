@@ -247,3 +247,16 @@ def test_a_forked_child_does_not_keep_its_parents_sandboxes_alive() -> None:
         assert f"container {sandbox_id}" in report.removed
     finally:
         os.kill(int(child), 9)
+
+
+def test_the_cli_leaves_no_owner_lock_file() -> None:
+    """The console script ends with os._exit (no atexit hooks): it removes the owner's lock file itself."""
+    from minibox.owner import owners_dir
+
+    run = subprocess.run([sys.executable, "-m", "minibox.cli", "run", "--memory", "32M", "--", "true"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    # the command's lock was named "<its pid>-<token>.lock"; none of a process that is gone may remain
+    left = [name for name in os.listdir(owners_dir()) if name.endswith(".lock")
+            and not os.path.exists(f"/proc/{name.split('-', 1)[0]}")]
+    assert left == []

@@ -385,4 +385,7 @@ def entry_point() -> None:
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
+    owner = sys.modules.get("minibox.owner")
+    if owner is not None:  # os._exit skips atexit: remove the owner's lock file as its hook would
+        owner._remove_lock_at_exit()
     os._exit(code)
