@@ -65,12 +65,17 @@ def static_binary(relative: str, name: str) -> str:
     return str(build_static(relative, name))
 
 
+#: A build of another source version is removed once it is this old (seconds).
+STALE_BUILD_AGE = 24 * 3600
+
+
 def build_static(relative: str, name: str) -> Path:
     """Compile csrc/``relative`` into ``<state dir>/<name>-<hash>`` unless already built."""
     import hashlib
     import shutil
     import subprocess
     import tempfile
+    import time
 
     from .paths import state_dir
 
@@ -98,9 +103,16 @@ def build_static(relative: str, name: str) -> Path:
                                  + built.stderr.strip())
         os.chmod(tmp, 0o755)
         os.replace(tmp, binary)
-        for stale in state_dir().glob(f"{name}-*"):  # builds of older sources
-            if stale != binary:
-                stale.unlink(missing_ok=True)
+        # Builds of other sources go once nobody has rebuilt them for a day:
+        # another minibox on this host (another version, another checkout)
+        # may be using its own build at this very moment.
+        now = time.time()
+        for stale in state_dir().glob(f"{name}-*"):
+            try:
+                if stale != binary and now - stale.stat().st_mtime > STALE_BUILD_AGE:
+                    stale.unlink()
+            except FileNotFoundError:
+                pass  # removed meanwhile by another minibox
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
