@@ -35,7 +35,9 @@
  * Host -> guest:  'x' exec (records like the config's: A argv, E env, C cwd,
  *                 U uid, G gid, T tty, and last I + raw stdin bytes)
  *                 'k' kill (signal)
- *                 'i' stdin bytes   'c' the run's config (template clones)
+ *                 'i' stdin bytes (id 0: a template clone's command, before 'c';
+ *                     an exec's id: its streamed stdin, request record 'j'; empty: the end)
+ *                 'c' the run's config (template clones)
  *                 'w' the main command's terminal size ("rows cols")
  *                 'r' re-initialise after a restore ("sec nsec\0hex\0": the
  *                     host's clock and entropy, as for a clone); answered by
@@ -131,6 +133,7 @@ struct command {
     int tty;                /* a new pty: its slave is stdin, stdout and stderr */
     const char *stdin_data; /* exec only: bytes to feed (NULL: /dev/null) */
     size_t stdin_len;
+    int stdin_stream;       /* exec only (record j): stdin comes in 'i' frames, an empty one ends it */
 };
 
 static char config[CONFIG_MAX];
@@ -184,6 +187,7 @@ struct exec_slot {
     uint32_t id;
     pid_t pid;
     int out, err;       /* read ends of the child's pipes (or its pty), -1 once at EOF */
+    int in;             /* write end of a streamed stdin (record j), -1 when none or ended */
     int status, exited;
     struct rusage ru;   /* from wait4(2): the exec's Result.usage */
     long oom_before;    /* oom_kills() when it started */
@@ -303,6 +307,7 @@ static int command_record(struct command *c, char tag, char *s)
     case 'U': c->uid = (uid_t)strtoul(s, NULL, 10); return 0;
     case 'G': c->gid = (gid_t)strtoul(s, NULL, 10); return 0;
     case 'T': c->tty = 1; return 0;
+    case 'j': c->stdin_stream = 1; return 0;
     default: return -1;
     }
 }
@@ -969,8 +974,19 @@ fail:;
 }
 
 /* stdin of an exec: its bytes in a memfd the child reads like a file. */
-static int stdin_fd(const struct command *c)
+static int stdin_fd(const struct command *c, int *stream_w)
 {
+    *stream_w = -1;
+    if (c->stdin_stream && !c->tty) {
+        /* a pipe the host's 'i' frames are written into (a large one: the agent never blocks on it) */
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0)
+            return -1;
+        fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+        fcntl(p[1], F_SETFL, O_NONBLOCK);
+        *stream_w = p[1];
+        return p[0];
+    }
     if (!c->stdin_data || c->tty)
         return open("/dev/null", O_RDONLY | O_CLOEXEC);
     int fd = (int)syscall(SYS_memfd_create, "stdin", MFD_CLOEXEC);
@@ -1033,7 +1049,8 @@ static void start_exec(uint32_t id, char *payload, uint32_t len)
     }
     int o[2] = { -1, -1 }, e[2] = { -1, -1 }, master = -1;
     const char *step = "pipe";
-    int in = stdin_fd(&c);
+    int stream_w = -1;
+    int in = stdin_fd(&c, &stream_w);
     if (in < 0 || (!c.tty && (pipe2(o, O_CLOEXEC) < 0 || pipe2(e, O_CLOEXEC) < 0)))
         goto err;
     pid_t pid = spawn(&c, in, o[1], e[1], &master, &step);
@@ -1045,7 +1062,7 @@ static void start_exec(uint32_t id, char *payload, uint32_t len)
         close(e[1]);
     }
     feed_pty(master, c.stdin_data, c.stdin_len);
-    *slot = (struct exec_slot){ .id = id, .pid = pid, .out = c.tty ? master : o[0], .err = e[0],
+    *slot = (struct exec_slot){ .id = id, .pid = pid, .out = c.tty ? master : o[0], .err = e[0], .in = stream_w,
                                 .oom_before = oom_kills() };
     send_text('S', id, "%d", pid);
     return;
@@ -1057,6 +1074,8 @@ err:;
     }
     if (in >= 0)
         close(in);
+    if (stream_w >= 0)
+        close(stream_w);
     fail(id, step, saved, c.argv[0]);
 }
 
@@ -1082,6 +1101,9 @@ static void finish_exec_if_done(struct exec_slot *s)
 {
     if (s->pid && s->exited && s->out < 0 && s->err < 0) {
         report_exit(s->id, s->status, &s->ru, s->oom_before);
+        if (s->in >= 0)
+            close(s->in);
+        s->in = -1;
         s->pid = 0;
     }
 }
@@ -1158,7 +1180,22 @@ static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
             start_exec(id, payload, len);
         break;
     case 'i':
-        add_stdin(payload, len);
+        if (id == 0) {
+            add_stdin(payload, len);
+            break;
+        }
+        /* an exec's streamed stdin: the bytes, or (empty) its end */
+        for (int i = 0; i < MAX_EXECS; i++) {
+            struct exec_slot *slot = &execs[i];
+            if (!slot->pid || slot->id != id || slot->in < 0)
+                continue;
+            if (len == 0 || write(slot->in, payload, len) != (ssize_t)len) {
+                if (len)
+                    console("minibox-agent: exec %u: stdin pipe full or closed, input dropped", id);
+                close(slot->in);
+                slot->in = -1;
+            }
+        }
         break;
     case 'c':
         take_run_config(payload, len);

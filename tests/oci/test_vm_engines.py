@@ -96,17 +96,32 @@ def _vm_processes(base: Path) -> list[str]:
         time.sleep(0.1)
 
 
-def test_podman_run_rm_in_a_vm(podman_vm: PodmanVm) -> None:
-    """``podman run --rm`` through minibox-oci-vm: exit code, stdout, stdin, env; the guest's own kernel."""
-    done = podman_vm("--runtime", "minibox-vm", "run", "--rm", "-i", "-e", "FOO=bar", IMAGE, "sh", "-c",
-                     "cat; echo FOO=$FOO; uname -r; exit 3", input="piped in\n", check=False)
+def test_podman_run_rm_in_a_vm(podman_vm: PodmanVm, tmp_path: Path) -> None:
+    """``podman run --rm`` through minibox-oci-vm: exit code, stdin, env, user, cwd, a read-only bind
+    mount (virtiofs), and the guest's own kernel."""
+    (tmp_path / "f").write_text("data\n")
+    tmp_path.chmod(0o755)  # readable by the container's user 1000
+    done = podman_vm("--runtime", "minibox-vm", "run", "--rm", "-i", "-e", "FOO=bar", "--user", "1000:1000",
+                     "-w", "/tmp", "-v", f"{tmp_path}:/data:ro", IMAGE, "sh", "-c",
+                     "cat; echo FOO=$FOO; echo $(id -u):$(id -g) $(pwd); cat /data/f; uname -r; "
+                     "touch /data/g || exit 3", input="piped in\n", check=False)
     assert done.returncode == 3, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:2] == ["piped in", "FOO=bar"]
-    assert lines[2] != os.uname().release, "the command ran under the guest's kernel"
+    assert lines[:4] == ["piped in", "FOO=bar", "1000:1000 /tmp", "data"]
+    assert lines[4] != os.uname().release, "the command ran under the guest's kernel"
+    assert "Read-only file system" in done.stderr and not (tmp_path / "g").exists()
     assert not list(podman_vm.state.iterdir()) if podman_vm.state.exists() else True
     assert not _vm_processes(podman_vm.base)
     assert not glob.glob(f"{podman_vm.base}/run/**/vm.sock", recursive=True)
+
+
+def test_podman_memory_limit_is_the_guests_and_its_oom_is_137(podman_vm: PodmanVm) -> None:
+    """``--memory`` sizes the guest; a command that keeps allocating is ended by the guest's OOM killer."""
+    done = podman_vm("--runtime", "minibox-vm", "run", "--rm", "--memory", "128m", IMAGE, "sh", "-c",
+                     "grep MemTotal /proc/meminfo; tail /dev/zero", check=False)
+    assert done.returncode == 137, done.stderr
+    assert int(done.stdout.split()[1]) <= 128 << 10, done.stdout
+    assert not _vm_processes(podman_vm.base)
 
 
 def test_podman_detached_vm_exec_pause_stop(podman_vm: PodmanVm) -> None:
@@ -158,4 +173,36 @@ def test_ctr_run_in_a_vm(ctr: Ctr) -> None:  # noqa: F811 (the fixture imported 
     assert done.returncode == 3, done.stderr
     words = done.stdout.split()
     assert words[:2] == ["hi", "from"] and words[2] != os.uname().release, "the guest's kernel ran it"
+    assert not _vm_processes(ctr.base)
+
+
+@pytest.mark.skipif(shutil.which("containerd") is None or shutil.which("ctr") is None,
+                    reason="containerd is not installed (make setup installs it)")
+def test_ctr_detached_vm_exec_pause_kill(ctr: Ctr) -> None:  # noqa: F811 (the fixture imported above)
+    wrapper = ctr.base / "minibox-oci-vm"
+    wrapper.write_text(f'#!/bin/sh\nexec {MINIBOX_OCI}-vm "$@"\n')
+    wrapper.chmod(0o755)
+    name = "mbx-ctr-vm-detached"
+    ctr("run", "-d", "--runc-binary", str(wrapper), CTR_IMAGE, name, "sh", "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done")
+    try:
+        done = ctr("task", "exec", "--exec-id", "e1", name, "sh", "-c", "exit 5", check=False,
+                   stdin=subprocess.DEVNULL)
+        assert done.returncode == 5, done.stderr
+        done = ctr("task", "exec", "--exec-id", "e2", name, "cat", input="streamed\n")
+        assert done.stdout == "streamed\n"
+        ctr("task", "pause", name)
+        assert "PAUSED" in ctr("task", "ls").stdout
+        ctr("task", "resume", name)
+        pids = ctr("task", "ps", name).stdout.strip().splitlines()
+        assert len(pids) >= 3, "the supervisor, QEMU and virtiofsd"
+        ctr("task", "kill", name)   # SIGTERM, to the guest command: the trap exits 0
+        deadline = time.monotonic() + 30
+        while "STOPPED" not in ctr("task", "ls").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        ctr("task", "delete", name)
+    finally:
+        ctr("task", "delete", "-f", name, check=False)
+        ctr("container", "rm", name, check=False)
     assert not _vm_processes(ctr.base)

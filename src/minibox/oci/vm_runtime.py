@@ -47,8 +47,8 @@ GUEST_API_MOUNTS = frozenset({"proc", "sysfs", "devpts", "mqueue", "cgroup", "cg
 #: Device nodes every guest has in its devtmpfs (linux.devices may list them).
 STANDARD_DEVICES = frozenset({"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
                               "/dev/tty", "/dev/console", "/dev/ptmx"})
-#: What an exec's stdin may hold: it travels inside the agent's request frame.
-EXEC_STDIN_MAX = 512 * 1024
+#: An exec's stdin goes to the guest in pieces of at most this size (each an agent ``i`` frame).
+STDIN_CHUNK = 64 * 1024
 
 
 def _refused(where: str, why: str) -> OciError:
@@ -394,9 +394,9 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
                  console_socket: str | None = None, preserve_fds: int = 0) -> int:
     """Run ``proc`` in the guest through the agent; a relay process of our own carries it.
 
-    The relay connects to the supervisor, reads its stdin to the end (it
-    travels inside the agent's request), hands the supervisor the fds the
-    output goes to, forwards signals, and exits with the command's status.
+    The relay connects to the supervisor, hands it the fds the output goes
+    to, streams its stdin (agent ``i`` frames into a pipe in the guest),
+    forwards signals, and exits with the command's status.
     In the foreground this process is the relay.  With ``--detach`` a
     forked child is, and its pid goes to ``--pid-file`` as soon as it is
     connected: conmon and the containerd shim feed an exec's stdin only
@@ -476,8 +476,9 @@ class ExecError(OciError):
 
 def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, connected_fd: int | None,
            pid_file: str | None) -> int:
-    """Carry one exec: connect, read stdin, ask the supervisor, forward signals; the exit status."""
+    """Carry one exec: connect, ask the supervisor, stream stdin, forward signals; the exit status."""
     import socket
+    import threading
 
     from .vm_supervisor import FORWARDED, connect
 
@@ -499,20 +500,28 @@ def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, co
             with open(tmp, "w") as f:
                 f.write(str(os.getpid()))
             os.replace(tmp, pid_file)
-        if not request["tty"]:
-            data = b""
-            while chunk := os.read(0, 65536):
-                data += chunk
-                if len(data) > EXEC_STDIN_MAX:
-                    raise OciError(f"exec: at most {EXEC_STDIN_MAX} bytes of stdin go to a command in a VM")
-            request["stdin"] = data.decode("latin-1")
+        request["stream"] = not request["tty"]
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [out_fd, err_fd])
+        sending = threading.Lock()  # one line at a time, from the stdin thread and the signal handler
+
+        def send(message: dict[str, Any]) -> None:
+            with sending, contextlib.suppress(OSError):
+                conn.sendall(json.dumps(message).encode() + b"\n")
 
         def forward(number: int, _frame: object) -> None:
+            send({"signal": number})
+
+        def stream_stdin() -> None:
+            # read as it comes (an engine feeds it only after exec --detach returned), in frame-sized pieces
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"signal": number}).encode() + b"\n")
+                while chunk := os.read(0, STDIN_CHUNK):
+                    send({"stdin": chunk.decode("latin-1")})
+            send({"stdin_end": True})
+
         for sig in FORWARDED:
             signal_mod.signal(sig, forward)
+        if request["stream"]:
+            threading.Thread(target=stream_stdin, name="stdin", daemon=True).start()
         buffered = b""
         while True:
             chunk = conn.recv(65536)

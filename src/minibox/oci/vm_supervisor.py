@@ -200,15 +200,19 @@ class OciVirtualMachine(VirtualMachine):
     def exec_to_fds(self, request: dict[str, Any], out_fd: int, err_fd: int, conn: socket.socket) -> dict[str, Any]:
         """Run an exec request in the guest, its output to ``out_fd``/``err_fd``.
 
-        Replies ``{"started": true}`` on ``conn`` once the agent started it;
-        while it runs, ``{"signal": N}`` lines read from ``conn`` are
-        forwarded to it.  Returns the final reply (exit status or error).
+        Replies ``{"started": true}`` on ``conn`` once the agent started it.
+        While it runs, lines read from ``conn`` are passed on: ``{"signal":
+        N}`` as a kill frame, ``{"stdin": TEXT}`` (latin-1) as an ``i`` frame
+        of its streamed stdin (request ``"stream": true``, the agent's record
+        ``j``), ``{"stdin_end": true}`` as the empty ``i`` frame that ends it.
+        Returns the final reply (exit status or error).
         """
         argv = request.get("args") or []
         user = request.get("user") or [0, 0]
         spec = self._exec_spec(argv, request.get("env"), request.get("cwd"), (int(user[0]), int(user[1])))
         stdin = request.get("stdin")
         data = stdin.encode("latin-1") if isinstance(stdin, str) else None
+        tty = bool(request.get("tty"))
         ident = next(self._ids)
         ex = ExecState(out=FdSink(out_fd), err=FdSink(err_fd))
         with self._cond:
@@ -217,17 +221,16 @@ class OciVirtualMachine(VirtualMachine):
         assert isinstance(channels, OciChannels)
         try:
             env = command_env(spec.env, self.spec.hostname, spec.user[0])
-            self._send(_agent.exec_frame(ident, list(spec.argv), env=env, cwd=spec.cwd, user=spec.user,
-                                         tty=bool(request.get("tty")), stdin=data))
+            exec_frame = _agent.exec_frame(ident, list(spec.argv), env=env, cwd=spec.cwd, user=spec.user,
+                                           tty=tty, stdin=data)
+            if request.get("stream") and not tty and data is None:
+                exec_frame = _agent.frame(_agent.EXEC, ident, exec_frame[_agent.HEADER.size:] + b"j\0")
+            self._send(exec_frame)
             announced = False
             buffered = b""
+            relay_gone = False
             while True:
-                def news(announced: bool = announced) -> bool:
-                    return (ex.exit is not None or ex.failure is not None or self._ended()
-                            or (not announced and ident in channels.started_execs))
-
                 with self._cond:
-                    self._cond.wait_for(news, 0.2)
                     exit_status, failure, ended = ex.exit, ex.failure, self._ended()
                     started = ident in channels.started_execs
                 if failure is not None:
@@ -242,18 +245,28 @@ class OciVirtualMachine(VirtualMachine):
                     return {"exit": code if code is not None else 128 + (sig or 0)}
                 if ended:
                     return {"error": "the VM ended while the exec'd command ran"}
-                # signals for the exec, from the relay process
-                if select.select([conn], [], [], 0)[0]:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        # the relay is gone: end the command it was relaying
-                        self._send(_agent.kill_frame(ident, signal_mod.SIGKILL))
-                        continue
-                    buffered += chunk
-                    while b"\n" in buffered:
-                        line, buffered = buffered.split(b"\n", 1)
-                        with contextlib.suppress(ValueError, TypeError):
-                            self._send(_agent.kill_frame(ident, int(json.loads(line)["signal"])))
+                # what the relay process sends: signals, stdin (a short wait: the exit is polled too)
+                if relay_gone or not select.select([conn], [], [], 0.05)[0]:
+                    if relay_gone:
+                        with self._cond:
+                            self._cond.wait(0.05)
+                    continue
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    relay_gone = True  # it was killed: end the command it relayed
+                    self._send(_agent.kill_frame(ident, signal_mod.SIGKILL))
+                    continue
+                buffered += chunk
+                while b"\n" in buffered:
+                    line, buffered = buffered.split(b"\n", 1)
+                    with contextlib.suppress(ValueError, TypeError, KeyError):
+                        message = json.loads(line)
+                        if "signal" in message:
+                            self._send(_agent.kill_frame(ident, int(message["signal"])))
+                        elif "stdin" in message:
+                            self._send(_agent.frame(_agent.STDIN, ident, str(message["stdin"]).encode("latin-1")))
+                        elif message.get("stdin_end"):
+                            self._send(_agent.frame(_agent.STDIN, ident))
         finally:
             with self._cond:
                 self._ch.state.execs.pop(ident, None)
