@@ -274,6 +274,13 @@ for _names, _dest, _kind, _default, _choices in (
 del _names, _dest, _kind, _default, _choices, _name
 
 
+class _Args:
+    """Parsed flags as attributes, the shape of argparse.Namespace (types.SimpleNamespace is one import more)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
 def _fast_run_args(argv: Sequence[str]) -> Any:
     """``minibox run``'s arguments parsed without argparse, or None to leave them to argparse.
 
@@ -283,8 +290,6 @@ def _fast_run_args(argv: Sequence[str]) -> Any:
     choice argparse would refuse -- goes to argparse, which parses it or
     explains the error exactly as before.
     """
-    from types import SimpleNamespace
-
     values = {dest: [] if dest in _RUN_APPEND else default for dest, default in _RUN_DEFAULTS.items()}
     i = 0
     while i < len(argv):
@@ -318,7 +323,7 @@ def _fast_run_args(argv: Sequence[str]) -> Any:
             values[dest].append(value)
         else:
             values[dest] = value
-    return SimpleNamespace(command="run", **values, cmd=list(argv[i:]))
+    return _Args(command="run", **values, cmd=list(argv[i:]))
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
