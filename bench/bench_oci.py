@@ -79,10 +79,20 @@ def _life(runtime: list[str], bundle: Path, cid: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+#: ``--src DIR``: also time minibox-oci from another checkout's src/ (e.g. an older commit), started as pip's
+#: console script starts it (with site), for a before/after in the same run.
+OTHER_SRC: str | None = None
+
+
 def _runtimes(work: Path) -> dict[str, list[str]]:
     found = {"minibox-oci": str(Path(sys.executable).parent / "minibox-oci"),
              "crun": find_tool("crun"), "runc": find_tool("runc")}
-    return {name: [binary, "--root", str(work / f"{name}-state")] for name, binary in found.items() if binary}
+    runtimes = {name: [binary, "--root", str(work / f"{name}-state")] for name, binary in found.items() if binary}
+    if OTHER_SRC:
+        code = (f"import sys; sys.path.insert(0, {OTHER_SRC!r}); sys.argv[0] = 'minibox-oci'; "
+                "from minibox.oci.cli import entry_point; entry_point()")
+        runtimes["minibox-oci (--src)"] = [sys.executable, "-c", code, "--root", str(work / "other-state")]
+    return runtimes
 
 
 def lifecycle(work: Path, rootfs: Path, runs: int) -> dict[str, list[float]]:
@@ -95,7 +105,7 @@ def lifecycle(work: Path, rootfs: Path, runs: int) -> dict[str, list[float]]:
         rng.shuffle(order)
         for name in order:
             time.sleep(SETTLE)
-            elapsed = _life(runtimes[name], bundle, f"{ID_PREFIX}-{name}-{i}")
+            elapsed = _life(runtimes[name], bundle, f"{ID_PREFIX}-{name.replace(' (--src)', '-src')}-{i}")
             if i >= 2:
                 samples[name].append(elapsed)
     return samples
@@ -198,6 +208,8 @@ def detached(work: Path, rootfs: Path, count: int) -> dict[str, float]:
     bundle = _bundle(work, "sleeper", rootfs, runtimes["runc"][0], ["sleep", "600"])
     out: dict[str, float] = {}
     for name, runtime in runtimes.items():
+        if name.endswith("(--src)"):
+            continue
         ids = [f"{ID_PREFIX}-sleep-{name}-{i}" for i in range(count)]
         pids = []
         try:
@@ -244,12 +256,12 @@ def serve(runs: int, podman: bool, sleepers: int) -> dict[str, object]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure(runs: int, podman: bool = True, sleepers: int = 10) -> dict[str, object]:
+def measure(runs: int, podman: bool = True, sleepers: int = 10, src: str | None = None) -> dict[str, object]:
     """:func:`serve` in a private mount namespace with cgroup2 hidden (crun's condition), as JSON."""
     unshare = find_tool("unshare") or "unshare"
     argv = [unshare, "--mount", "--propagation", "private", "sh", "-c", _NAMESPACE_SETUP, "sh",
             sys.executable, str(Path(__file__).resolve()), "--serve", "-n", str(runs), "--sleepers", str(sleepers),
-            *([] if podman else ["--no-podman"])]
+            *([] if podman else ["--no-podman"]), *(["--src", src] if src else [])]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"bench_oci failed: {done.stderr.strip()[-500:]}")
@@ -276,6 +288,10 @@ def verdicts(result: dict[str, object]) -> list[tuple[str, bool | None, str]]:
             label = f"minibox-oci create+start+delete vs {peer}" + (f" ≤ {factor}{TIMES}" if factor else "")
             detail = f"paired {ratio:.2f}{TIMES} (p25-p75 {low:.2f}-{high:.2f})"
             out.append((label, ratio <= factor if factor else None, detail))
+    if "minibox-oci (--src)" in life:
+        ratio, low, high = _paired(life["minibox-oci"], life["minibox-oci (--src)"])
+        out.append(("minibox-oci create+start+delete vs the --src checkout's", None,
+                    f"paired {ratio:.2f}{TIMES} (p25-p75 {low:.2f}-{high:.2f})"))
     if pods.get("minibox") and pods.get("crun"):
         ratio, low, high = _paired(pods["minibox"], pods["crun"])
         out.append((f"podman run --rm with minibox-oci vs crun ≤ 1.1{TIMES}", ratio <= 1.1,
@@ -309,12 +325,15 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=20, help="rounds (default 20; podman gets half)")
     parser.add_argument("--sleepers", type=int, default=10, help="detached containers per runtime (default 10)")
     parser.add_argument("--no-podman", action="store_true", help="skip the podman rows")
+    parser.add_argument("--src", metavar="DIR", help="also minibox-oci from this checkout's src/ (a before/after)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # inside the namespace
     args = parser.parse_args()
+    global OTHER_SRC
+    OTHER_SRC = args.src
     if args.serve:
         print(json.dumps(serve(args.n, not args.no_podman, args.sleepers)))
         return 0
-    result = measure(args.n, not args.no_podman, args.sleepers)
+    result = measure(args.n, not args.no_podman, args.sleepers, args.src)
     load = os.getloadavg()
     print(f"bench_oci: {args.n} rounds, settle {SETTLE * 1000:.0f} ms, load average "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
