@@ -90,6 +90,10 @@ def phases(rootfs: str | None, rounds: int, src: str | None = None) -> int:
         "minibox run -- /bin/true (console script)": [*run, "run", *(["--rootfs", rootfs] if rootfs else []),
                                                        "--", "/bin/true"],
     }
+    if src:  # this checkout's console script in the same rounds: the before/after, interleaved
+        steps["this checkout's minibox run, for comparison"] = [
+            os.path.join(os.path.dirname(sys.executable), "minibox"), "run",
+            *(["--rootfs", rootfs] if rootfs else []), "--", "/bin/true"]
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     for round_no in range(rounds + 1):
@@ -105,11 +109,11 @@ def phases(rootfs: str | None, rounds: int, src: str | None = None) -> int:
             if round_no:
                 wall[name].append(elapsed)
                 cpu[name].append((usage.ru_utime + usage.ru_stime) * 1000)
-    names = list(steps)
+    names = list(steps)[:4]
     load = os.getloadavg()
     print(f"medians of {rounds} alternating runs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print("    wall ms   CPU ms")
-    for name in names:
+    for name in steps:
         print(f"  {statistics.median(wall[name]):8.1f} {statistics.median(cpu[name]):8.1f}  {name}")
     for label, values in (("wall", wall), ("CPU", cpu)):
         m = [statistics.median(values[name]) for name in names]
