@@ -467,19 +467,20 @@ def run(spec: Spec, *, state_dir: str, ready_fd: int, tty_fd: int | None) -> int
             signal_mod.signal(sig, forward)
         if tty_fd is not None:
             signal_mod.signal(signal_mod.SIGWINCH, lambda _n, _f: sup.resize())
+        watcher = CallerWatch(ready_fd, vm)
         try:
             vm.start()
         except (MiniboxError, OSError) as e:
+            watcher.stop()
             vm.close()
-            _report(ready_fd, b"E" + " ".join(str(e).split()).encode())
+            if not _report(ready_fd, b"E" + " ".join(str(e).split()).encode()) or watcher.caller_gone:
+                _forget(state_dir)
             return 1
+        watcher.stop()
         threading.Thread(target=sup.serve, args=(listener,), name="control", daemon=True).start()
-        if not _report(ready_fd, b"R" + vm.record_id.encode()):
-            # the caller of create died before it returned: nobody will ever start or delete this
+        if watcher.caller_gone or not _report(ready_fd, b"R" + vm.record_id.encode()):
             vm.close()
-            import shutil
-
-            shutil.rmtree(state_dir, ignore_errors=True)
+            _forget(state_dir)
             return 1
         while not sup.started.wait(1.0):
             if not os.path.isdir(state_dir):
@@ -503,6 +504,50 @@ def run(spec: Spec, *, state_dir: str, ready_fd: int, tty_fd: int | None) -> int
         with contextlib.suppress(OSError):
             os.unlink(f"{state_dir}/vm.sock")
         os.close(dir_fd)
+
+
+class CallerWatch:
+    """Ends the boot early if the caller of ``create`` dies while it waits for the report.
+
+    The report pipe's write end polls POLLERR once its read end -- held only
+    by ``create`` -- is closed (pipe(7)).  Then nobody will ever start or
+    delete this VM: QEMU is killed as soon as it exists, so the boot fails
+    at once instead of running to its end.
+    """
+
+    def __init__(self, ready_fd: int, vm: OciVirtualMachine) -> None:
+        self.caller_gone = False
+        self._ready_fd = ready_fd
+        self._vm = vm
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._watch, name="caller", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(self._ready_fd, select.POLLERR)
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            events = dict(poller.poll(50 if self.caller_gone else None))
+            if self._wake_r in events:
+                return
+            if events.get(self._ready_fd, 0) & select.POLLERR:
+                self.caller_gone = True
+                self._vm._kill_qemu()  # and again while the boot goes on: QEMU may start after this
+
+    def stop(self) -> None:
+        """Stop watching (before the report fd is written and closed)."""
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _forget(state_dir: str) -> None:
+    """The caller of create died before it returned: nobody will ever start or delete this container."""
+    import shutil
+
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _report(fd: int, message: bytes) -> bool:
