@@ -573,10 +573,15 @@ static long oom_kills(void)
     return at ? strtol(at + 9, NULL, 10) : 0;
 }
 
-static void setup_root(void)
-{
-    char target[4096];
+static int root_prepared; /* prepare_root() ran (a template's guest: before it was saved) */
 
+/* What every run's root gets whatever its Spec: the rootfs mounted at
+ * /newroot, the API file systems and a devpts of its own.  A template's
+ * guest does this before it is saved, so that a clone only does the part of
+ * setup_root() that depends on its run (and executes less guest code after
+ * the restore, each path of it a first pass through an empty TCG cache). */
+static void prepare_root(void)
+{
     /* Mounted read-write first, so that missing mount points can be created
      * (as runc does); made read-only once everything is mounted. */
     if (root_tag[0] == 0) {
@@ -597,13 +602,26 @@ static void setup_root(void)
         if (mount(api[i].src, api[i].dst, api[i].type, api[i].flags, NULL) < 0)
             fail(0, "mount", errno, api[i].dst + 8);
     }
-    setup_cgroup();
     /* a devpts of its own, for Spec.tty and exec(tty=True): ptys are
      * allocated through its ptmx node (devpts(5): ptmxmode) */
     mkdir("/newroot/dev/pts", 0755);
     if (mount("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620") < 0)
         console("minibox-agent: devpts: %s", strerror(errno));
+    root_prepared = 1;
+}
+
+/* The run's root: prepare_root() (unless a template did it), then the
+ * Spec's cgroup and mounts, read-only, switch_root and the hostname. */
+static void setup_root(void)
+{
+    char target[4096];
+
+    if (!root_prepared)
+        prepare_root();
+    else if (root_tag[0] != 0)  /* a template's guest prepared the initramfs root; this run wants another */
+        fail(0, "mount", EINVAL, "rootfs (the template prepared the initramfs root)");
+    setup_cgroup();
     for (int i = 0; i < nmounts; i++) {
         struct mount_req *m = &mounts[i];
         snprintf(target, sizeof target, "/newroot%s", m->target);
@@ -1154,6 +1172,7 @@ static void add_stdin(const char *data, uint32_t len)
 }
 
 static void reinit(uint32_t id, const char *payload, uint32_t len);
+static void warm_up(uint32_t id, const char *payload, uint32_t len);
 
 /* 'c': the run's own config replaces the template's */
 static void take_run_config(const char *payload, uint32_t len)
@@ -1213,6 +1232,9 @@ static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
     }
     case 'r':
         reinit(id, payload, len);
+        break;
+    case 'u':
+        warm_up(id, payload, len);
         break;
     case 'k': {
         payload[len] = 0;
@@ -1377,6 +1399,87 @@ static void reinit(uint32_t id, const char *payload, uint32_t len)
         send_text('X', id, "x 0");
 }
 
+/* 'u': a pooled clone, restored ahead of its run, goes once through the
+ * paths the run will take, so that QEMU has translated them (the TCG cache
+ * lives in the QEMU process, not in the snapshot: after a restore every
+ * guest path is translated on its first use).  It takes the host's clock
+ * and entropy (as 'r'; the run's config brings its own again), then forks a
+ * throwaway /bin/true of the image through setup_child (the template's
+ * hardening, stdio on /dev/null, chrooted into the prepared root) and reaps
+ * it: it leaves no process and writes no file.  Honoured only while the
+ * clone waits for its run; answers 'X' (its exit) with the request's id. */
+static void warm_up(uint32_t id, const char *payload, uint32_t len)
+{
+    if (id == 0 || !template_mode || run_config_ready || !root_prepared) {
+        fail(id ? id : 1, "warm-up", EAGAIN, "only a template's clone waiting for its run warms up");
+        return;
+    }
+    const char *sep = memchr(payload, 0, len);
+    if (!sep || !memchr(sep + 1, 0, len - (uint32_t)(sep + 1 - payload))) {
+        fail(id, "warm-up", EINVAL, "request");
+        return;
+    }
+    clock_ = payload;
+    entropy_ = sep + 1;
+    int bad = set_clock(id) < 0 || reseed(id) < 0;
+    clock_ = entropy_ = NULL;
+    if (bad)
+        return;
+    /* the run's own mounts (a tmpfs, made read-only, moved), on a scratch
+     * directory of the initramfs, outside the root the run will see; and
+     * its hostname call, with the name the guest has now */
+    if (mkdir("/minibox/warm-up", 0700) == 0 && mkdir("/minibox/warm-up/a", 0700) == 0 &&
+        mkdir("/minibox/warm-up/b", 0700) == 0 &&
+        mount("tmpfs", "/minibox/warm-up/a", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") == 0) {
+        mkdir("/minibox/warm-up/a/d", 0755);
+        mount(NULL, "/minibox/warm-up/a", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
+        if (mount("/minibox/warm-up/a", "/minibox/warm-up/b", NULL, MS_MOVE, NULL) == 0)
+            umount2("/minibox/warm-up/b", MNT_DETACH);
+        else
+            umount2("/minibox/warm-up/a", MNT_DETACH);
+    }
+    rmdir("/minibox/warm-up/a");
+    rmdir("/minibox/warm-up/b");
+    rmdir("/minibox/warm-up");
+    struct utsname u;
+    if (uname(&u) == 0)
+        sethostname(u.nodename, strlen(u.nodename));
+    static char true_path[] = "/bin/true";
+    static struct command warm = { .argv = { true_path, NULL }, .argc = 1, .cwd = "/" };
+    int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC), pipefd[2];
+    if (null_fd < 0 || pipe2(pipefd, O_CLOEXEC) < 0) {
+        fail(id, "warm-up", errno, "/dev/null");
+        if (null_fd >= 0)
+            close(null_fd);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        int report[2] = { STEP_CHDIR, 0 };
+        if (chroot("/newroot") == 0 && chdir("/") == 0)
+            report[0] = setup_child(&warm, null_fd, null_fd, null_fd, -1);
+        report[1] = errno;
+        if (write(pipefd[1], report, sizeof report) < 0) { /* parent sees EOF */ }
+        _exit(127);
+    }
+    int err = errno, status = 0;
+    close(pipefd[1]);
+    close(null_fd);
+    if (pid > 0) {
+        int report[2];
+        ssize_t n;
+        do {
+            n = read(pipefd[0], report, sizeof report);   /* EOF: the exec happened (the pipe is CLOEXEC) */
+        } while (n < 0 && errno == EINTR);
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    }
+    close(pipefd[0]);
+    if (pid < 0)
+        fail(id, "warm-up", err, "fork");
+    else
+        report_exit(id, status, NULL, 0);   /* the run's report, as the run will send it */
+}
+
 /* ---- PID 1 ------------------------------------------------------------ */
 
 int main(void)
@@ -1407,8 +1510,11 @@ int main(void)
     uname(&u);
     send_text('H', 0, "%s", u.release);
     setup_network();
-    if (template_mode)
+    if (template_mode) {
+        if (root_tag[0] == 0)
+            prepare_root();
         wait_for_run();
+    }
 
     int in_fd = stdin_port >= 0 ? stdin_port
                 : open(have_stdin ? "/minibox/stdin" : "/dev/null", O_RDONLY | O_CLOEXEC);

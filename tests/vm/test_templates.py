@@ -236,3 +236,28 @@ def test_a_caller_killed_at_any_step_of_a_restore_leaves_nothing_after_gc(no_lea
     else:
         pytest.fail("the restore still had steps after 5")
     assert n == 3, "record, QEMU, then done: a restore has two steps"
+
+
+# ---- a pooled clone's warm-up ---------------------------------------------------------------------
+
+#: Every process's "pid (comm) state ppid", then what the run's writable /tmp holds.
+PROCESSES = "echo $$; cat /proc/[0-9]*/stat | cut -d' ' -f1-4; echo files:; ls -A /tmp"
+
+
+def test_a_warmed_up_clone_runs_with_no_trace_of_its_warm_up(no_leaks: None) -> None:
+    from minibox.vm.clone import TemplateClone
+
+    vm = TemplateClone(Spec(argv=["sh", "-c", PROCESSES]))
+    try:
+        vm.restore_template()
+        assert vm.warm_up(), "the agent did not run its throwaway /bin/true"
+        with vm:  # the run, in the warmed clone
+            result = vm.wait()
+    finally:
+        vm.close()
+    assert (result.exit_code, result.stderr) == (0, b""), result
+    shell, *processes = result.stdout.decode().split("files:\n")[0].splitlines()
+    stats = [line.split() for line in processes]
+    assert not [s for s in stats if s[1] == "(true)" or s[2] == "Z"], "the warm-up's process is still there"
+    assert [s[0] for s in stats if s[3] == "1"] == [shell], "PID 1 has children other than the run"
+    assert result.stdout.endswith(b"files:\n"), "the warm-up left a file in the run's /tmp"

@@ -49,6 +49,7 @@ GUEST_TYPES = frozenset(HELLO + STARTED + STDOUT + STDERR + EXIT + FAIL)
 # Host -> guest
 EXEC, KILL, STDIN, RUN = b"x", b"k", b"i", b"c"  # i, c: a template clone's run (vm/clone.py)
 REINIT = b"r"  # a restored running guest's own clock and entropy (vm/vm_snapshot.py)
+WARM_UP = b"u"  # a pooled clone goes once through the run's paths before its run (vm/pool.py)
 
 #: The agent's FRAME_MAX (csrc/agent/agent.c): an exec request, stdin included, fits in one frame.
 FRAME_MAX = 1024 * 1024
@@ -191,6 +192,11 @@ def reinit_frame(ident: int, clock_ns: int, entropy: bytes) -> bytes:
     """An ``r`` request: ``"sec nsec\\0hex\\0"``; the agent sets the clock, reseeds, answers ``X`` "x 0"."""
     sec, nsec = divmod(clock_ns, 1_000_000_000)
     return frame(REINIT, ident, f"{sec} {nsec}\0{entropy.hex()}\0".encode())
+
+
+def warm_up_frame(ident: int, clock_ns: int, entropy: bytes) -> bytes:
+    """A ``u`` request, payload as ``r``'s; the agent also forks a throwaway ``/bin/true``, answers ``X``."""
+    return frame(WARM_UP, ident, reinit_frame(ident, clock_ns, entropy)[HEADER.size:])
 
 
 def frame(kind: bytes, ident: int, payload: bytes = b"") -> bytes:

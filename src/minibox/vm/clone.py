@@ -35,6 +35,7 @@ from . import machine, snapshot
 from . import network as _network
 from . import plan as _plan
 from . import templates as _templates
+from .channels import ExecState
 from .kernel import ensure_kernel, modules_for
 from .qmp import Monitor
 from .virtual_machine import BOOT_TIMEOUT, VirtualMachine, _default_rootfs, find_qemu, kvm_probe, qemu_version
@@ -46,6 +47,8 @@ SETTLE = 0.3
 ENTROPY_BYTES = 64
 #: stdin is sent to a clone in frames of this size.
 STDIN_CHUNK = 256 << 10
+#: A pooled clone's warm-up (a throwaway /bin/true under TCG) answers within this (seconds).
+WARM_UP_TIMEOUT = 30.0
 
 
 def resolve_parts(spec: Spec) -> tuple[_templates.Parts, _accel.Verdict]:
@@ -193,6 +196,33 @@ class TemplateClone(_FromFiles):
             self.close()
             raise
         self.restore_seconds = time.monotonic() - t0
+
+    def warm_up(self) -> bool:
+        """Have the restored, waiting agent go once through the run's paths ('u'); whether it did.
+
+        A pool does this in its background thread: the run's clock setting,
+        reseed, fork and exec are then already translated by QEMU (its TCG
+        cache starts empty after a restore) when the run comes.  The agent
+        forks a throwaway ``/bin/true`` of the image and reaps it; nothing
+        of it remains that the run can see.  False (the clone still usable,
+        only not warmed) if the agent refused or the image has no
+        ``/bin/true``; an error if the guest broke or did not answer.
+        """
+        if not self.restored or self._started:
+            raise MiniboxError("only a restored clone waiting for its run warms up")
+        ident = next(self._ids)
+        ex = self._ch.state.execs[ident] = ExecState()
+        self._send(_agent.warm_up_frame(ident, time.time_ns(), secrets.token_bytes(ENTROPY_BYTES)))
+        with self._cond:
+            self._cond.wait_for(lambda: ex.exit is not None or ex.failure is not None or self._ended(),
+                                WARM_UP_TIMEOUT)
+            del self._ch.state.execs[ident]
+            broken = self._channel_error()
+        if broken is not None:
+            raise broken
+        if ex.exit is None and ex.failure is None:
+            raise SetupError("warm-up", None, self._why_it_died("the clone's agent did not answer its warm-up"))
+        return ex.exit == (0, None)  # /bin/true exited 0
 
     def _open_tap(self, steps: StartSteps) -> int:
         """This clone's place on the bridge, as a cold boot gets it: a lease, guard rules, a tap."""

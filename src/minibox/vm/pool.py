@@ -6,7 +6,10 @@ before the run is asked for.  ``Pool(spec, size=k)`` keeps ``k`` clones
 restored and resumed, their agents waiting for a run; :meth:`Pool.run`
 takes one, gives it the run's Spec (with the host's clock and fresh
 entropy, as every clone gets), and a background thread restores a
-replacement.  A clone serves exactly one run and is then ended: the pool
+replacement.  Before a restored clone joins the pool, its agent goes once
+through the run's paths (clone.warm_up: the clock, the reseed, a throwaway
+``/bin/true`` forked and reaped), so that QEMU has translated them when the
+run comes.  A clone serves exactly one run and is then ended: the pool
 never hands the same VM to two runs, so nothing of one run (files, processes,
 RNG state) can reach the next.
 
@@ -66,6 +69,7 @@ class Pool:
             clone = TemplateClone(self.spec)
             try:
                 clone.restore_template()
+                clone.warm_up()  # here, not in the run: its first pass through an empty TCG cache
             except BaseException as e:  # restore_template() closed it; say why to the next run()
                 with self._cond:
                     self._restoring -= 1
