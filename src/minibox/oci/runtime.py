@@ -25,7 +25,6 @@ import time
 # contextlib and signal cost each verb milliseconds of imports (minibox/_lean.py)
 from .._lean import NSIG, SIGKILL, pidfd_send_signal, signal_number, suppress
 from ..errors import MiniboxError, SetupError
-from .config import JOINABLE_AFTER_CLONE, Config
 from .state import OciError, Record
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..container.spawn import ChildPlan
+    from .config import Config  # loaded by create and exec only: start, kill, state and delete need no parser
 
 # Order in which namespaces given by path are joined (before the clone's new
 # ones are set up); the rest of JOIN_ORDER is for exec.
@@ -219,6 +219,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     from ..container.namespaces import JOIN_ORDER, clone_flags
     from ..container.spawn import ChildPlan, read_child_error, spawn
     from ..container.userns import write_id_maps
+    from .config import JOINABLE_AFTER_CLONE
     from .gate import gate_fd
     from .mounts import mount_ops
 
