@@ -170,6 +170,10 @@ def test_a_pool_hands_each_vm_to_one_run_and_refills(no_leaks: None) -> None:
         assert len(set(pool.handed_out)) == 3, "a pool handed one VM to two runs"
         assert pool.wait_ready(120)
         assert {vm.pid for vm in pool._ready}.isdisjoint(waiting), "the VMs that ran were replaced"
+        # a VM taken and not run yet is replaced too (after REFILL_DELAY, not at the run's end)
+        with pool.take() as taken:
+            assert pool.wait_ready(120), "a VM taken with take() was never replaced"
+            assert taken.wait().exit_code == 0
         with pytest.raises(SpecError, match=r"limits\.memory"):
             pool.take(Spec(argv=["true"], limits=minibox.Limits(memory="128M")))
 

@@ -6,7 +6,9 @@ before the run is asked for.  ``Pool(spec, size=k)`` keeps ``k`` clones
 restored and resumed, their agents waiting for a run; :meth:`Pool.run`
 takes one, gives it the run's Spec (with the host's clock and fresh
 entropy, as every clone gets), and a background thread restores a
-replacement.  Before a restored clone joins the pool, its agent goes once
+replacement once that run has ended (or REFILL_DELAY after the hand-out,
+or at once when a run waits for a VM), so that the restore does not
+compete with the run for the CPU.  Before a restored clone joins the pool, its agent goes once
 through the run's paths (clone.warm_up: the clock, the reseed, a throwaway
 ``/bin/true`` forked and reaped), so that QEMU has translated them when the
 run comes.  A clone serves exactly one run and is then ended: the pool
@@ -23,6 +25,7 @@ serves one trust domain (docs/threat-model.md).
 from __future__ import annotations
 
 import threading
+import time
 from types import TracebackType
 
 from ..errors import MiniboxError, SpecError
@@ -33,6 +36,10 @@ from .clone import TemplateClone, check_same_shape
 
 #: After this many restores in a row fail, the pool stops trying and run() raises the last error.
 MAX_FAILURES = 3
+#: A replacement is restored once the run it replaces has ended, or this long (seconds) after the
+#: hand-out, whichever comes first: a restore (QEMU's start, the load, the warm-up) beside the run
+#: would compete with it for the CPU (on 2 cores under TCG: a pool run 230-320 ms beside one, ~100 ms without).
+REFILL_DELAY = 1.0
 
 
 class Pool:
@@ -52,17 +59,28 @@ class Pool:
         self._failures = 0
         self._error: BaseException | None = None
         self._closed = False
+        self._takers = 0  # take() calls waiting for a VM
+        self._runs: dict[str, float] = {}  # VM id -> when its replacement may start (REFILL_DELAY)
         self.handed_out: list[str] = []  # the ids of the VMs given to runs, in order
         self._filler = threading.Thread(target=self._fill, name="minibox-vm-pool", daemon=True)
         self._filler.start()
 
     # ---- the background restorer -------------------------------------------------
 
+    def _refill_now(self) -> bool:
+        """Whether the filler restores a VM now (the caller holds the lock)."""
+        now = time.monotonic()
+        self._runs = {ident: deadline for ident, deadline in self._runs.items() if deadline > now}
+        if len(self._ready) >= self.size or self._failures >= MAX_FAILURES:
+            return False
+        return not self._runs or (self._takers > 0 and not self._ready)  # else: a run waits for a VM
+
     def _fill(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or (len(self._ready) < self.size
-                                                             and self._failures < MAX_FAILURES))
+                while not (self._closed or self._refill_now()):
+                    deadlines = [d - time.monotonic() for d in self._runs.values()]
+                    self._cond.wait(max(0.001, min(deadlines)) if deadlines else None)
                 if self._closed:
                     return
                 self._restoring += 1
@@ -70,7 +88,8 @@ class Pool:
             try:
                 clone.restore_template()
                 clone.warm_up()  # here, not in the run: its first pass through an empty TCG cache
-            except BaseException as e:  # restore_template() closed it; say why to the next run()
+            except BaseException as e:  # say why to the next run()
+                clone.close()  # (restore_template() closed it already; a failed warm-up did not)
                 with self._cond:
                     self._restoring -= 1
                     self._failures += 1
@@ -104,14 +123,20 @@ class Pool:
         """A restored VM of its own for one run of ``spec`` (default: the pool's), not yet started."""
         check_same_shape(self.spec, spec or self.spec, stdin)  # before a VM is spent on it
         with self._cond:
-            self._cond.wait_for(lambda: self._ready or self._closed or self._failures >= MAX_FAILURES)
+            self._takers += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: self._ready or self._closed or self._failures >= MAX_FAILURES)
+            finally:
+                self._takers -= 1
             if self._closed:
                 raise MiniboxError("the pool is closed")
             if not self._ready:
                 raise MiniboxError(f"the pool cannot restore VMs: {self._error}") from self._error
             clone = self._ready.pop(0)
             self.handed_out.append(clone.id)
-            self._cond.notify_all()  # the filler restores a replacement
+            self._runs[clone.id] = time.monotonic() + REFILL_DELAY
+            self._cond.notify_all()  # the filler restores a replacement (after the run, or REFILL_DELAY)
         try:
             clone.assign(spec or self.spec, stdin)
         except BaseException:
@@ -121,8 +146,18 @@ class Pool:
 
     def run(self, spec: Spec | None = None, stdin: bytes | None = None) -> Result:
         """Run ``spec`` (default: the pool's Spec; same memory, vCPUs and kernel) to its end in a pooled VM."""
-        with self.take(spec, stdin) as vm:
-            return vm.wait()
+        vm = self.take(spec, stdin)
+        try:
+            with vm:
+                return vm.wait()
+        finally:
+            self._run_ended(vm.id)
+
+    def _run_ended(self, ident: str) -> None:
+        """The run in VM ``ident`` is over: its replacement need not wait any longer."""
+        with self._cond:
+            self._runs.pop(ident, None)
+            self._cond.notify_all()
 
     # ---- the end -------------------------------------------------------------------
 
