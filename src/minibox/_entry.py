@@ -168,8 +168,11 @@ def start_ms(paths: list[str], rounds: int = 15) -> dict[str, float]:
     return {path: sorted(values)[len(values) // 2] for path, values in samples.items()}
 
 
-def fastest_python() -> tuple[str | None, dict[str, float | str]]:
-    """The usable interpreter that starts fastest, and each candidate's time (or why it is not usable)."""
+def fastest_python(compare: list[str] | None = None) -> tuple[str | None, dict[str, float | str]]:
+    """The usable interpreter that starts fastest, and each candidate's time (or why it is not usable).
+
+    ``compare``: more interpreters to time in the same rounds, for the record; they are never chosen.
+    """
     verdicts: dict[str, float | str] = {}
     for path in candidate_pythons():
         if not everyone_can_run(path):
@@ -179,13 +182,18 @@ def fastest_python() -> tuple[str | None, dict[str, float | str]]:
     paths = [path for path in candidate_pythons() if path not in verdicts]
     if not paths:
         return None, verdicts
-    times = start_ms(paths)
+    extra = [path for path in compare or [] if path not in paths]
+    times = start_ms(paths + extra)
+    for path in extra:
+        verdicts[path] = f"{times.pop(path):.1f} ms to start (python -S), compared only"
     verdicts.update(times)
     return min(times, key=lambda path: times[path]), verdicts
 
 
 USAGE = """usage: python -m minibox._entry scripts BINDIR    rewrite minibox's console scripts in BINDIR
-       python3 src/minibox/_entry.py fastest-python  print the usable interpreter that starts fastest"""
+       python3 src/minibox/_entry.py fastest-python [--compare PYTHON...]
+                                                     print the usable interpreter that starts fastest
+                                                     (--compare: time these too, for the record)"""
 
 
 def main(argv: list[str]) -> int:
@@ -193,8 +201,8 @@ def main(argv: list[str]) -> int:
         written = install(argv[1])
         print(f"fast console scripts in {argv[1]}: {', '.join(written) or 'none (pip scripts kept)'}")
         return 0
-    if argv == ["fastest-python"]:
-        best, times = fastest_python()
+    if argv[:1] == ["fastest-python"] and argv[1:2] in ([], ["--compare"]):
+        best, times = fastest_python(argv[2:])
         if best is None:
             for path, verdict in times.items():
                 print(f"  {path}: {verdict}", file=sys.stderr)
