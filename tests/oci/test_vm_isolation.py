@@ -192,6 +192,10 @@ def test_lifecycle_exec_pause_kill_delete(oci: Oci, tmp_path: Path) -> None:
     assert oci.reap(pid) == 42, "the supervisor exits with the guest command's status"
     assert oci.state("v1")["status"] == "stopped"
     assert "started\ngot TERM\n" in out_path.read_text()
+    # once it has ended: what containerd's shim reads as "already finished", and --all succeeds (as runc)
+    late = oci("kill", "v1", "TERM", check=False)
+    assert late.returncode != 0 and "container not running" in late.stderr
+    oci("kill", "--all", "v1", "KILL")
     oci("delete", "v1")
     _assert_nothing_left(oci, "v1", pids, vm_id)
 

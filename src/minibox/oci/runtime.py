@@ -528,14 +528,21 @@ def parse_signal(value: str) -> int:
     return found
 
 
+def not_running_message(container_id: str) -> str:
+    """The error of a kill whose container has finished.
+
+    "container not running" is what containerd's runc shim looks for in the
+    error (checkKillError): the process has finished, not a failure.
+    """
+    return f"cannot signal container {container_id}: container not running"
+
+
 def kill(record: Record, sig: int, all_processes: bool = False) -> None:
     if record.data.get("isolation") == "vm":
         from . import vm_runtime
 
-        return vm_runtime.kill(record, sig)
-    # "container not running" is what containerd's runc shim looks for in the
-    # error (checkKillError): the process has finished, not a failure.
-    not_running = f"cannot signal container {record.id}: container not running"
+        return vm_runtime.kill(record, sig, all_processes)
+    not_running = not_running_message(record.id)
     if all_processes:
         # As runc: --all signals whatever is left in the cgroup, also once the
         # init has gone (containerd's shim does this when an init that shared

@@ -294,9 +294,14 @@ def start(record: Record, warn: Any = None) -> None:
             warn(str(e))
 
 
-def kill(record: Record, sig: int) -> None:
+def kill(record: Record, sig: int, all_processes: bool = False) -> None:
+    """Signal the guest command; ``--all`` once the VM has ended succeeds (nothing is left), as runc."""
     if not record.alive():
-        raise OciError(f"container {record.id} is not running")
+        if all_processes:
+            return  # the supervisor is gone, and with it (its keeper) QEMU and virtiofsd
+        from .runtime import not_running_message
+
+        raise OciError(not_running_message(record.id))
     try:
         _ask(record, {"op": "kill", "signal": sig}, timeout=10)
     except OciError:
