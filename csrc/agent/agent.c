@@ -312,12 +312,59 @@ static int command_record(struct command *c, char tag, char *s)
     }
 }
 
+/* A policy record, applied to every command the agent starts (setup_child):
+ * 0 if taken, 1 if the tag is not a policy record, -1 if malformed. */
+static int policy_record(char tag, char *s)
+{
+    switch (tag) {
+    case 'n': no_new_privs = 1; return 0;
+    case 'K': {
+        /* five hex masks: bounding effective permitted inheritable ambient */
+        char *e = s;
+        cap_bounding = strtoull(e, &e, 16);
+        root_effective = strtoull(e, &e, 16);
+        root_permitted = strtoull(e, &e, 16);
+        root_inheritable = strtoull(e, &e, 16);
+        root_ambient = strtoull(e, &e, 16);
+        have_caps = 1;
+        return 0;
+    }
+    case 'S': {
+        /* the BPF program, hex: 8 bytes (16 digits) per struct sock_filter */
+        size_t digits = strlen(s);
+        if (digits % 16 || digits / 16 > SECCOMP_MAX)
+            return -1;
+        unsigned char *out = (unsigned char *)seccomp_prog;
+        for (size_t i = 0; i < digits / 2; i++) {
+            char byte[3] = { s[2 * i], s[2 * i + 1], 0 };
+            out[i] = (unsigned char)strtoul(byte, NULL, 16);
+        }
+        seccomp_len = (unsigned short)(digits / 16);
+        return 0;
+    }
+    case 'L': {
+        /* "resource soft hard", decimal, unsigned 64-bit */
+        if (nrlimits >= MAX_RLIMITS)
+            return -1;
+        char *e = s;
+        rlimits[nrlimits].resource = (int)strtol(e, &e, 10);
+        rlimits[nrlimits].lim.rlim_cur = strtoull(e, &e, 10);
+        rlimits[nrlimits].lim.rlim_max = strtoull(e, &e, 10);
+        nrlimits++;
+        return 0;
+    }
+    default: return 1;
+    }
+}
+
 /* Parse config[0..len) (the records' strings stay in config[]). */
 static int parse_config(ssize_t len)
 {
     char *p = config, *end = config + len;
     main_cmd = (struct command){ .cwd = "/" };
     nmounts = nbinds = nrlimits = netc_files = 0;
+    have_caps = no_new_privs = 0;   /* the policy is this config's alone (a pooled clone's warm-up set one) */
+    seccomp_len = 0;
     while (p < end) {
         char tag = *p++;
         char *s = next_str(&p, end);
@@ -325,10 +372,14 @@ static int parse_config(ssize_t len)
             return -1;
         if (command_record(&main_cmd, tag, s) == 0)
             continue;
+        int policy = policy_record(tag, s);
+        if (policy < 0)
+            return -1;
+        if (policy == 0)
+            continue;
         switch (tag) {
         case 'H': hostname_ = s; break;
         case 'i': init_mode = 1; break;
-        case 'n': no_new_privs = 1; break;
         case 'c':
             /* pids.max, memory.max, cpu.max ("" = not limited) */
             cg_pids = s;
@@ -337,41 +388,6 @@ static int parse_config(ssize_t len)
             if (!cg_memory || !cg_cpu)
                 return -1;
             break;
-        case 'K': {
-            /* five hex masks: bounding effective permitted inheritable ambient */
-            char *e = s;
-            cap_bounding = strtoull(e, &e, 16);
-            root_effective = strtoull(e, &e, 16);
-            root_permitted = strtoull(e, &e, 16);
-            root_inheritable = strtoull(e, &e, 16);
-            root_ambient = strtoull(e, &e, 16);
-            have_caps = 1;
-            break;
-        }
-        case 'S': {
-            /* the BPF program, hex: 8 bytes (16 digits) per struct sock_filter */
-            size_t digits = strlen(s);
-            if (digits % 16 || digits / 16 > SECCOMP_MAX)
-                return -1;
-            unsigned char *out = (unsigned char *)seccomp_prog;
-            for (size_t i = 0; i < digits / 2; i++) {
-                char byte[3] = { s[2 * i], s[2 * i + 1], 0 };
-                out[i] = (unsigned char)strtoul(byte, NULL, 16);
-            }
-            seccomp_len = (unsigned short)(digits / 16);
-            break;
-        }
-        case 'L': {
-            /* "resource soft hard", decimal, unsigned 64-bit */
-            if (nrlimits >= MAX_RLIMITS)
-                return -1;
-            char *e = s;
-            rlimits[nrlimits].resource = (int)strtol(e, &e, 10);
-            rlimits[nrlimits].lim.rlim_cur = strtoull(e, &e, 10);
-            rlimits[nrlimits].lim.rlim_max = strtoull(e, &e, 10);
-            nrlimits++;
-            break;
-        }
         case 'R': root_tag = s; break;
         case 'r': root_readonly = 1; break;
         case 'P': probe_mode = 1; break;
@@ -1172,7 +1188,7 @@ static void add_stdin(const char *data, uint32_t len)
 }
 
 static void reinit(uint32_t id, const char *payload, uint32_t len);
-static void warm_up(uint32_t id, const char *payload, uint32_t len);
+static void warm_up(uint32_t id, char *payload, uint32_t len);
 
 /* 'c': the run's own config replaces the template's */
 static void take_run_config(const char *payload, uint32_t len)
@@ -1404,27 +1420,47 @@ static void reinit(uint32_t id, const char *payload, uint32_t len)
  * lives in the QEMU process, not in the snapshot: after a restore every
  * guest path is translated on its first use).  It takes the host's clock
  * and entropy (as 'r'; the run's config brings its own again), then forks a
- * throwaway /bin/true of the image through setup_child (the template's
- * hardening, stdio on /dev/null, chrooted into the prepared root) and reaps
- * it: it leaves no process and writes no file.  Honoured only while the
+ * throwaway /bin/true of the image through setup_child (stdio on /dev/null,
+ * chrooted into the prepared root) and reaps it: it leaves no process and
+ * writes no file.  After the clock and entropy strings, the request may hold
+ * policy records (K n S L, as in a config) and U G: the hardening and user
+ * the pool's runs will have, applied to the throwaway only (a seccomp
+ * filter's install and checks are paths of their own); they are dropped
+ * again before the run's config, which brings its own.  Honoured only while the
  * clone waits for its run; answers 'X' (its exit) with the request's id. */
-static void warm_up(uint32_t id, const char *payload, uint32_t len)
+static void warm_up(uint32_t id, char *payload, uint32_t len)
 {
     if (id == 0 || !template_mode || run_config_ready || !root_prepared) {
         fail(id ? id : 1, "warm-up", EAGAIN, "only a template's clone waiting for its run warms up");
         return;
     }
-    const char *sep = memchr(payload, 0, len);
-    if (!sep || !memchr(sep + 1, 0, len - (uint32_t)(sep + 1 - payload))) {
+    char *end = payload + len, *p = payload, *clock = next_str(&p, end), *entropy = next_str(&p, end);
+    static char true_path[] = "/bin/true";
+    struct command warm = { .argv = { true_path, NULL }, .argc = 1, .cwd = "/" };
+    int bad = !clock || !entropy;
+    while (p < end && !bad) {
+        char tag = *p++;
+        char *s = next_str(&p, end);
+        if (!s)
+            bad = 1;
+        else if (tag == 'U' || tag == 'G')
+            command_record(&warm, tag, s);
+        else
+            bad = policy_record(tag, s) != 0;
+    }
+    if (bad) {
         fail(id, "warm-up", EINVAL, "request");
+    } else {
+        clock_ = clock;
+        entropy_ = entropy;
+        bad = set_clock(id) < 0 || reseed(id) < 0;
+        clock_ = entropy_ = NULL;
+    }
+    if (bad) {
+        have_caps = no_new_privs = nrlimits = 0;
+        seccomp_len = 0;
         return;
     }
-    clock_ = payload;
-    entropy_ = sep + 1;
-    int bad = set_clock(id) < 0 || reseed(id) < 0;
-    clock_ = entropy_ = NULL;
-    if (bad)
-        return;
     /* the run's own mounts (a tmpfs, made read-only, moved), on a scratch
      * directory of the initramfs, outside the root the run will see; and
      * its hostname call, with the name the guest has now */
@@ -1444,8 +1480,6 @@ static void warm_up(uint32_t id, const char *payload, uint32_t len)
     struct utsname u;
     if (uname(&u) == 0)
         sethostname(u.nodename, strlen(u.nodename));
-    static char true_path[] = "/bin/true";
-    static struct command warm = { .argv = { true_path, NULL }, .argc = 1, .cwd = "/" };
     int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC), pipefd[2];
     if (null_fd < 0 || pipe2(pipefd, O_CLOEXEC) < 0) {
         fail(id, "warm-up", errno, "/dev/null");
@@ -1463,6 +1497,8 @@ static void warm_up(uint32_t id, const char *payload, uint32_t len)
         _exit(127);
     }
     int err = errno, status = 0;
+    have_caps = no_new_privs = nrlimits = 0;   /* the throwaway's policy, not the run's */
+    seccomp_len = 0;
     close(pipefd[1]);
     close(null_fd);
     if (pid > 0) {

@@ -265,3 +265,27 @@ def test_a_warmed_up_clone_runs_with_no_trace_of_its_warm_up(no_leaks: None) -> 
     assert not [s for s in stats if s[1] == "(true)" or s[2] == "Z"], "the warm-up's process is still there"
     assert [s[0] for s in stats if s[3] == "1"] == [shell], "PID 1 has children other than the run"
     assert result.stdout.endswith(b"files:\n"), "the warm-up left a file in the run's /tmp"
+
+
+def test_a_warm_up_with_one_policy_leaves_the_run_its_own(no_leaks: None) -> None:
+    """A clone warmed up as a user with no capabilities, rlimits, seccomp and no_new_privs runs an unconfined Spec."""
+    from minibox.vm.clone import TemplateClone
+
+    probe = "id -u; ulimit -n; grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"
+    restricted = Spec(argv=["true"], user=(65534, 65534), cap_drop=["ALL"], rlimits={"nofile": 64},
+                      no_new_privileges=True, seccomp="default")
+    run = Spec(argv=["sh", "-c", probe], no_new_privileges=False, seccomp="unconfined")
+    baseline = minibox.run(run, isolation="vm")
+    vm = TemplateClone(restricted)
+    try:
+        vm.restore_template()
+        assert vm.warm_up(), "the throwaway /bin/true did not run with the restricted policy"
+        vm.assign(run)
+        with vm:
+            result = vm.wait()
+    finally:
+        vm.close()
+    assert (result.exit_code, result.stderr) == (0, b""), result
+    assert result.stdout == baseline.stdout, "the warm-up's policy reached the run"
+    assert result.stdout.startswith(b"0\n") and b"Seccomp:\t0" in result.stdout, result.stdout
+

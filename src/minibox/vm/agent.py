@@ -194,9 +194,16 @@ def reinit_frame(ident: int, clock_ns: int, entropy: bytes) -> bytes:
     return frame(REINIT, ident, f"{sec} {nsec}\0{entropy.hex()}\0".encode())
 
 
-def warm_up_frame(ident: int, clock_ns: int, entropy: bytes) -> bytes:
-    """A ``u`` request, payload as ``r``'s; the agent also forks a throwaway ``/bin/true``, answers ``X``."""
-    return frame(WARM_UP, ident, reinit_frame(ident, clock_ns, entropy)[HEADER.size:])
+def warm_up_frame(ident: int, clock_ns: int, entropy: bytes, spec: Spec | None = None) -> bytes:
+    """A ``u`` request: ``r``'s payload, then ``spec``'s policy records (K n S L) and its user (U G).
+
+    The agent forks a throwaway ``/bin/true`` with that policy and user, reaps it, answers ``X``.
+    """
+    payload = reinit_frame(ident, clock_ns, entropy)[HEADER.size:]
+    if spec is not None:
+        payload += b"".join(r for r in policy_records(spec) if r[:1] in (b"K", b"n", b"S", b"L"))
+        payload += _record("U", str(spec.user[0])) + _record("G", str(spec.user[1]))
+    return frame(WARM_UP, ident, payload)
 
 
 def frame(kind: bytes, ident: int, payload: bytes = b"") -> bytes:

@@ -201,10 +201,11 @@ class TemplateClone(_FromFiles):
         """Have the restored, waiting agent go once through the run's paths ('u'); whether it did.
 
         A pool does this in its background thread: the run's clock setting,
-        reseed, fork and exec are then already translated by QEMU (its TCG
-        cache starts empty after a restore) when the run comes.  The agent
-        forks a throwaway ``/bin/true`` of the image and reaps it; nothing
-        of it remains that the run can see.  False (the clone still usable,
+        reseed, mounts, fork and exec are then already translated by QEMU
+        (its TCG cache starts empty after a restore) when the run comes.  The
+        agent forks a throwaway ``/bin/true`` of the image with the Spec's
+        policy (capabilities, seccomp, rlimits) and user, and reaps it;
+        nothing of it remains that the run can see.  False (the clone still usable,
         only not warmed) if the agent refused or the image has no
         ``/bin/true``; an error if the guest broke or did not answer.
         """
@@ -212,7 +213,8 @@ class TemplateClone(_FromFiles):
             raise MiniboxError("only a restored clone waiting for its run warms up")
         ident = next(self._ids)
         ex = self._ch.state.execs[ident] = ExecState()
-        self._send(_agent.warm_up_frame(ident, time.time_ns(), secrets.token_bytes(ENTROPY_BYTES)))
+        self._send(_agent.warm_up_frame(ident, time.time_ns(), secrets.token_bytes(ENTROPY_BYTES),
+                                        _plan.effective_spec(self.spec)))
         with self._cond:
             self._cond.wait_for(lambda: ex.exit is not None or ex.failure is not None or self._ended(),
                                 WARM_UP_TIMEOUT)
