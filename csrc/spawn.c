@@ -446,9 +446,45 @@ static void setup_root(const struct mb_plan *plan)
 
 /* ---- the child: fixed, named steps ----------------------------------- */
 
+/* Hand the owner's keeper a pidfd of ourselves (pidfd_open(2) of our own
+ * pid, as seen in our pid namespace; SCM_RIGHTS, unix(7)).  The caller
+ * hands the keeper the same process once the clone returns (owner.keep);
+ * this closes the window before that, in which a caller killed by SIGKILL
+ * would leave the child running with nobody to end it.  Best effort: if it
+ * fails the caller's own hand-over still follows, as before. */
+static void hand_self_to_keeper(int keeper_fd)
+{
+    int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (self < 0)
+        return;
+    char byte = 'K';
+    struct iovec iov = { &byte, 1 };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    memset(&control, 0, sizeof control);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &self, sizeof self);
+    ssize_t n;
+    do {
+        n = sendmsg(keeper_fd, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    close(self);
+}
+
 static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
 {
     reset_signals();
+    /* Step: before anything else, the keeper holds us (see hand_self_to_keeper). */
+    if (plan->keeper_fd >= 0)
+        hand_self_to_keeper(plan->keeper_fd);
     close_other_fds(plan);
 
     /* Step: join the namespaces given by path (a pod's shared ones). */

@@ -216,6 +216,12 @@ struct mb_plan {
     int n_groups;
     const int *join_fds;
     int n_join_fds;
+
+    /* The owner's keeper (minibox/owner.py, csrc/keeper/keeper.c), or -1:
+     * the child hands it a pidfd of itself first thing, so that a caller
+     * killed between this clone and its own keep() still takes the child
+     * with it (the keeper SIGKILLs what it holds when the caller is gone). */
+    int keeper_fd;
 };
 
 struct mb_error {

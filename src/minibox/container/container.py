@@ -162,7 +162,7 @@ class Container(Sandbox):
         return start_error(e, "each holds about 3 fds: a pidfd and its stdout/stderr pipes")
 
     def _start(self) -> None:
-        from ..owner import StartSteps, start_keeper
+        from ..owner import StartSteps, keeper_fd, start_keeper
 
         steps = StartSteps()
         spec = self.spec
@@ -176,6 +176,8 @@ class Container(Sandbox):
         steps.done("record")
         if not self._detached:
             start_keeper()  # its first process settles while the container is made; keep() checks it
+            # and the child hands itself over to it at once (csrc/spawn.c, hand_self_to_keeper)
+            plan.keeper_fd = -1 if (held_by := keeper_fd()) is None else held_by
         if spec.network == "bridge":
             from .network import NetworkAttachment
             self._network = NetworkAttachment.prepare(self.id, spec)
@@ -278,6 +280,9 @@ class Container(Sandbox):
             for fd in child_ends:
                 os.close(fd)
             child_ends = []
+            # The child exists; until _supervise() only the keeper holds it (the child
+            # handed itself over: csrc/spawn.c, hand_self_to_keeper).
+            steps.done("clone")
 
             try:
                 self._supervise(released=plan.use_vfork)

@@ -124,6 +124,7 @@ class ChildPlan:
     keep_fds: Sequence[int] = ()
     groups: Sequence[int] = ()
     join_fds: Sequence[int] = ()
+    keeper_fd: int = -1
     # for error messages
     cmd: str = ""
 
@@ -209,6 +210,7 @@ class _CPlan:
         p.n_groups = len(plan.groups)
         p.join_fds = self._ints(plan.join_fds)
         p.n_join_fds = len(plan.join_fds)
+        p.keeper_fd = plan.keeper_fd
 
     def _ints(self, values: Sequence[int]) -> Any:
         array = ffi.new("int[]", list(values) or [0])
