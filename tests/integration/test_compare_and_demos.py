@@ -311,6 +311,8 @@ def test_demo_runs_to_the_end_and_cleans_up(name: str, isolated: Isolated) -> No
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     assert "-> source:" in proc.stdout  # it points at the code that does the work
     assert "Traceback" not in proc.stderr
+    if name == "compare":  # it says which VM start each figure is: restored from the template, or booted
+        assert "VM, from its template" in proc.stdout and "VM, cold boot" in proc.stdout
 
 
 @as_root_with_qemu
