@@ -33,7 +33,8 @@ from minibox.vm.vm_snapshot import SnapshotError, SnapshotMismatchError
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="VMs run as root here (QEMU -runas, the records)")
 
 COUNTER = ("head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /tmp/state; "
-           "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done")
+           "i=0; while :; do i=$((i+1)); echo $i > /tmp/next; mv /tmp/next /tmp/counter; sleep 0.05; done")
+# (written aside and renamed: `echo > file` truncates first, and a reader in between gets nothing)
 
 
 @dataclass
