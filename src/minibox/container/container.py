@@ -44,7 +44,7 @@ from ..spec import Spec
 from .namespaces import CLONE_NEWCGROUP, JOIN_ORDER, clone_flags
 from .plan import choose_root, pid_bound_ops, process_plan
 from .rootfs import mount_plan
-from .spawn import SYNC_GO, SYNC_MAPS_WRITTEN, read_child_error, spawn
+from .spawn import SYNC_GO, SYNC_MAPS_WRITTEN, read_child_error, spawn, spawn_joined
 from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
 from .userns import default_maps, write_id_maps
 
@@ -653,21 +653,14 @@ class Container(Sandbox):
             plan.use_vfork = (join_self or self._cgroup is None) and "time" not in namespaces
             if plan.use_vfork:
                 plan.sync_fd = -1
-            _, middle_fd = spawn(plan)
-            for fd in child_ends:
-                os.close(fd)
-            child_ends = []
-            os.waitid(os.P_PIDFD, middle_fd, os.WEXITED)
-            os.close(middle_fd)
-            report = os.read(report_r, 4)
-            if len(report) != 4:
-                failure = read_child_error(error_r, plan)
+            try:
+                grandchild = spawn_joined(plan, child_ends, report_r, error_r)
+            except SetupError as helper_failed:
                 if self._child_exited():
                     # the command ended meanwhile: its pid namespace takes no new process
                     raise StateError("exec", EXITED, "its command has exited (wait() returns its Result)") \
-                        from failure
-                raise failure or SetupError("setns", None, detail="the helper process died")
-            grandchild = int.from_bytes(report, "little", signed=True)
+                        from helper_failed
+                raise
             pidfd = os.pidfd_open(grandchild)
             if self._cgroup is not None and not join_self:
                 self._cgroup.attach(grandchild)

@@ -292,6 +292,32 @@ def spawn(plan: ChildPlan) -> tuple[int, int]:
     return pid, pidfd
 
 
+def spawn_joined(plan: ChildPlan, child_ends: list[int], report_r: int, error_r: int) -> int:
+    """Start a process inside another process's namespaces (``plan.setns_fds``); its pid.
+
+    The child spawn() clones is a middle process: it joins the namespaces,
+    clones the real process (CLONE_PARENT: our child, in the pid namespace
+    too), writes that pid to ``plan.report_fd`` and exits -- runc's nsexec
+    dance, used by ``Container.exec`` and ``minibox-oci exec``.  Here: clone,
+    close ``child_ends`` (emptied: the child holds them now), reap the middle
+    process, and read the pid it reported.  A middle process that died
+    without reporting raises what the child wrote on ``error_r`` (the step
+    that failed), or SetupError("setns").
+    """
+    _, middle_fd = spawn(plan)
+    for fd in child_ends:
+        os.close(fd)
+    child_ends.clear()
+    try:
+        os.waitid(os.P_PIDFD, middle_fd, os.WEXITED)
+    finally:
+        os.close(middle_fd)
+    report = os.read(report_r, 4)
+    if len(report) != 4:
+        raise read_child_error(error_r, plan) or SetupError("setns", None, detail="the helper process died")
+    return int.from_bytes(report, "little", signed=True)
+
+
 def read_child_error(error_fd: int, plan: ChildPlan) -> SetupError | None:
     """Block until the child exec'd (EOF: ``None``) or reported a failed step."""
     data = b""

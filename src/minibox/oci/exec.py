@@ -16,7 +16,7 @@ import contextlib
 import os
 import signal as signal_mod
 
-from ..errors import CommandNotFoundError, MiniboxError, SetupError
+from ..errors import CommandNotFoundError, MiniboxError
 from .config import Process
 from .state import OciError, Record
 
@@ -33,7 +33,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
         return exec_in_vm(record, proc, detach=detach, pid_file=pid_file, console_socket=console_socket,
                           preserve_fds=preserve_fds)
     from ..container.namespaces import JOIN_ORDER
-    from ..container.spawn import ChildPlan, read_child_error, spawn
+    from ..container.spawn import ChildPlan, read_child_error, spawn_joined
     from . import config as config_mod
     from .runtime import _check_preserved, _open_console, hardening
 
@@ -77,17 +77,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
             child_ends.append(plan.tty_socket)
         else:
             plan.stdin_fd, plan.stdout_fd, plan.stderr_fd = 0, 1, 2
-        _, middle_fd = spawn(plan)
-        for fd in child_ends:
-            os.close(fd)
-        child_ends = []
-        os.waitid(os.P_PIDFD, middle_fd, os.WEXITED)
-        os.close(middle_fd)
-        report = os.read(report_r, 4)
-        if len(report) != 4:
-            failure = read_child_error(error_r, plan)
-            raise failure or SetupError("setns", None, detail="the helper process died")
-        grandchild = int.from_bytes(report, "little", signed=True)
+        grandchild = spawn_joined(plan, child_ends, report_r, error_r)
         cgroup = record.cgroup()
         if cgroup is not None:
             cgroup.attach(grandchild)

@@ -217,7 +217,7 @@ def _teardown_child(pid: int | None, pidfd: int | None) -> None:
 def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket: str | None,
            preserve_fds: int, warn: Any = None) -> None:
     from ..container.namespaces import JOIN_ORDER, clone_flags
-    from ..container.spawn import ChildPlan, read_child_error, spawn
+    from ..container.spawn import ChildPlan, read_child_error, spawn, spawn_joined
     from ..container.userns import write_id_maps
     from .config import JOINABLE_AFTER_CLONE
     from .gate import gate_fd
@@ -327,13 +327,11 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             # so it sees its cgroup as "/".
             plan.clone_flags &= ~clone_flags(["cgroup"])
             plan.unshare_cgroupns = True
-        pid, pidfd = spawn(plan)
-        if join_before_clone:
-            for fd in child_ends:   # so that the pipes say EOF once the intermediate is gone
-                os.close(fd)
-            child_ends = []
-            middle_fd, pid, pidfd = pidfd, None, None
-            pid, pidfd = _grandchild(middle_fd, report_r, error_r, plan)
+        if join_before_clone:  # an intermediate joins them and clones the init (container/spawn.py)
+            pid = spawn_joined(plan, child_ends, report_r, error_r)
+            pidfd = os.pidfd_open(pid)
+        else:
+            pid, pidfd = spawn(plan)
         from ..procfs import start_time
 
         record.data.update(pid=pid, starttime=start_time(pid))
@@ -437,25 +435,6 @@ def _remove_parents(made: list[str]) -> None:
     for directory in made:
         with suppress(OSError):
             os.rmdir(directory)
-
-
-def _grandchild(middle_fd: int, report_r: int, error_r: int, plan: ChildPlan) -> tuple[int, int]:
-    """After join_and_fork: reap the intermediate child, return the container init's ``(pid, pidfd)``.
-
-    The init is our own child (CLONE_PARENT).  No report means the
-    intermediate failed a setns or the clone; its error is on the pipe.
-    """
-    from ..container.spawn import read_child_error
-
-    try:
-        os.waitid(os.P_PIDFD, middle_fd, os.WEXITED)
-    finally:
-        os.close(middle_fd)
-    report = os.read(report_r, 4)
-    if len(report) != 4:
-        raise read_child_error(error_r, plan) or SetupError("setns", None, detail="the helper process died")
-    pid = int.from_bytes(report, "little", signed=True)
-    return pid, os.pidfd_open(pid)
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> bool:
