@@ -50,9 +50,7 @@ from ..vm import machine, virtiofs
 from ..vm import plan as _plan
 from ..vm.channels import CappedBuffer, Channels, ExecState
 from ..vm.kernel import ensure_kernel, modules_for
-from ..vm.qmp import Monitor
 from ..vm.virtual_machine import (
-    BOOT_TIMEOUT,
     VirtualMachine,
     _default_rootfs,
     find_qemu,
@@ -160,8 +158,6 @@ class OciVirtualMachine(VirtualMachine):
         stdin_ours, stdin_theirs = socket.socketpair()
         self._socks += [stdin_ours, stdin_theirs]
         child_fds.append(stdin_theirs.fileno())
-        qmp_sock, console, ctl, out, err = ours
-        self._ctl = ctl
         cfg = _plan.machine_config(
             plan, qemu=qemu, kernel=str(kernel.path), initrd=f"/dev/fd/{self._memfd}",
             accel=self._accel.accelerator, machine_type=self._machine, memory=self._memory,
@@ -169,21 +165,9 @@ class OciVirtualMachine(VirtualMachine):
                                       (theirs[2].fileno(), theirs[3].fileno(), theirs[4].fileno())),
             virtiofs_fds=virtiofs_fds)
         cfg.port_fds = [*cfg.port_fds, (STDIN_PORT, stdin_theirs.fileno())]
-        err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
         self.stdin_sock = stdin_ours
-        steps.done("qemu")
-        self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
-        try:
-            self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
-        except Exception as e:
-            raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._ch.qemu_error()}") from e
-        with self._cond:
-            self._cond.wait_for(lambda: bool(self._ch.state.release) or self._ended(), BOOT_TIMEOUT)
-            hello, broken = self._ch.state.release, self._channel_error()
-        if broken is not None:
-            raise broken
-        if not hello:
-            raise SetupError("boot", None, self._why_it_died("the guest agent never said hello"))
+        self._run_qemu(machine.qemu_argv(cfg), child_fds, ours, steps)
+        self._wait_for_hello("boot", "the guest agent never said hello")
 
     def run_command(self) -> None:
         """Send the agent the run (the Spec's config record by record); return once the command runs."""

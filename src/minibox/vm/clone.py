@@ -37,8 +37,7 @@ from . import plan as _plan
 from . import templates as _templates
 from .channels import ExecState
 from .kernel import ensure_kernel, modules_for
-from .qmp import Monitor
-from .virtual_machine import BOOT_TIMEOUT, VirtualMachine, _default_rootfs, find_qemu, kvm_probe, qemu_version
+from .virtual_machine import VirtualMachine, _default_rootfs, find_qemu, kvm_probe, qemu_version
 
 #: After the hello, the template's guest is given this long to settle into
 #: its wait (the agent brings lo up, then polls) before it is saved.
@@ -94,18 +93,10 @@ class _FromFiles(VirtualMachine):
         """Start QEMU (the record exists) as ``config(channel fds)`` says, ``extra_fds`` inherited too."""
         ours, theirs = self._channel_pairs()
         child_fds = [sock.fileno() for sock in theirs] + extra_fds
-        qmp_sock, console, ctl, out, err = ours
-        self._ctl = ctl
         cfg = config((theirs[0].fileno(), theirs[1].fileno(), theirs[2].fileno(), theirs[3].fileno(),
                       theirs[4].fileno()))
         self._cfg = cfg
-        err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
-        steps.done("qemu")
-        self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
-        try:
-            self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
-        except Exception as e:
-            raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._ch.qemu_error()}") from e
+        self._run_qemu(machine.qemu_argv(cfg), child_fds, ours, steps)
 
 
 class TemplateBoot(_FromFiles):
@@ -120,13 +111,7 @@ class TemplateBoot(_FromFiles):
     def _boot(self) -> None:
         extra = snapshot.ram_args(str(self._work / "ram"), self._parts.memory, share=True)
         self._launch(self._parts, self._work / "initrd", extra, StartSteps())
-        with self._cond:
-            self._cond.wait_for(lambda: bool(self._ch.state.release) or self._ended(), BOOT_TIMEOUT)
-            hello, broken = self._ch.state.release, self._channel_error()
-        if broken is not None:
-            raise broken
-        if not hello:
-            raise SetupError("template", None, self._why_it_died("the template's guest never said hello"))
+        self._wait_for_hello("template", "the template's guest never said hello")
 
     def _open_tap(self, steps: StartSteps) -> int:
         """A tap on no bridge, down: the template's NIC must exist (clones have one), but talks to nobody."""

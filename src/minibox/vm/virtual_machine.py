@@ -285,8 +285,6 @@ class VirtualMachine(Sandbox):
         child_fds += [fd for _, fd in virtiofs_fds]
         ours, theirs = self._channel_pairs()
         child_fds += [sock.fileno() for sock in theirs]
-        qmp_sock, console, ctl, out, err = ours
-        self._ctl = ctl
         cfg = _plan.machine_config(
             plan, qemu=qemu, kernel=str(kernel.path), initrd=f"/dev/fd/{self._memfd}",
             accel=self._accel.accelerator, machine_type=self._machine, memory=self._memory,
@@ -301,14 +299,37 @@ class VirtualMachine(Sandbox):
             child_fds.append(self._tap_fd)
             cfg.tap_fd, cfg.mac = self._tap_fd, self._net.mac
             steps.done("tap")
-        err_r = self._start_qemu(machine.qemu_argv(cfg), child_fds)
+        self._run_qemu(machine.qemu_argv(cfg), child_fds, ours, steps)
+        self._wait_for_start(plan.spec)
+
+    def _run_qemu(self, argv: list[str], child_fds: list[int], ours: Sequence[socket.socket],
+                  steps: StartSteps) -> None:
+        """Start QEMU (supervised, see _start_qemu), pump its channels and connect QMP.
+
+        ``ours`` are our ends of :meth:`_channel_pairs` (QMP, console,
+        control, stdout, stderr); every path that starts a QEMU -- a cold
+        boot, a template boot or clone, a restore, minibox-oci-vm's
+        supervisor -- goes through here.
+        """
+        qmp_sock, console, ctl, out, err = ours
+        self._ctl = ctl
+        err_r = self._start_qemu(argv, child_fds)
         steps.done("qemu")
         self._ch.start(f"vm-{self._id}-io", console, out, err, ctl, err_r)
         try:
             self._monitor = Monitor(qmp_sock, self._on_event, name=f"minibox-{self._id}")
         except Exception as e:
             raise SetupError("qmp", None, f"QEMU did not answer on QMP: {self._ch.qemu_error()}") from e
-        self._wait_for_start(plan.spec)
+
+    def _wait_for_hello(self, step: str, what: str) -> None:
+        """Wait until the agent has said hello (it then waits for its run); SetupError(step) if it never does."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._ch.state.release) or self._ended(), BOOT_TIMEOUT)
+            hello, broken = self._ch.state.release, self._channel_error()
+        if broken is not None:
+            raise broken
+        if not hello:
+            raise SetupError(step, None, self._why_it_died(what))
 
     def _create_record(self, spec: Spec) -> Any:
         """This VM's record, before anything it names exists (see minibox/records.py)."""
