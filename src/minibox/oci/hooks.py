@@ -17,7 +17,10 @@ from .state import OciError
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    from .state import Record
 
 
 def run_hooks(kind: str, hooks: list[dict[str, Any]], state: dict[str, Any]) -> None:
@@ -38,3 +41,13 @@ def run_hooks(kind: str, hooks: list[dict[str, Any]], state: dict[str, Any]) -> 
             err = done.stderr.decode(errors="replace").strip().splitlines()
             raise OciError(f"hooks.{kind}[{i}] {hook['path']} exited with status {done.returncode}"
                            + (f": {err[-1]}" if err else ""))
+
+
+def run_recorded_hooks(kind: str, record: Record, state: dict[str, Any],
+                       warn: Callable[[str], None] | None) -> None:
+    """poststart/poststop: the hooks ``create`` recorded; a failure is only logged (``warn``), as the spec says."""
+    try:
+        run_hooks(kind, record.data.get("hooks", {}).get(kind, []), state)
+    except OciError as e:
+        if warn is not None:
+            warn(str(e))

@@ -483,13 +483,9 @@ def start(record: Record, warn: Any = None) -> None:
             time.sleep(0.0005)
     finally:
         os.close(fd)
-    from .hooks import run_hooks
+    from .hooks import run_recorded_hooks
 
-    try:
-        run_hooks("poststart", record.data.get("hooks", {}).get("poststart", []), record.oci_state())
-    except OciError as e:
-        if warn is not None:
-            warn(str(e))
+    run_recorded_hooks("poststart", record, record.oci_state(), warn)
 
 
 def parse_signal(value: str) -> int:
@@ -578,13 +574,9 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
         _remove_parents(record.data["cgroup"].get("made_parents", []))
     state = record.oci_state()
     state["status"] = "stopped"
-    from .hooks import run_hooks
+    from .hooks import run_recorded_hooks
 
-    try:
-        run_hooks("poststop", record.data.get("hooks", {}).get("poststop", []), state)
-    except OciError as e:
-        if warn is not None:
-            warn(str(e))
+    run_recorded_hooks("poststop", record, state, warn)
     record.remove()
 
 

@@ -285,13 +285,9 @@ def start(record: Record, warn: Any = None) -> None:
     _ask(record, {"op": "start"}, timeout=None)
     record.data["started"] = True
     record.save()
-    from .hooks import run_hooks
+    from .hooks import run_recorded_hooks
 
-    try:
-        run_hooks("poststart", record.data.get("hooks", {}).get("poststart", []), record.oci_state())
-    except OciError as e:
-        if warn is not None:
-            warn(str(e))
+    run_recorded_hooks("poststart", record, record.oci_state(), warn)
 
 
 def kill(record: Record, sig: int, all_processes: bool = False) -> None:
@@ -353,13 +349,9 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
     _destroy(record)
     state = record.oci_state()
     state["status"] = "stopped"
-    from .hooks import run_hooks
+    from .hooks import run_recorded_hooks
 
-    try:
-        run_hooks("poststop", record.data.get("hooks", {}).get("poststop", []), state)
-    except OciError as e:
-        if warn is not None:
-            warn(str(e))
+    run_recorded_hooks("poststop", record, state, warn)
     record.remove()
 
 
