@@ -696,13 +696,9 @@ def entry_point() -> None:
     Finalizing dozens of modules costs milliseconds a short-lived command
     does not need to spend; every file minibox opened is closed by then.
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    owner = sys.modules.get("minibox.owner")
-    if owner is not None:  # os._exit skips atexit: remove the owner's lock file as its hook would
-        owner._remove_lock_at_exit()
-    os._exit(code)
+    from ._lean import leave
+
+    leave(main())
 
 
 if __name__ == "__main__":

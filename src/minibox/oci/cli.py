@@ -382,10 +382,6 @@ def entry_point() -> None:
     modules costs milliseconds that buy nothing: every file is closed by
     then, and the processes minibox-oci forks end with their own os._exit.
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    owner = sys.modules.get("minibox.owner")
-    if owner is not None:  # os._exit skips atexit: remove the owner's lock file as its hook would
-        owner._remove_lock_at_exit()
-    os._exit(code)
+    from .._lean import leave
+
+    leave(main())
