@@ -24,13 +24,16 @@
  *      compiled, execve         (setrlimit(2), capset(2), prctl(2), seccomp(2))
  *   6. runs the command with its stdout/stderr wired straight to the ports,
  *      serves exec requests from the host while it runs, reports how each
- *      command ended, and
+ *      command ended (the main command's report once every other process
+ *      is gone, with the bytes its ports carried: the host ends the VM as
+ *      soon as it has them, docs/vm.md "How a run ends"), and
  *   7. powers the machine off                                (reboot(2))
  *
  * The control port carries a small framed protocol (docs/vm.md):
  *     u32 length (little endian) | u8 type | u32 id | length bytes of payload
  * Guest -> host:  'H' hello (uname release)   'S' started (pid)
- *                 'O'/'E' output of an exec   'X' exit ("x N" or "s N")
+ *                 'O'/'E' output of an exec   'X' exit ("x N" or "s N", usage;
+ *                                             the main command's: + out/err bytes)
  *                 'F' failure ("step\0errno\0detail")
  * Host -> guest:  'x' exec (records like the config's: A argv, E env, C cwd,
  *                 U uid, G gid, T tty, and last I + raw stdin bytes)
@@ -479,7 +482,7 @@ static void load_modules(void)
 }
 
 /* virtio-serial ports show up in sysfs a moment after virtio_console loads. */
-static int open_port(const char *want)
+static int open_port(const char *want, char *dev, size_t devlen)
 {
     for (int tries = 0; tries < 1000; tries++) {
         DIR *d = opendir("/sys/class/virtio-ports");
@@ -503,6 +506,8 @@ static int open_port(const char *want)
                 snprintf(path, sizeof path, "/dev/%s", e->d_name);
                 fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY);
                 if (fd >= 0) {
+                    if (dev)
+                        snprintf(dev, devlen, "%s", e->d_name);
                     closedir(d);
                     return fd;
                 }
@@ -513,6 +518,51 @@ static int open_port(const char *want)
         usleep(5000);
     }
     return -1;
+}
+
+/* How many bytes the guest's virtio_console driver has handed to the host
+ * on a port: the "bytes_sent:" line of its debugfs file
+ * (drivers/char/virtio_console.c, port_debugfs_show), counted as each
+ * write(2) queues its buffer.  The main command writes its output straight
+ * to the stdout/stderr ports, so only the kernel knows how much it wrote;
+ * with these counts in the exit frame the host knows when it has received
+ * all of it and need not wait for QEMU to close the ports (docs/vm.md,
+ * "How a run ends").  The files are opened before the root switch (after
+ * it, the initramfs's /sys is out of reach) and read with pread(2), which
+ * regenerates a seq_file from offset 0.  -1: no debugfs (a kernel built
+ * without it); the host then waits for the ports' end of file as before. */
+static int out_count_fd = -1, err_count_fd = -1;
+
+static int open_count(const char *dev)
+{
+    char path[128];
+    if (!dev[0])
+        return -1;
+    snprintf(path, sizeof path, "/sys/kernel/debug/virtio-ports/%s", dev);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+static void open_port_counters(const char *out_dev, const char *err_dev)
+{
+    mkdir("/sys/kernel/debug", 0700);
+    if (mount("debugfs", "/sys/kernel/debug", "debugfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0 &&
+        errno != EBUSY)
+        return;
+    out_count_fd = open_count(out_dev);
+    err_count_fd = open_count(err_dev);
+}
+
+static long long port_bytes_sent(int fd)
+{
+    char buf[512];
+    if (fd < 0)
+        return -1;
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *at = strstr(buf, "bytes_sent: ");
+    return at ? strtoll(at + 12, NULL, 10) : -1;
 }
 
 static void mkdirs(const char *path)
@@ -1118,17 +1168,44 @@ err:;
 static void report_exit(uint32_t id, int status, const struct rusage *ru, long oom_before)
 {
     /* then the guest cgroup's OOM kills since it started (see oom_kills) */
-    char usage[96];
+    char usage[160];
     snprintf(usage, sizeof usage, " %ld %lld %ld", ru ? ru->ru_maxrss : 0L,
              ru ? (long long)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) * 1000000LL +
                   ru->ru_utime.tv_usec + ru->ru_stime.tv_usec : 0LL,
              oom_kills() - oom_before);
+    /* the main command's exit also says how many bytes its stdout and
+     * stderr ports carried (port_bytes_sent), when the guest can count */
+    long long out_sent = id == 0 ? port_bytes_sent(out_count_fd) : -1;
+    long long err_sent = id == 0 ? port_bytes_sent(err_count_fd) : -1;
+    if (out_sent >= 0 && err_sent >= 0) {
+        size_t used = strlen(usage);
+        snprintf(usage + used, sizeof usage - used, " %lld %lld", out_sent, err_sent);
+    }
     if (WIFSIGNALED(status) && init_mode && id == 0)
         send_text('X', id, "x %d%s", 128 + WTERMSIG(status), usage);  /* as minibox-init exits */
     else if (WIFSIGNALED(status))
         send_text('X', id, "s %d%s", WTERMSIG(status), usage);
     else
         send_text('X', id, "x %d%s", WEXITSTATUS(status), usage);
+}
+
+/* SIGKILL every process but this one (kill(2): pid -1), then reap them all:
+ * orphans are our children, as PID 1.  Bounded: a process stuck in the
+ * kernel (a hung share) must not keep the exit from the host for ever. */
+static void end_other_processes(void)
+{
+    kill(-1, SIGKILL);
+    for (int waited_ms = 0; waited_ms < 2000;) {
+        pid_t pid = waitpid(-1, NULL, WNOHANG);
+        if (pid < 0 && errno == EINTR)
+            continue;
+        if (pid < 0)
+            return;   /* ECHILD: none left */
+        if (pid == 0) {
+            usleep(1000);
+            waited_ms++;
+        }
+    }
 }
 
 static void finish_exec_if_done(struct exec_slot *s)
@@ -1510,6 +1587,11 @@ static void warm_up(uint32_t id, char *payload, uint32_t len)
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     }
     close(pipefd[0]);
+    /* and the end of a run: no process is left to end, nothing to write back, but the paths are the run's */
+    end_other_processes();
+    sync();
+    port_bytes_sent(out_count_fd);
+    port_bytes_sent(err_count_fd);
     if (pid < 0)
         fail(id, "warm-up", err, "fork");
     else
@@ -1533,17 +1615,19 @@ int main(void)
         power_off();
     }
     load_modules();
-    ctl_fd = open_port("minibox.control");
-    out_fd = open_port("minibox.stdout");
-    err_fd = open_port("minibox.stderr");
+    char out_dev[64] = "", err_dev[64] = "";
+    ctl_fd = open_port("minibox.control", NULL, 0);
+    out_fd = open_port("minibox.stdout", out_dev, sizeof out_dev);
+    err_fd = open_port("minibox.stderr", err_dev, sizeof err_dev);
     if (stdin_port_wanted)
-        stdin_port = open_port("minibox.stdin");
+        stdin_port = open_port("minibox.stdin", NULL, 0);
     if (ctl_fd < 0 || out_fd < 0 || err_fd < 0 || (stdin_port_wanted && stdin_port < 0)) {
         console("minibox-agent: virtio-serial ports missing (is virtio_console loaded?)");
         power_off();
     }
     struct utsname u;
     uname(&u);
+    open_port_counters(out_dev, err_dev);
     send_text('H', 0, "%s", u.release);
     setup_network();
     if (template_mode) {
@@ -1667,8 +1751,15 @@ int main(void)
         fcntl(main_master, F_SETFL, O_NONBLOCK);
         while (relay_master(&main_master) == 0) {}
     }
+    /* The run is over.  What the host reports must be complete when the
+     * exit frame arrives, because the host may end QEMU as soon as it has
+     * the frame and the output the frame counts: so first end every other
+     * process (an orphan could still be writing to the ports, or to a
+     * shared file system) and write the guest's dirty pages back (a file
+     * the command wrote on a virtiofs share), then count and report. */
+    end_other_processes();
+    sync();
     report_exit(0, main_status, NULL, 0);
-    kill(-1, SIGKILL);
     power_off();
     return 0;
 }

@@ -77,6 +77,9 @@ def test_agent_frames_round_trip() -> None:
     assert got == [(b"X", 7, b"x 3"), (b"O", 8, b"hello")]
     assert agent.parse_exit(b"x 3") == (3, None)
     assert agent.parse_exit(b"s 9") == (None, 9)
+    main_exit = b"x 0 0 0 0 12 3"  # the main command's: usage, then its stdout and stderr byte counts
+    assert agent.parse_exit(main_exit) == (0, None) and agent.parse_exit_output(main_exit) == (12, 3)
+    assert agent.parse_exit_output(b"x 0 0 0 0") is None  # a guest that cannot count
     assert agent.parse_failure(b"execve\x002\x00/bin/nope") == ("execve", 2, "/bin/nope")
 
 
@@ -86,7 +89,8 @@ def test_the_frame_reader_refuses_oversized_unknown_and_malformed_frames() -> No
         list(reader.feed(struct.pack("<IBI", 0xFFFFFFFF, ord("O"), 1)))
     with pytest.raises(ProtocolError, match="unknown frame type 0x7a"):
         list(agent.FrameReader().feed(agent.frame(b"z", 0, b"")))
-    for bad in (b"x banana", b"x 256", b"s 0", b"q 1", b"x -1", b""):
+    for bad in (b"x banana", b"x 256", b"s 0", b"q 1", b"x -1", b"", b"x 0 0 0 0 12", b"x 0 0 0 0 -1 3",
+                b"x 0 0 0 0 1 2 3"):
         with pytest.raises(ProtocolError):
             agent.parse_exit(bad)
     with pytest.raises(ProtocolError):

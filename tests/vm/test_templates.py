@@ -62,6 +62,29 @@ def test_a_template_run_keeps_the_vm_contract(no_leaks: None) -> None:
     assert result.reason == "timeout"
 
 
+def test_a_run_ends_at_its_exit_with_all_its_output_and_nothing_its_orphans_write_later(no_leaks: None) -> None:
+    """The host ends the VM once the exit and all the output it counts are in, not at the guest's poweroff.
+
+    Interleaved megabytes on both streams arrive whole; the guest's own
+    counts (the exit frame's) match what the host received; an orphan the
+    command left behind is ended with it, as in a container's pid namespace,
+    so what it would have written later never appears.
+    """
+    from minibox.vm.clone import TemplateClone
+
+    orphan = "(while [ ! -e /tmp/ended ]; do sleep 0.05; done; sleep 0.5; echo late; echo late >&2) &"
+    script = f"{orphan} seq 1 300000 & a=$!; seq 1 100000 >&2 & b=$!; wait $a $b; echo done; touch /tmp/ended"
+    with TemplateClone(Spec(argv=["sh", "-c", script])) as vm:
+        result = vm.wait()
+        claimed = vm._ch.state.main_output
+    out = "".join(f"{i}\n" for i in range(1, 300_001)).encode() + b"done\n"
+    err = "".join(f"{i}\n" for i in range(1, 100_001)).encode()
+    assert result.exit_code == 0
+    assert (len(result.stdout), len(result.stderr)) == (len(out), len(err))
+    assert (result.stdout, result.stderr) == (out, err)
+    assert claimed == (len(out), len(err)), "the guest's exit frame did not count the output it sent"
+
+
 def test_a_clone_that_remounts_its_root_writes_only_its_own_copy(no_leaks: None) -> None:
     from minibox.images.busybox import default_rootfs
 

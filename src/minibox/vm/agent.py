@@ -283,12 +283,14 @@ def parse_exit(payload: bytes) -> tuple[int | None, int | None]:
     """``b"x 3"`` -> (3, None); ``b"s 9"`` -> (None, 9); anything else is a ProtocolError.
 
     The agent adds three numbers (an exec's peak RSS in KiB, its CPU time in
-    microseconds, the guest cgroup's OOM kills while it ran): validated here,
-    read by :func:`parse_exit_usage` and :func:`parse_exit_oom`.
+    microseconds, the guest cgroup's OOM kills while it ran), and for the
+    main command two more (the bytes its stdout and stderr ports carried):
+    validated here, read by :func:`parse_exit_usage`, :func:`parse_exit_oom`
+    and :func:`parse_exit_output`.
     """
     fields = payload.decode("ascii", errors="replace").split(" ")
-    if len(fields) not in (2, 5):
-        raise ProtocolError(f"an exit frame has {len(fields)} fields, not 2 or 5: {payload[:64]!r}")
+    if len(fields) not in (2, 5, 7):
+        raise ProtocolError(f"an exit frame has {len(fields)} fields, not 2, 5 or 7: {payload[:64]!r}")
     for extra in fields[2:]:
         _number(extra, "an exit frame's usage", payload, 0, 1 << 62)
     kind, number = fields[0], fields[1]
@@ -310,6 +312,18 @@ def parse_exit_usage(payload: bytes) -> tuple[int | None, float | None]:
     if len(fields) < 4 or fields[2] == "0":
         return None, None
     return int(fields[2]) * 1024, int(fields[3]) / 1e6
+
+
+def parse_exit_output(payload: bytes) -> tuple[int, int] | None:
+    """The bytes the main command's stdout and stderr ports carried (fields 6 and 7), if the guest counted.
+
+    The guest kernel counts them as each write(2) queues its buffer
+    (virtio_console's debugfs ``bytes_sent``); the agent reads them once
+    every process has ended.  A hostile guest may claim anything: the host
+    uses them only to stop waiting early, never to wait longer.
+    """
+    fields = payload.decode().split()
+    return (int(fields[5]), int(fields[6])) if len(fields) == 7 else None
 
 
 def parse_exit_oom(payload: bytes) -> bool:

@@ -96,6 +96,7 @@ class AgentState:
     running: bool = False                               # the main command started
     main_exit: tuple[int | None, int | None] | None = None
     main_oom: bool = False                              # the guest cgroup's OOM killer ended some of it
+    main_output: tuple[int, int] | None = None          # bytes its stdout/stderr ports carried, per the guest
     failure: tuple[str, int, str] | None = None         # a setup step of the main command failed
     execs: dict[int, ExecState] = field(default_factory=dict)
     io_done: bool = False                               # every channel reached EOF
@@ -148,6 +149,9 @@ class Channels:
         self._thread: threading.Thread | None = None
         #: Bytes read on every channel so far: whether the pump still makes progress.
         self.bytes_read = 0
+        #: Bytes read from the main command's stdout and stderr ports (kept or not).
+        self.out_received = 0
+        self.err_received = 0
 
     # ---- the pump ----------------------------------------------------------------
 
@@ -167,10 +171,24 @@ class Channels:
               ctl: socket.socket, qemu_err: int) -> None:
         """Copy every channel until QEMU closes them all; runs in its own thread."""
         reader = _agent.FrameReader()
+        to_stdout, to_stderr = fd_sink(self._out_fd, self.stdout_buf), fd_sink(self._err_fd, self.stderr_buf)
+
+        def stdout(data: bytes) -> None:
+            to_stdout(data)
+            with self.cond:  # output_complete() reads it under the condition
+                self.out_received += len(data)
+                self.cond.notify_all()
+
+        def stderr(data: bytes) -> None:
+            to_stderr(data)
+            with self.cond:
+                self.err_received += len(data)
+                self.cond.notify_all()
+
         sinks: dict[int, Callable[[bytes], None]] = {
             console.fileno(): lambda b: keep_tail(self.console, b),
-            out.fileno(): fd_sink(self._out_fd, self.stdout_buf),
-            err.fileno(): fd_sink(self._err_fd, self.stderr_buf),
+            out.fileno(): stdout,
+            err.fileno(): stderr,
             ctl.fileno(): lambda b: self._frames(reader, b),
             qemu_err: lambda b: keep_tail(self.qemu_err, b),
         }
@@ -244,6 +262,7 @@ class Channels:
             if ident == 0:
                 st.main_exit = status
                 st.main_oom = _agent.parse_exit_oom(payload)
+                st.main_output = _agent.parse_exit_output(payload)
             elif ident in st.execs:
                 st.execs[ident].exit = status
                 peak, cpu = _agent.parse_exit_usage(payload)
@@ -255,6 +274,23 @@ class Channels:
                 st.failure = failure
             elif ident in st.execs:
                 st.execs[ident].failure = failure
+
+    def output_complete(self) -> bool:
+        """Whether all the main command's output is here (the caller holds ``cond``).
+
+        True once the agent reported the exit with its output counts and the
+        pump has read at least that much from both ports (or every channel
+        ended).  The guest's counts are final when it sends them (every
+        process in the guest has ended), and what the guest queued, QEMU
+        relays to our sockets, in order: so nothing more of the command's
+        output can come, and the VM may be ended without waiting for QEMU
+        to close the ports.
+        """
+        claimed = self.state.main_output
+        if self.state.io_done:
+            return True
+        return (claimed is not None and self.out_received >= claimed[0]
+                and self.err_received >= claimed[1])
 
     # ---- what the host reports -----------------------------------------------------
 

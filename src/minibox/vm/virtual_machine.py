@@ -566,10 +566,14 @@ class VirtualMachine(Sandbox):
         with self._cond:
             main_exit, failure = self._ch.state.main_exit, self._ch.state.failure
         try:
+            complete = False
             if main_exit is not None:
-                with self._cond:  # the agent powers off right after reporting
-                    self._cond.wait_for(lambda: self._shutdown is not None or self._ch.state.io_done
+                # All of the command's output is here (the exit frame counts it; Channels.output_complete),
+                # or, from a guest that cannot count, the agent powers off right after reporting.
+                with self._cond:
+                    self._cond.wait_for(lambda: self._ch.output_complete() or self._shutdown is not None
                                         or self._channel_error() is not None, POWEROFF_TIMEOUT)
+                    complete = self._ch.output_complete()
             with self._cond:
                 broken = self._channel_error()
             if broken is not None:
@@ -577,7 +581,9 @@ class VirtualMachine(Sandbox):
                 raise broken
             if main_exit is not None:
                 self._read_usage()
-                self._stop_qemu(graceful=True)
+                # Complete: nothing the guest still does can matter (its processes are gone, its
+                # writes to shares synced before it reported), so SIGKILL rather than wait for it.
+                self._stop_qemu(graceful=not complete)
                 code, sig = main_exit
                 out, err = self._ch.captured()
                 self._result = make_result(code, sig, started=self._started_at, stdout=out, stderr=err,
