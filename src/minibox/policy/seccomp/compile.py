@@ -42,6 +42,16 @@ def compile_bpf(profile: Profile) -> bytes:
         _check(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_ACT_BADARCH, ACT_KILL_PROCESS), "bad-arch action")
         # The C child sets no_new_privs itself (and we only export, never load).
         _check(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_NNP, 0), "no_new_privs attribute")
+        # Level 2: the syscall numbers are sorted into a binary tree (libseccomp >= 2.5,
+        # seccomp_attr_set(3)).  The default program is a deny list, so in the linear layout an
+        # allowed call walks the whole list (~140 compares on x86_64); in the tree, ~10.  The
+        # kernel runs the program once per syscall number when it loads it (kernel/seccomp.c,
+        # seccomp_cache_prepare: the calls that are always allowed then skip the filter), so the
+        # load is what the tree speeds up: 0.18-0.28 ms instead of 0.49-0.65 ms here, on every
+        # container start (measured 2026-12-02 with a C loop of prctl(PR_SET_SECCOMP) in forked
+        # children; a call the filter does run, ioctl, costs the same either way).  Same verdicts.
+        # An older libseccomp refuses the attribute: the linear program is as correct, only slower.
+        lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_OPTIMIZE, 2)
         for arch in profile.arches:
             if lib.seccomp_arch_exist(ctx, arch) != 0:
                 _check(lib.seccomp_arch_add(ctx, arch), f"adding architecture {arch:#x}")
