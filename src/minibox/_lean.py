@@ -13,7 +13,10 @@ for what they provide here:
 * :func:`send_fd` -- :mod:`socket` wraps ``_socket`` in enum classes too and
   imports :mod:`selectors` (about 4 ms);
 * :func:`leave` -- ``sys.exit`` would finalize every imported module first,
-  milliseconds a short-lived command does not need to spend.
+  milliseconds a short-lived command does not need to spend;
+* :func:`begin` -- not a stand-in: the cycle collector's default pace
+  spends a short-lived command's milliseconds on the objects it has just
+  imported.
 
 Each behaves as the standard version does for the way minibox uses it.
 The rest of minibox (the VM path, the demos, gc) imports the standard
@@ -126,6 +129,26 @@ def contextmanager(function: Callable[P, Iterator[T]]) -> Callable[P, AbstractCo
 def send_fd(sock: _socket.socket, message: bytes, fd: int) -> None:
     """Send ``message`` with one file descriptor over a Unix socket (SCM_RIGHTS), as :func:`socket.send_fds`."""
     sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder, signed=True))])
+
+
+#: A console script's cycle collector runs after this many net allocations (Python's default: 700).
+COLLECT_AFTER = 20_000
+
+
+def begin() -> None:
+    """A console script's start: collect reference cycles every :data:`COLLECT_AFTER` allocations.
+
+    At the default 700, a ``minibox run -- /bin/true`` made ten young
+    collections and one of the middle generation, and that one walked every
+    object of the modules imported so far: 2-2.5 ms of a 44 ms command
+    (measured with gc.callbacks, docs/benchmarks.md).  The whole command
+    allocates about 5,000-6,500 objects, so now it collects none; a long
+    command (``minibox compare``, a VM's event loop) still collects, in
+    larger batches.
+    """
+    import gc
+
+    gc.set_threshold(COLLECT_AFTER)
 
 
 def leave(code: int) -> NoReturn:

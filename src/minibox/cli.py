@@ -695,9 +695,11 @@ def entry_point() -> None:
 
     Finalizing dozens of modules costs milliseconds a short-lived command
     does not need to spend; every file minibox opened is closed by then.
+    The cycle collector runs at a short command's pace (:func:`minibox._lean.begin`).
     """
-    from ._lean import leave
+    from ._lean import begin, leave
 
+    begin()
     leave(main())
 
 

@@ -46,7 +46,6 @@ from .plan import choose_root, pid_bound_ops, process_plan
 from .rootfs import mount_plan
 from .spawn import SYNC_GO, SYNC_MAPS_WRITTEN, read_child_error, spawn, spawn_joined
 from .stdio import Pipes, communicate, copy_window_size, fd_for_child, receive_fd, relay_tty
-from .userns import default_maps, write_id_maps
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -170,7 +169,12 @@ class Container(Sandbox):
         in_userns = "user" in namespaces
         # Everything that can reject the Spec runs before anything exists.
         plan = process_plan(spec, spec.argv)
-        uid_map, gid_map = default_maps(spec) if in_userns else ((), ())
+        uid_map: Sequence[Any] = ()
+        gid_map: Sequence[Any] = ()
+        if in_userns:  # userns.py is imported by the containers that have a user namespace only
+            from .userns import default_maps
+
+            uid_map, gid_map = default_maps(spec)
         spec, rootfs, root, readonly = choose_root(spec, plan)
         self._record = self._create_record(spec)
         steps.done("record")
@@ -288,6 +292,8 @@ class Container(Sandbox):
                 self._supervise(released=plan.use_vfork)
                 steps.done("spawn")
                 if in_userns:
+                    from .userns import write_id_maps
+
                     write_id_maps(self._pid, uid_map, gid_map)
                     os.write(sync_w, SYNC_MAPS_WRITTEN)
                 # These run while the child sets up its mounts.

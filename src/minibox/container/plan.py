@@ -17,11 +17,9 @@ import os
 
 from .._record import replace
 from ..errors import PreflightError
-from ..images.busybox import default_rootfs
 from ..spec import DEFAULT_PATH, Mount, Spec
 from .rootfs import OP_WRITE, WRITE_AS_PID1, MountOp, overlay_root
 from .spawn import ChildPlan
-from .userns import default_maps
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -154,7 +152,9 @@ def process_plan(spec: Spec, argv: Sequence[str]) -> ChildPlan:
     in_userns = "user" in spec.effective_namespaces
     plan.set_ids = spec.user != (0, 0) or in_userns
     plan.set_groups = not in_userns or os.geteuid() == 0
-    if in_userns:
+    if in_userns:  # userns.py is imported by the containers that have a user namespace only
+        from .userns import default_maps
+
         uid_map, gid_map = default_maps(spec)
         plan.become_root = _maps_root(uid_map) and _maps_root(gid_map)
     _hardening(spec, plan)
@@ -173,7 +173,11 @@ def choose_root(spec: Spec, plan: ChildPlan) -> tuple[Spec, str, str, bool]:
     (``rootfs_overlay``).  Without overlayfs the shared image is mounted
     read-only with a private /tmp (the returned Spec has that mount).
     """
-    image = spec.rootfs or str(default_rootfs())
+    image = spec.rootfs
+    if not image:  # the image's module is imported by the containers that use the image only
+        from ..images.busybox import default_rootfs
+
+        image = str(default_rootfs())
     root = image
     readonly = spec.readonly_rootfs
     if (spec.rootfs is None or spec.rootfs_overlay) and _overlayfs_available():
