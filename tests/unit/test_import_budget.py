@@ -23,7 +23,7 @@ from minibox._record import replace
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
-from importtime import FORBIDDEN, OCI  # noqa: E402  (bench/ is not a package)
+from importtime import FORBIDDEN, OCI, ONLY_WHEN_USED  # noqa: E402  (bench/ is not a package)
 
 # Everything `minibox run` imports before the container's clone: the flags,
 # the Spec, and the modules the container path loads at the top.
@@ -54,6 +54,7 @@ def test_the_run_path_imports_nothing_forbidden() -> None:
     imported = _imported(IMPORT_PATH)
     assert "minibox.container.spawn" in imported  # the path was really walked
     assert not imported & FORBIDDEN, f"the run path imports {sorted(imported & FORBIDDEN)}"
+    assert "minibox.container.userns" not in imported  # no user namespace in that Spec
 
 
 def test_the_oci_verbs_import_nothing_forbidden() -> None:
@@ -82,12 +83,17 @@ def test_import_minibox_is_lean_and_complete() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="minibox run needs root to create namespaces")
 def test_a_whole_cli_run_imports_nothing_forbidden(busybox_rootfs: str) -> None:
-    code = ("import sys; from minibox.cli import main; "
+    # as the console script runs it (entry_point: _lean.begin(), then main), counting cycle collections
+    code = ("import sys, gc; from minibox._lean import begin; begin(); from minibox.cli import main; "
+            "passes = []; gc.callbacks.append(lambda phase, info: passes.append(info)); "
             "code = main(['run', '--rootfs', sys.argv[1], '--', '/bin/true']); "
-            "print(' '.join(sorted(sys.modules)) if code == 0 else code)")
+            "print(' '.join(sorted(sys.modules)), f'collections={len(passes) // 2}' if code == 0 else code)")
     imported = _imported(code, busybox_rootfs)
     assert "minibox.container.spawn" in imported
     assert not imported & FORBIDDEN, f"minibox run imports {sorted(imported & FORBIDDEN)}"
+    assert not imported & ONLY_WHEN_USED, f"minibox run --rootfs imports {sorted(imported & ONLY_WHEN_USED)}"
+    # a collection walks the objects of every module imported so far: ~2 ms each here (_lean.begin)
+    assert "collections=0" in imported
 
 
 def test_records_keep_the_dataclass_contract() -> None:
