@@ -39,9 +39,10 @@
  *                 U uid, G gid, T tty, and last I + raw stdin bytes)
  *                 'k' kill (signal)
  *                 'i' stdin bytes (id 0: a template clone's command, before 'c';
- *                     an exec's id: its streamed stdin, request record 'j'; empty: the end)
+ *                     an exec's id: its streamed stdin, request record 'j'; empty: the end;
+ *                     a tty exec's id: typed into its pty, as it comes)
  *                 'c' the run's config (template clones)
- *                 'w' the main command's terminal size ("rows cols")
+ *                 'w' a terminal's size ("rows cols"): id 0 the main command's, an exec's id its pty's
  *                 'r' re-initialise after a restore ("sec nsec\0hex\0": the
  *                     host's clock and entropy, as for a clone); answered by
  *                     'X' "x 0" with the same id, or 'F' naming the step
@@ -191,6 +192,7 @@ struct exec_slot {
     pid_t pid;
     int out, err;       /* read ends of the child's pipes (or its pty), -1 once at EOF */
     int in;             /* write end of a streamed stdin (record j), -1 when none or ended */
+    int master;         /* a tty exec's pty master, for its input ('i') and size ('w'); else -1 */
     int status, exited;
     struct rusage ru;   /* from wait4(2): the exec's Result.usage */
     long oom_before;    /* oom_kills() when it started */
@@ -1084,15 +1086,17 @@ static int stdin_fd(const struct command *c, int *stream_w)
 }
 
 /* A pty's input: what the caller gave, written once without blocking the
- * agent (a pty takes a few KiB; the container path writes it once too). */
-static void feed_pty(int master, const char *data, size_t len)
+ * agent (a pty takes some KiB the command has not read yet; the container
+ * path writes it once too).  Returns how much it took. */
+static ssize_t feed_pty(int master, const char *data, size_t len)
 {
     if (master < 0 || !data || !len)
-        return;
+        return 0;
     int flags = fcntl(master, F_GETFL);
     fcntl(master, F_SETFL, flags | O_NONBLOCK);
-    if (write(master, data, len) < 0) { /* the command will see less input */ }
+    ssize_t put = write(master, data, len);   /* short or -1: the command will see less input */
     fcntl(master, F_SETFL, flags);
+    return put;
 }
 
 /* An exec request: the same records as the config's command, then 'I' and
@@ -1146,7 +1150,10 @@ static void start_exec(uint32_t id, char *payload, uint32_t len)
         close(e[1]);
     }
     feed_pty(master, c.stdin_data, c.stdin_len);
+    /* a tty exec's master twice: its output is read (and closed at its end) through .out */
+    int input = c.tty ? fcntl(master, F_DUPFD_CLOEXEC, 0) : -1;
     *slot = (struct exec_slot){ .id = id, .pid = pid, .out = c.tty ? master : o[0], .err = e[0], .in = stream_w,
+                                .master = input,
                                 .oom_before = oom_kills() };
     send_text('S', id, "%d", pid);
     return;
@@ -1214,7 +1221,9 @@ static void finish_exec_if_done(struct exec_slot *s)
         report_exit(s->id, s->status, &s->ru, s->oom_before);
         if (s->in >= 0)
             close(s->in);
-        s->in = -1;
+        if (s->master >= 0)
+            close(s->master);
+        s->in = s->master = -1;
         s->pid = 0;
     }
 }
@@ -1299,6 +1308,12 @@ static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
         /* an exec's streamed stdin: the bytes, or (empty) its end */
         for (int i = 0; i < MAX_EXECS; i++) {
             struct exec_slot *slot = &execs[i];
+            if (slot->pid && slot->id == id && slot->master >= 0) {
+                /* a tty's input, as typed (it has no end of file to pass on) */
+                if (len && feed_pty(slot->master, payload, len) != (ssize_t)len)
+                    console("minibox-agent: exec %u: its pty is full, input dropped", id);
+                continue;
+            }
             if (!slot->pid || slot->id != id || slot->in < 0)
                 continue;
             if (len == 0 || write(slot->in, payload, len) != (ssize_t)len) {
@@ -1319,8 +1334,12 @@ static void handle_frame(char type, uint32_t id, char *payload, uint32_t len)
         char *rest;
         ws.ws_row = (unsigned short)strtoul(payload, &rest, 10);
         ws.ws_col = (unsigned short)strtoul(rest, NULL, 10);
-        if (main_master >= 0 && ws.ws_row && ws.ws_col)
-            ioctl(main_master, TIOCSWINSZ, &ws);
+        int master = id == 0 ? main_master : -1;
+        for (int i = 0; i < MAX_EXECS && id != 0; i++)
+            if (execs[i].pid && execs[i].id == id)
+                master = execs[i].master;
+        if (master >= 0 && ws.ws_row && ws.ws_col)
+            ioctl(master, TIOCSWINSZ, &ws);
         break;
     }
     case 'r':

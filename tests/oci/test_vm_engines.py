@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -33,13 +34,25 @@ pytestmark = [needs_root, pytest.mark.root, pytest.mark.vm,
                                  is None, reason="QEMU or virtiofsd is not installed")]
 
 
+def wrapper_script(*args: str) -> str:
+    """A shell wrapper running minibox-oci-vm with ``args`` first.
+
+    conmon and the containerd shim start the runtime with an environment of
+    their own: the wrapper carries our PYTHONPATH (a worktree's sources under
+    test), as it carries ``--root``.
+    """
+    pythonpath = os.environ.get("PYTHONPATH")
+    export = f"export PYTHONPATH={shlex.quote(pythonpath)}\n" if pythonpath else ""
+    return f'#!/bin/sh\n{export}exec {shlex.join([MINIBOX_OCI + "-vm", *args])} "$@"\n'
+
+
 class PodmanVm(Podman):
     """podman with a second runtime, ``minibox-vm``: a wrapper around minibox-oci-vm."""
 
     def __init__(self, base: Path) -> None:
         super().__init__(base)
         wrapper = base / "minibox-oci-vm"
-        wrapper.write_text(f'#!/bin/sh\nexec {MINIBOX_OCI}-vm --root {self.state} "$@"\n')
+        wrapper.write_text(wrapper_script("--root", str(self.state)))
         wrapper.chmod(0o755)
         conf = base / "containers.conf"
         text = conf.read_text().replace('runtime_supports_json = ["minibox"]',
@@ -139,6 +152,11 @@ def test_podman_detached_vm_exec_pause_stop(podman_vm: PodmanVm) -> None:
         assert done.stdout == "exec stdin\n"
         tty = podman_vm("exec", "-t", container_id, "tty", stdin=subprocess.DEVNULL)
         assert tty.stdout.strip().startswith("/dev/pts/")
+        # -i -t: conmon writes the input into the pty master it received; the guest command reads it
+        done = podman_vm("exec", "-i", "-t", container_id, "sh", "-c", "read line; echo got $line; exit 6",
+                         input="typed\n", check=False)
+        assert done.returncode == 6, done.stderr
+        assert done.stdout.replace("\r", "").splitlines()[-1] == "got typed", done.stdout
         podman_vm("pause", container_id)
         assert podman_vm("inspect", "-f", "{{.State.Status}}", container_id).stdout.strip() == "paused"
         podman_vm("unpause", container_id)
@@ -166,7 +184,7 @@ def test_podman_run_with_a_terminal_in_a_vm(podman_vm: PodmanVm) -> None:
 def test_ctr_run_in_a_vm(ctr: Ctr) -> None:  # noqa: F811 (the fixture imported above)
     """containerd's runc shim with --runc-binary minibox-oci-vm: the exit code and output of a VM."""
     wrapper = ctr.base / "minibox-oci-vm"
-    wrapper.write_text(f'#!/bin/sh\nexec {MINIBOX_OCI}-vm "$@"\n')
+    wrapper.write_text(wrapper_script())
     wrapper.chmod(0o755)
     done = ctr("run", "--rm", "--runc-binary", str(wrapper), CTR_IMAGE, "mbx-ctr-vm", "sh", "-c",
                "echo hi from $(uname -r); exit 3", check=False)
@@ -180,7 +198,7 @@ def test_ctr_run_in_a_vm(ctr: Ctr) -> None:  # noqa: F811 (the fixture imported 
                     reason="containerd is not installed (make setup installs it)")
 def test_ctr_detached_vm_exec_pause_kill(ctr: Ctr) -> None:  # noqa: F811 (the fixture imported above)
     wrapper = ctr.base / "minibox-oci-vm"
-    wrapper.write_text(f'#!/bin/sh\nexec {MINIBOX_OCI}-vm "$@"\n')
+    wrapper.write_text(wrapper_script())
     wrapper.chmod(0o755)
     name = "mbx-ctr-vm-detached"
     ctr("run", "-d", "--runc-binary", str(wrapper), CTR_IMAGE, name, "sh", "-c",

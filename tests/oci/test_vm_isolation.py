@@ -200,6 +200,68 @@ def test_lifecycle_exec_pause_kill_delete(oci: Oci, tmp_path: Path) -> None:
     _assert_nothing_left(oci, "v1", pids, vm_id)
 
 
+def _read_until(fd: int, expected: bytes, timeout: float = 30) -> bytes:
+    """What a pty master gives until ``expected`` is in it (an AssertionError with what came, else)."""
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while expected not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([fd], [], [], left)[0], f"no {expected!r} in {seen!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: every slave is closed
+            chunk = b""
+        assert chunk, f"the pty closed without {expected!r}: {seen!r}"
+        seen += chunk
+    return seen
+
+
+def test_exec_tty_carries_input_and_resizes_to_the_guest(oci: Oci, tmp_path: Path) -> None:
+    """``exec --tty --console-socket --detach``, as conmon runs ``podman exec -it``: what the engine
+    writes to the pty master it received is typed into the guest command's pty; its size follows."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    oci.write_config(["sleep", "600"], annotations=VM)
+    pid_file = tmp_path / "pid"
+    oci.create("v6", "--pid-file", str(pid_file), stdin=subprocess.DEVNULL)
+    pid = int(pid_file.read_text())
+    vm_id = json.loads((oci.root / "v6" / "state.json").read_text())["vm"]
+    pids = json.loads(oci("ps", "--format", "json", "v6").stdout)
+    oci("start", "v6")
+    console = tmp_path / "console.sock"
+    relay_pid_file = tmp_path / "exec.pid"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(console))
+        listener.listen(1)
+        oci("exec", "--tty", "--console-socket", str(console), "--detach", "--pid-file", str(relay_pid_file),
+            "v6", "sh", "-c", "read x; echo got:$x; read y; echo size:$(stty size); exit 3",
+            stdin=subprocess.DEVNULL)
+        conn, _ = listener.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+    master = fds[0]
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        os.write(master, b"hello\n")
+        seen = _read_until(master, b"got:hello")
+        assert b"hello\r\n" in seen, "the guest's tty echoes what was typed"
+        os.write(master, b"\n")
+        _read_until(master, b"size:33 101")
+        relay = int(relay_pid_file.read_text())
+        assert oci.reap(relay) == 3, "the relay exits with the exec'd command's status"
+    finally:
+        os.close(master)
+    oci("kill", "v6", "KILL")
+    oci.reap(pid)
+    oci("delete", "v6")
+    _assert_nothing_left(oci, "v6", pids, vm_id)
+
+
 def test_run_streams_stdio_and_a_killed_supervisor_leaves_nothing_after_gc(oci: Oci, tmp_path: Path) -> None:
     """minibox-oci-vm (the executable's name selects the VM): stdin streamed, stdout/stderr, exit code."""
     oci.write_config(["sh", "-c", "read line; echo \"$line|$FOO|$(pwd)|$(id -u)\"; cat; echo oops >&2; exit 7"],

@@ -393,7 +393,13 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
 
     The relay connects to the supervisor, hands it the fds the output goes
     to, streams its stdin (agent ``i`` frames into a pipe in the guest),
-    forwards signals, and exits with the command's status.
+    forwards signals, and exits with the command's status.  With ``--tty``
+    the engine holds the master of a host pty whose slave the relay keeps:
+    what the engine writes there is the guest command's input (``i``
+    frames into the guest's pty), the relay's own controlling terminal
+    is that slave, so the engine's resizes reach it as SIGWINCH and go on
+    as ``w`` frames -- the way the supervisor carries a ``terminal``
+    container's pty.
     In the foreground this process is the relay.  With ``--detach`` a
     forked child is, and its pid goes to ``--pid-file`` as soon as it is
     connected: conmon and the containerd shim feed an exec's stdin only
@@ -430,14 +436,14 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
             os.close(master)
         out_fd = err_fd = tty_slave
     if not detach:
-        return _relay(record, request, out_fd, err_fd, None, pid_file)
+        return _relay(record, request, out_fd, err_fd, None, pid_file, tty_slave)
     connected_r, connected_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.close(connected_r)
-            code = _relay(record, request, out_fd, err_fd, connected_w, None)
+            code = _relay(record, request, out_fd, err_fd, connected_w, None, tty_slave)
         except MiniboxError as e:
             with contextlib.suppress(OSError):
                 os.write(2, f"minibox-oci: {e}\n".encode())
@@ -471,9 +477,38 @@ class ExecError(OciError):
         self.exit_status = exit_status
 
 
+def _take_terminal(tty_fd: int) -> None:
+    """Make ``tty_fd`` our controlling terminal: its resizes are then our SIGWINCH.
+
+    A session of our own first (setsid fails for a process group leader: a
+    foreground ``exec --tty`` run as one keeps its resizes to itself).
+    """
+    import fcntl
+    import termios
+
+    with contextlib.suppress(OSError):
+        os.setsid()
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
+
+
+def _terminal_size(tty_fd: int) -> tuple[int, int] | None:
+    """The rows and columns of a terminal, None while it has no size yet."""
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        rows, cols = struct.unpack("HHHH", fcntl.ioctl(tty_fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+    except OSError:
+        return None
+    return (rows, cols) if rows and cols else None
+
+
 def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, connected_fd: int | None,
-           pid_file: str | None) -> int:
-    """Carry one exec: connect, ask the supervisor, stream stdin, forward signals; the exit status."""
+           pid_file: str | None, tty_fd: int | None) -> int:
+    """Carry one exec: connect, ask the supervisor, stream stdin (or the tty's input), forward signals
+    (and resizes); the exit status."""
     import socket
     import threading
 
@@ -508,17 +543,27 @@ def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, co
         def forward(number: int, _frame: object) -> None:
             send({"signal": number})
 
-        def stream_stdin() -> None:
-            # read as it comes (an engine feeds it only after exec --detach returned), in frame-sized pieces
+        def stream_stdin(fd: int) -> None:
+            # read as it comes (an engine feeds it only after exec --detach returned), in frame-sized
+            # pieces; a tty's slave reads EIO once the engine closed its master
             with contextlib.suppress(OSError):
-                while chunk := os.read(0, STDIN_CHUNK):
+                while chunk := os.read(fd, STDIN_CHUNK):
                     send({"stdin": chunk.decode("latin-1")})
             send({"stdin_end": True})
 
+        def resize(_number: int = 0, _frame: object = None) -> None:
+            assert tty_fd is not None
+            if size := _terminal_size(tty_fd):
+                send({"resize": list(size)})
+
         for sig in FORWARDED:
             signal_mod.signal(sig, forward)
-        if request["stream"]:
-            threading.Thread(target=stream_stdin, name="stdin", daemon=True).start()
+        if tty_fd is not None:
+            _take_terminal(tty_fd)
+            signal_mod.signal(signal_mod.SIGWINCH, resize)
+            resize()  # its size now; the engine may have set it before we had the terminal
+        threading.Thread(target=stream_stdin, args=(tty_fd if tty_fd is not None else 0,), name="stdin",
+                         daemon=True).start()
         buffered = b""
         while True:
             chunk = conn.recv(65536)

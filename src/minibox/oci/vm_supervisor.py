@@ -188,8 +188,10 @@ class OciVirtualMachine(VirtualMachine):
         While it runs, lines read from ``conn`` are passed on: ``{"signal":
         N}`` as a kill frame, ``{"stdin": TEXT}`` (latin-1) as an ``i`` frame
         of its streamed stdin (request ``"stream": true``, the agent's record
-        ``j``), ``{"stdin_end": true}`` as the empty ``i`` frame that ends it.
-        Returns the final reply (exit status or error).
+        ``j``; with a tty, what was typed, which the agent writes into the
+        guest's pty), ``{"stdin_end": true}`` as the empty ``i`` frame that
+        ends it, ``{"resize": [ROWS, COLS]}`` as a ``w`` frame that sizes its
+        pty.  Returns the final reply (exit status or error).
         """
         argv = request.get("args") or []
         user = request.get("user") or [0, 0]
@@ -251,6 +253,9 @@ class OciVirtualMachine(VirtualMachine):
                             self._send(_agent.frame(_agent.STDIN, ident, str(message["stdin"]).encode("latin-1")))
                         elif message.get("stdin_end"):
                             self._send(_agent.frame(_agent.STDIN, ident))
+                        elif "resize" in message:
+                            rows, cols = (int(n) for n in message["resize"])
+                            self._send(_agent.frame(b"w", ident, f"{rows} {cols}".encode()))
         finally:
             with self._cond:
                 self._ch.state.execs.pop(ident, None)
