@@ -482,6 +482,10 @@ static void hand_self_to_keeper(int keeper_fd)
 static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
 {
     reset_signals();
+    /* Step: nobody in the container may reach us through /proc/PID (see
+     * struct mb_plan's non_dumpable). */
+    if (plan->non_dumpable)
+        CHECK(plan, MB_STEP_NON_DUMPABLE, prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
     /* Step: before anything else, the keeper holds us (see hand_self_to_keeper). */
     if (plan->keeper_fd >= 0)
         hand_self_to_keeper(plan->keeper_fd);
@@ -639,6 +643,9 @@ static long clone_vfork(const struct mb_plan *plan, uint64_t flags, int *pidfd, 
 static void __attribute__((noreturn)) join_and_fork(const struct mb_plan *plan)
 {
     reset_signals();
+    /* before the clone: the grandchild inherits it from its first instant */
+    if (plan->non_dumpable)
+        CHECK(plan, MB_STEP_NON_DUMPABLE, prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
     close_other_fds(plan);
     join_namespaces(plan);
     /* The grandchild makes the namespaces that are new (none for an exec;

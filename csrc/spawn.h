@@ -50,6 +50,7 @@ enum mb_step {
     MB_STEP_JOIN_CGROUP = 28,
     MB_STEP_ROOT_LAYER = 29,       /* one of plan->root_ops; index says which */
     MB_STEP_CGROUP_NAMESPACE = 30, /* unshare(CLONE_NEWCGROUP) once in the cgroup */
+    MB_STEP_NON_DUMPABLE = 31,     /* prctl(PR_SET_DUMPABLE, 0) before entering */
 };
 
 /* The bytes the parent writes to sync_fd, in this order (runc also names
@@ -222,6 +223,18 @@ struct mb_plan {
      * killed between this clone and its own keep() still takes the child
      * with it (the keeper SIGKILLs what it holds when the caller is gone). */
     int keeper_fd;
+
+    /* prctl(PR_SET_DUMPABLE, 0) first thing in the child (and in the
+     * middle process of a join): until it execs, the process runs the
+     * host's binary (the caller's interpreter), and a dumpable process in
+     * the container's pid namespace lets root inside open its
+     * /proc/PID/exe -- and rewrite that binary (CVE-2019-5736) -- or its
+     * /proc/PID/fd (CVE-2016-9962).  A non-dumpable one needs
+     * CAP_SYS_PTRACE in the host's user namespace; execve makes the
+     * command dumpable again.  In vfork mode this is the caller's mm too:
+     * set it only for a caller that may become non-dumpable (minibox-oci,
+     * as root: its children's uid_map is then still writable by it). */
+    int non_dumpable;
 };
 
 struct mb_error {

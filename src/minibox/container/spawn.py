@@ -62,6 +62,7 @@ STEP_NAMES: dict[int, str] = {
     lib.MB_STEP_JOIN_CGROUP: "join cgroup",
     lib.MB_STEP_ROOT_LAYER: "root layer",
     lib.MB_STEP_CGROUP_NAMESPACE: "unshare the cgroup namespace",
+    lib.MB_STEP_NON_DUMPABLE: "make non-dumpable",
 }
 STEP_EXECVE: int = lib.MB_STEP_EXECVE
 STEP_ROOT_LAYER: int = lib.MB_STEP_ROOT_LAYER
@@ -125,6 +126,7 @@ class ChildPlan:
     groups: Sequence[int] = ()
     join_fds: Sequence[int] = ()
     keeper_fd: int = -1
+    non_dumpable: bool = False   # minibox-oci as root: see struct mb_plan
     # for error messages
     cmd: str = ""
 
@@ -189,6 +191,7 @@ class _CPlan:
         p.cap_inheritable = plan.cap_inheritable
         p.cap_ambient = plan.cap_ambient
         p.no_new_privs = int(plan.no_new_privs)
+        p.non_dumpable = int(plan.non_dumpable)
         if plan.seccomp_filter:
             buf = ffi.new("char[]", plan.seccomp_filter)
             self._keep.append(buf)

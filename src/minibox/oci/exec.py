@@ -48,6 +48,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
                      uid=proc.uid, gid=proc.gid, cmd=proc.args[0])
     plan.set_ids = True
     plan.set_groups = os.geteuid() == 0
+    plan.non_dumpable = os.geteuid() == 0   # root inside must not reach the host's binary (CVE-2019-5736)
     plan.groups = list(proc.groups)
     hardening(plan, proc, cfg.seccomp)
     pid = record.pid

@@ -247,6 +247,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
                      gid=proc.gid, cmd=proc.args[0])
     plan.set_ids = True
     plan.set_groups = not in_userns or os.geteuid() == 0
+    plan.non_dumpable = os.geteuid() == 0   # root inside must not reach the host's binary (CVE-2019-5736)
     plan.groups = list(proc.groups)
     if in_userns:
         plan.become_root = any(m.inside == 0 for m in cfg.uid_map) and any(m.inside == 0 for m in cfg.gid_map)

@@ -1,0 +1,70 @@
+"""minibox-oci against a hostile container, a hostile bundle and a hostile neighbour on the host.
+
+Each test is a probe in the manner of a runc/crun CVE; it fails if the hole
+is there.  Probes that try what must be refused run inside a container (the
+exe watcher, the mounts) or against files of the test's own temporary
+directory; nothing here writes to a host file outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_root
+from tests.oci.conftest import Oci
+
+pytestmark = [needs_root, pytest.mark.root]
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def exe_watch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exe-watch") / "exe_watch"
+    subprocess.run(["cc", "-static", "-O2", "-Wall", "-o", str(out), str(HERE / "exe_watch.c")], check=True)
+    return out
+
+
+def _bind(source: Path | str, destination: str, *options: str) -> dict[str, object]:
+    return {"destination": destination, "type": "bind", "source": str(source), "options": ["bind", *options]}
+
+
+# ------------------------------------------------------------ exec: what a hostile container sees of it
+
+
+def test_exec_never_exposes_the_host_binary_through_proc_exe(oci: Oci, exe_watch: Path, tmp_path: Path) -> None:
+    """CVE-2019-5736: a process entering the container runs the host's interpreter until it
+    execs; root inside must not be able to open its /proc/PID/exe (it would rewrite it)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    config = oci.write_config(["/exe_watch", "20", "/out/hits"])
+    config["mounts"] += [_bind(exe_watch, "/exe_watch", "ro"), _bind(out, "/out")]
+    caps = ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
+    config["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    oci.create("w1")
+    pid = oci.state("w1")["pid"]
+    oci("start", "w1")
+    deadline = time.monotonic() + 10
+    while not (out / "hits").exists() or "ready" not in (out / "hits").read_text():
+        assert time.monotonic() < deadline, "the watcher did not start"
+        time.sleep(0.01)
+    for _ in range(30):
+        oci("exec", "w1", "sleep", "0.01")
+    oci("kill", "w1", "KILL")
+    oci.reap(pid)
+    host = set()
+    for binary in {os.path.realpath(sys.executable), "/usr/bin/python3.11"}:
+        if os.path.exists(binary):
+            st = os.stat(binary)
+            host.add((st.st_dev, st.st_ino))
+    hits = [line.split(" ", 3) for line in (out / "hits").read_text().splitlines() if line[0].isdigit()]
+    assert len(hits) >= 10, f"the watcher saw too few of the 30 execs to tell: {hits}"
+    leaked = [h for h in hits if (int(h[1]), int(h[2])) in host]
+    assert not leaked, f"root inside opened the host's interpreter through /proc/PID/exe: {leaked}"
