@@ -68,3 +68,42 @@ def test_exec_never_exposes_the_host_binary_through_proc_exe(oci: Oci, exe_watch
     assert len(hits) >= 10, f"the watcher saw too few of the 30 execs to tell: {hits}"
     leaked = [h for h in hits if (int(h[1]), int(h[2])) in host]
     assert not leaked, f"root inside opened the host's interpreter through /proc/PID/exe: {leaked}"
+
+
+# ------------------------------------------------------------ ids, --root, state and pid files on the host
+
+
+@pytest.mark.parametrize("bad", ["../x", "..", ".", ".hidden", "/", "a/b", "x\n", "x\x00y", "a" * 129, "", "-x"])
+def test_container_ids_that_are_not_one_plain_name_are_refused(oci: Oci, bad: str) -> None:
+    oci.write_config(["true"])
+    before = sorted(os.listdir(oci.root.parent))
+    done = oci("create", "--bundle", str(oci.bundle), "--", bad, check=False) if "\x00" not in bad else None
+    if done is not None:   # (a NUL cannot even be passed in argv: exec refuses it)
+        assert done.returncode != 0 and "invalid container id" in done.stderr, done.stderr
+    from minibox.oci.state import OciError, Record
+
+    with pytest.raises(OciError, match="invalid container id"):
+        Record(str(oci.root), bad)
+    assert sorted(os.listdir(oci.root.parent)) == before, "nothing was made next to --root"
+    assert not oci.root.exists() or not os.listdir(oci.root)
+
+
+def test_pid_file_is_never_written_through_a_planted_symlink(oci: Oci, tmp_path: Path) -> None:
+    """runc writes --pid-file atomically through a new temporary file; a symlink planted at the
+    temporary name (predictable from the pid) must not make root write to its target."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    pids.chmod(0o777)   # the directory of the pid file is the engine's, perhaps not only root's
+    for name in ("pid.tmp1", ".pid.tmp1", "pid.tmp"):
+        (pids / name).symlink_to(victim)
+    (pids / "pid").symlink_to(victim)
+    oci.write_config(["sleep", "30"])
+    # minibox-oci as pid 1 of a pid namespace of its own: the old temporary name was "pid.tmp1"
+    done = oci.create("p1", "--pid-file", str(pids / "pid"),
+                      prefix=["unshare", "--pid", "--fork", "--mount-proc"], check=False)
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "precious", "create wrote the pid through a symlink"
+    assert not (pids / "pid").is_symlink() and (pids / "pid").read_text().isdigit()
+    assert sorted(p.name for p in pids.iterdir()) == sorted(["pid", "pid.tmp1", ".pid.tmp1", "pid.tmp"])

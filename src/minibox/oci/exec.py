@@ -18,7 +18,7 @@ import signal as signal_mod
 
 from ..errors import CommandNotFoundError, MiniboxError
 from .config import Process
-from .state import OciError, Record
+from .state import OciError, Record, write_pid_file
 
 FORWARDED = (signal_mod.SIGTERM, signal_mod.SIGINT, signal_mod.SIGHUP, signal_mod.SIGQUIT,
              signal_mod.SIGUSR1, signal_mod.SIGUSR2, signal_mod.SIGWINCH)
@@ -87,10 +87,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
         if failure is not None:
             raise failure
         if pid_file:
-            tmp = f"{pid_file}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(str(grandchild))
-            os.replace(tmp, pid_file)
+            write_pid_file(pid_file, grandchild)
         if detach:
             grandchild = None
             return 0

@@ -25,7 +25,7 @@ import time
 # contextlib and signal cost each verb milliseconds of imports (minibox/_lean.py)
 from .._lean import NSIG, SIGKILL, pidfd_send_signal, signal_number, suppress
 from ..errors import MiniboxError, SetupError
-from .state import OciError, Record
+from .state import OciError, Record, write_pid_file
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -371,10 +371,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
         for kind in ("prestart", "createRuntime"):
             run_hooks(kind, [vars(h) for h in cfg.hooks.get(kind, [])], record.oci_state())
         if pid_file:
-            tmp = f"{pid_file}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(str(pid))
-            os.replace(tmp, pid_file)
+            write_pid_file(pid_file, pid)
         os.close(pidfd)
         pidfd = None
     except BaseException:

@@ -21,7 +21,7 @@ import fcntl
 import os
 
 from .. import _json as json  # json's C half without re and enum: each verb is a fresh interpreter
-from .._lean import contextmanager
+from .._lean import contextmanager, suppress
 from ..errors import MiniboxError
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
@@ -44,12 +44,14 @@ _ID_CHARS = _ALNUM | frozenset("_.+-")
 def valid_id(container_id: str) -> bool:
     """A container id: a letter or digit, then up to 127 letters, digits, '_', '.', '+', '-'.
 
-    Written out by hand: it was the regular expression
-    "^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$", and importing re costs each verb
-    ~3 ms; as that "$" did, a final newline is let through.
+    Written out by hand (importing re costs each verb ~3 ms).  The id names
+    a directory under --root, so no '/', no NUL, no "." or ".." (a first
+    character that is a letter or digit), and no newline either: the
+    regular expression this was, "^...$", let a final one through, and an
+    id "c1\n" made a directory no engine could name and a line of its own
+    in ``list``.
     """
-    text = container_id[:-1] if container_id.endswith("\n") else container_id
-    return 0 < len(text) <= 128 and text[0] in _ALNUM and _ID_CHARS.issuperset(text)
+    return 0 < len(container_id) <= 128 and container_id[0] in _ALNUM and _ID_CHARS.issuperset(container_id)
 
 
 def check_id(container_id: str) -> None:
@@ -198,6 +200,30 @@ class Record:
                 "pid": self.pid if status != "stopped" else 0, "bundle": self.data.get("bundle", ""),
                 "rootfs": self.data.get("rootfs", ""), "created": self.data.get("created", ""),
                 "owner": "", "annotations": self.data.get("annotations", {})}
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """``--pid-file``: written whole under a temporary name, then renamed into place (as runc does),
+    so the engine never reads half a number.
+
+    The temporary file is new (O_EXCL), its name random and never a symlink
+    followed (O_NOFOLLOW): the directory may be writable by others (a
+    container's bundle), and a symlink planted at a predictable name would
+    have had us truncate and write whatever it points to, as root.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def list_ids(root: str) -> list[str]:
