@@ -107,3 +107,39 @@ def test_pid_file_is_never_written_through_a_planted_symlink(oci: Oci, tmp_path:
     assert victim.read_text() == "precious", "create wrote the pid through a symlink"
     assert not (pids / "pid").is_symlink() and (pids / "pid").read_text().isdigit()
     assert sorted(p.name for p in pids.iterdir()) == sorted(["pid", "pid.tmp1", ".pid.tmp1", "pid.tmp"])
+
+
+def test_a_root_others_can_write_is_refused_before_its_state_is_trusted(oci: Oci, tmp_path: Path) -> None:
+    """A state file is trusted by every verb: delete kills what runs in the recorded cgroup and runs the
+    recorded poststop hooks.  Planted in a --root that others can write, it must be refused."""
+    victim_cgroup = Path(f"/sys/fs/cgroup/pids/minibox-probe-{os.getpid()}")
+    if not Path("/sys/fs/cgroup/pids").is_dir():
+        pytest.skip("no cgroup v1 pids hierarchy to hold the victim")
+    victim_cgroup.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    marker = tmp_path / "hook-ran"
+    try:
+        (victim_cgroup / "cgroup.procs").write_text(str(sleeper.pid))
+        oci.root.mkdir()
+        oci.root.chmod(0o777)   # e.g. a --root in a shared directory
+        forged = oci.root / "f1"
+        forged.mkdir()
+        (forged / "lock").touch()
+        (forged / "state.json").write_text(json.dumps({
+            "id": "f1", "pid": 0, "bundle": str(oci.bundle), "started": True,
+            "cgroup": {"version": 1, "paths": {"pids": str(victim_cgroup)}, "made_parents": []},
+            "hooks": {"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", f"touch {marker}"]}]}}))
+        for verb in (["delete", "--force", "f1"], ["kill", "--all", "f1", "KILL"], ["state", "f1"]):
+            done = oci(*verb, check=False)
+            assert done.returncode != 0 and "writable by group or others" in done.stderr, (verb, done.stderr)
+        assert sleeper.poll() is None, "a forged state made minibox-oci kill a host process"
+        assert victim_cgroup.is_dir() and not marker.exists()
+        oci.write_config(["true"])
+        done = oci.create("c1", check=False)
+        assert done.returncode != 0 and "--root" in done.stderr and not (oci.root / "c1").exists()
+        oci.root.chmod(0o700)
+        (forged / "state.json").unlink()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        victim_cgroup.rmdir()

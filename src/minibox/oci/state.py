@@ -60,6 +60,31 @@ def check_id(container_id: str) -> None:
                        "(at most 128, starting with a letter or digit)")
 
 
+def check_root(root: str) -> None:
+    """Refuse a --root that someone other than us (or root) could write to.
+
+    Every verb trusts what it reads there: ``delete`` kills whatever runs in
+    the recorded cgroup and runs the recorded poststop hooks, as root.  A
+    state file another user could forge or swap (a directory writable by
+    group or others, or owned by them, or a symlink they could repoint)
+    would make those verbs kill the host's processes or run their program.
+    """
+    me = os.geteuid()
+    try:
+        link = os.lstat(root)
+        st = os.stat(root) if link.st_mode & 0o170000 == 0o120000 else link
+    except FileNotFoundError:
+        return   # nothing recorded yet; create makes it 0700
+    for what, info in (("its symlink", link), ("the directory", st)):
+        if info.st_uid not in (me, 0):
+            raise OciError(f"--root {root}: {what} is owned by uid {info.st_uid}: another user could forge the "
+                           f"containers' state (their pids, cgroups, hooks); use a directory of uid {me}, mode 0700")
+    if st.st_mode & 0o022:
+        raise OciError(f"--root {root}: the directory is writable by group or others (mode {st.st_mode & 0o7777:o}): "
+                       "another user could forge the containers' state (their pids, cgroups, hooks); "
+                       f"chmod go-w {root}, or use a directory of mode 0700")
+
+
 def _remove_tree(path: str) -> None:
     """``shutil.rmtree(path, ignore_errors=True)`` for a state directory, without importing shutil
     (which loads the compression modules: milliseconds of every ``delete``)."""
@@ -87,6 +112,7 @@ class Record:
     def __init__(self, root: str, container_id: str) -> None:
         check_id(container_id)
         self.id = container_id
+        self.root = root
         self.dir = os.path.join(root, container_id)
         self.file = os.path.join(self.dir, "state.json")
         self.fifo = os.path.join(self.dir, "exec.fifo")
@@ -95,6 +121,7 @@ class Record:
     # -- files --------------------------------------------------------------------
 
     def load(self) -> Record:
+        check_root(self.root)
         try:
             with open(self.file, "rb") as f:
                 self.data = json.loads(f.read())
@@ -130,7 +157,8 @@ class Record:
     def creating(self) -> Iterator[Record]:
         """Make the container's directory (exclusively: a duplicate id fails) and hold its
         lock; on an exception inside the block the directory goes again."""
-        os.makedirs(os.path.dirname(self.dir), mode=0o700, exist_ok=True)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        check_root(self.root)
         try:
             os.mkdir(self.dir, 0o700)
         except FileExistsError as e:
