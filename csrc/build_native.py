@@ -8,7 +8,9 @@ Two groups of declarations:
   and its mount engine (csrc/rootfs.c): paths resolved inside the rootfs
   through file descriptors, also called from Python (mb_open_in_root);
 * libseccomp, used in the *parent* to compile a seccomp profile into a
-  classic-BPF program that the child installs as its last step.
+  classic-BPF program that the child installs as its last step;
+* renameat2(2), which Python's os module lacks: minibox/records.py swaps a
+  state record with its new version (RENAME_EXCHANGE).
 """
 
 from __future__ import annotations
@@ -74,9 +76,17 @@ ffibuilder.cdef(
     """
 )
 
+ffibuilder.cdef(
+    """
+    #define AT_FDCWD ...
+    #define RENAME_EXCHANGE ...
+    int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+    """
+)
+
 ffibuilder.set_source(
     "minibox._minibox_native",
-    '#include "spawn.h"\n#include <seccomp.h>\n',
+    '#include "spawn.h"\n#include <seccomp.h>\n#include <fcntl.h>\n#include <stdio.h>\n',
     sources=[f"{REL}/spawn.c", f"{REL}/rootfs.c"],
     include_dirs=[REL],
     libraries=["seccomp"],

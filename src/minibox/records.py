@@ -40,8 +40,8 @@ import select
 import time
 
 from . import _json as json  # json's C half without its Python layer (re, enum): the CLI starts faster
-from ._lean import SIGKILL, pidfd_send_signal
-from .errors import SetupError
+from ._lean import SIGKILL, pidfd_send_signal, suppress
+from .errors import PreflightError, SetupError
 from .paths import runtime_dir_name
 from .procfs import start_time, stat
 
@@ -147,13 +147,23 @@ def _ensure_directory() -> str:
     return directory
 
 
-def write_atomically(path: str, data: dict[str, Any], step: str = "state record") -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and rename(2).
+def write_atomically(path: str, data: dict[str, Any], step: str = "state record", *,
+                     replacing: bool = False) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
+
+    ``replacing``: ``path`` holds the previous version, and the two are
+    swapped (:func:`_swap`) before the previous one is unlinked under the
+    temporary name.  A plain rename over an existing file is, to ext4 (as
+    /run is on these machines), a replace-by-rename whose data it hurries to
+    disk (its ``auto_da_alloc``), and the record's unlink at the end then
+    waited for that write: 0.46 ms against 0.06 ms, measured
+    (docs/benchmarks.md).  Readers see the old or the new version either way.
 
     Any failure (a read-only or full runtime directory) is a SetupError naming
     ``step`` and the path, and leaves no temporary file behind.
     """
     tmp = f"{path}.{os.getpid()}.tmp"
+    swapped = False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -163,13 +173,36 @@ def write_atomically(path: str, data: dict[str, Any], step: str = "state record"
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        swapped = replacing and _swap(tmp, path)
+        if not swapped:
+            os.replace(tmp, path)
     except OSError as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise SetupError(step, e.errno, detail=path) from e
+    if swapped:
+        # The previous version, under the temporary name now; should this fail, the record
+        # is written all the same, and gc removes a dead owner's temporary files (gc.py).
+        with suppress(OSError):
+            os.unlink(tmp)
+
+
+def _swap(a: str, b: str) -> bool:
+    """Exchange the files at paths ``a`` and ``b`` in one step (renameat2(2), RENAME_EXCHANGE).
+
+    False if that cannot be done here -- ``b`` does not exist, the file
+    system does not support it, or the C core is missing or older than
+    this call -- and the caller renames as usual.
+    """
+    try:
+        from ._native import lib  # loaded already in a container's owner; Python's os has no renameat2
+
+        renameat2 = lib.renameat2
+    except (PreflightError, AttributeError):
+        return False
+    return bool(renameat2(lib.AT_FDCWD, os.fsencode(a), lib.AT_FDCWD, os.fsencode(b), lib.RENAME_EXCHANGE) == 0)
 
 
 def load(path: str | Path) -> dict[str, Any] | None:
@@ -243,7 +276,7 @@ class Record:
     def update(self, **fields: Any) -> None:
         """Set ``fields`` and rewrite the record (atomically)."""
         self.data.update(fields)
-        write_atomically(self.path, self.data)
+        write_atomically(self.path, self.data, replacing=True)
 
     def add_process(self, pid: int, role: str) -> None:
         """Name one more process of the sandbox (pid and start time)."""
@@ -260,7 +293,7 @@ class Record:
 
         self.data["abandoned"] = True
         try:
-            write_atomically(self.path, self.data)
+            write_atomically(self.path, self.data, replacing=True)
         finally:
             self._removed = True
             owner.release()
