@@ -143,3 +143,121 @@ def test_a_root_others_can_write_is_refused_before_its_state_is_trusted(oci: Oci
         sleeper.kill()
         sleeper.wait()
         victim_cgroup.rmdir()
+
+
+def _fds_and_cwd(oci: Oci, container_id: str, pid: str, **kwargs: object) -> tuple[dict[str, str], str]:
+    """The open fds (number -> target) and the cwd of ``pid`` (a number or "$$", the shell itself)."""
+    out = oci("exec", container_id, "sh", "-c", f"ls -l /proc/{pid}/fd/ /proc/{pid}/cwd", **kwargs).stdout
+    fds: dict[str, str] = {}
+    cwd = ""
+    for line in out.splitlines():
+        if " -> " not in line:
+            continue
+        name, target = line.split(" -> ", 1)
+        if name.endswith("/cwd"):
+            cwd = target
+        else:
+            fds[name.split()[-1]] = target
+    return fds, cwd
+
+
+def test_no_host_fd_or_cwd_reaches_the_container(oci: Oci, tmp_path: Path) -> None:
+    """CVE-2024-21626 / CVE-2016-9962: a host directory fd leaked by the engine (not close-on-exec) or
+    the engine's working directory must not reach the init or an exec'd process."""
+    host_dir = tmp_path / "host-secret"
+    host_dir.mkdir()
+    leaked = os.open(str(host_dir), os.O_RDONLY | os.O_DIRECTORY)   # inheritable: as a careless engine's
+    os.set_inheritable(leaked, True)
+    try:
+        oci.write_config(["sleep", "30"])
+        oci.create("f1", cwd=str(host_dir), pass_fds=(leaked,))
+        pid = oci.state("f1")["pid"]
+        oci("start", "f1", cwd=str(host_dir), pass_fds=(leaked,))
+        init_fds, init_cwd = _fds_and_cwd(oci, "f1", "1")
+        exec_fds, exec_cwd = _fds_and_cwd(oci, "f1", "$$", cwd=str(host_dir), pass_fds=(leaked,))
+    finally:
+        os.close(leaked)
+    assert init_cwd == "/" and exec_cwd == "/", (init_cwd, exec_cwd)
+    for fds in (init_fds, exec_fds):
+        assert not [t for t in fds.values() if str(tmp_path) in t or "host-secret" in t], fds
+        assert set(fds) <= {"0", "1", "2"}, f"fds beyond stdio reached the container: {fds}"
+    oci("kill", "f1", "KILL")
+    oci.reap(pid)
+
+
+# ------------------------------------------------------------ a hostile bundle: its image and its config.json
+
+
+@pytest.fixture
+def hostile_bundle(oci: Oci, tmp_path: Path) -> Path:
+    """The bundle's rootfs replaced by a private busybox image the test may plant symlinks in."""
+    from minibox.images.busybox import build_busybox_rootfs
+
+    rootfs = build_busybox_rootfs(tmp_path / "hostile-rootfs")
+    (oci.bundle / "rootfs").unlink()
+    (oci.bundle / "rootfs").symlink_to(rootfs)
+    return rootfs
+
+
+def test_mount_destinations_through_image_symlinks_stay_in_the_rootfs(oci: Oci, hostile_bundle: Path,
+                                                                     tmp_path: Path) -> None:
+    """CVE-2021-30465 class: symlinks in the image (absolute, or climbing with ..) at a mount's
+    destination, a masked or a read-only path must resolve inside the rootfs, never on the host."""
+    victim = tmp_path / "host-victim"
+    victim.mkdir()
+    (victim / "file").write_text("host")
+    (hostile_bundle / "abs").symlink_to(victim)
+    (hostile_bundle / "climb").symlink_to("../" * 12 + str(victim).lstrip("/"))
+    (hostile_bundle / "tmp" / "dotdot").symlink_to("../../../../..")
+    (hostile_bundle / str(victim).lstrip("/")).mkdir(parents=True)   # where the links lead inside the image
+    source = tmp_path / "bind-source"
+    source.write_text("bound")
+    config = oci.write_config(["sleep", "30"])
+    config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/tmp"]   # the image's own /tmp
+    config["mounts"] += [
+        {"destination": "/abs/sub", "type": "tmpfs", "source": "tmpfs"},
+        _bind(source, "/climb/bound"),
+        _bind(source, "/tmp/dotdot" + str(victim) + "/bound2"),
+    ]
+    config["linux"]["maskedPaths"] += ["/abs/file", "/climb/bound"]
+    config["linux"]["readonlyPaths"] += ["/tmp/dotdot" + str(victim)]
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    oci.create("m1")
+    pid = oci.state("m1")["pid"]
+    oci("start", "m1")
+    try:
+        assert sorted(p.name for p in victim.iterdir()) == ["file"], "a mount step made something on the host"
+        assert (victim / "file").read_text() == "host"
+        inside = oci("exec", "m1", "sh", "-c", f"cat {victim}/bound2 {victim}/bound; echo; ls {victim}").stdout.split()
+        assert inside == ["bound", "bound", "bound2", "sub"], inside   # made inside, where the links lead; bound masked
+        with open("/proc/self/mountinfo") as f:
+            assert str(victim) not in f.read(), "a mount appeared on the host"
+    finally:
+        oci("kill", "m1", "KILL")
+        oci.reap(pid)
+
+
+def test_proc_over_an_image_symlink_keeps_its_masks(oci: Oci, hostile_bundle: Path) -> None:
+    """CVE-2019-16884/19921 class: /proc in the image is a symlink.  procfs lands where it leads,
+    inside the rootfs, and its masked and read-only paths are applied to that very mount
+    (resolved from the mount's own fd, so swapping the link meanwhile cannot make them miss)."""
+    (hostile_bundle / "proc").rmdir()
+    (hostile_bundle / "elsewhere").mkdir()
+    (hostile_bundle / "proc").symlink_to("/elsewhere")
+    config = oci.write_config(["sleep", "30"])
+    config["linux"]["maskedPaths"].append("/proc/keys")
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    oci.create("p1")
+    pid = oci.state("p1")["pid"]
+    oci("start", "p1")
+    try:
+        # kernel.hostname: namespaced (uts), so the probe is harmless even if /proc/sys were writable
+        out = oci("exec", "p1", "sh", "-c", "stat -c %F /elsewhere/keys; grep -c . /elsewhere/self/status; "
+                  "echo probe > /elsewhere/sys/kernel/hostname && echo WROTE", check=False)
+        lines = out.stdout.splitlines()
+        assert lines[0] == "character special file", out   # /dev/null over it
+        assert int(lines[1]) > 5, "procfs is mounted where the link leads"
+        assert "WROTE" not in out.stdout and "Read-only file system" in out.stderr, out
+    finally:
+        oci("kill", "p1", "KILL")
+        oci.reap(pid)
