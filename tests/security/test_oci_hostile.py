@@ -261,3 +261,28 @@ def test_proc_over_an_image_symlink_keeps_its_masks(oci: Oci, hostile_bundle: Pa
     finally:
         oci("kill", "p1", "KILL")
         oci.reap(pid)
+
+
+def _cap_line(status: str, name: str) -> int:
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(name + ":")), 16)
+
+
+def test_exec_process_file_without_capabilities_gets_the_containers_not_the_hosts(oci: Oci, tmp_path: Path) -> None:
+    """runc: an exec --process whose process has no "capabilities" runs with the container's set.
+    Falling back to minibox-oci's own (every capability of host root) would hand root inside
+    CAP_SYS_MODULE, CAP_SYS_ADMIN..."""
+    oci.write_config(["sleep", "30"])
+    oci.create("c1")
+    pid = oci.state("c1")["pid"]
+    oci("start", "c1")
+    process = tmp_path / "process.json"
+    process.write_text(json.dumps({"args": ["cat", "/proc/self/status"], "cwd": "/", "env": ["PATH=/bin"],
+                                   "user": {"uid": 0, "gid": 0}}))
+    try:
+        status = oci("exec", "--process", str(process), "c1").stdout
+        init = oci("exec", "c1", "cat", "/proc/1/status").stdout
+    finally:
+        oci("kill", "c1", "KILL")
+        oci.reap(pid)
+    for name in ("CapBnd", "CapEff", "CapPrm"):
+        assert _cap_line(status, name) == _cap_line(init, name), f"{name}: {status}"

@@ -286,6 +286,10 @@ def _exec(record: Record, opts: dict[str, Any], args: list[str], log: Log) -> in
         except (OSError, ValueError) as e:
             raise OciError(f"--process {opts['process']}: {e}") from e
         proc = config_mod.parse_process(raw, "process.")
+        if proc.capabilities is None:
+            # As runc: a process without "capabilities" runs with the container's set,
+            # not with minibox-oci's own (every capability of the host's root).
+            proc.capabilities = config_mod.load(record.data["bundle"], created=True).process.capabilities
     else:
         if not args:
             raise OciError("exec: give the command after the container id, or --process FILE")
