@@ -286,3 +286,32 @@ def test_exec_process_file_without_capabilities_gets_the_containers_not_the_host
         oci.reap(pid)
     for name in ("CapBnd", "CapEff", "CapPrm"):
         assert _cap_line(status, name) == _cap_line(init, name), f"{name}: {status}"
+
+
+@pytest.mark.parametrize("device", [
+    {"path": "/dev/null", "type": "b", "major": 1, "minor": 3},    # the host's is a char device
+    {"path": "/dev/null", "type": "c", "major": 8, "minor": 0},    # another number than the host's node
+    {"path": "/dev/null", "type": "p"},
+    {"path": "/dev/../etc/shadow", "type": "c", "major": 1, "minor": 3},
+    {"path": "/etc/passwd", "type": "c", "major": 1, "minor": 3},
+])
+def test_devices_not_the_hosts_node_of_that_type_and_number_are_refused(oci: Oci, device: dict[str, object]) -> None:
+    config = oci.write_config(["true"])
+    config["linux"]["devices"] = [device]
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    done = oci.create("d1", check=False)
+    assert done.returncode != 0 and "linux.devices" in done.stderr, done.stderr
+    assert not (oci.root / "d1").exists()
+
+
+@pytest.mark.parametrize("sysctl", ["kernel.core_pattern", "kernel.modprobe", "vm.overcommit_memory", "fs.file-max",
+                                    "kernel.shm_rmid_forced/../core_pattern", "net/../kernel.core_pattern",
+                                    "kernel.hostname\n", "net.ipv4.ip_forward\n"])
+def test_sysctls_outside_the_containers_namespaces_are_refused(oci: Oci, sysctl: str) -> None:
+    """Only keys of a namespace the container creates; kernel.* (but shm/msg/sem, the uts names) is the host's."""
+    config = oci.write_config(["true"])
+    config["linux"]["sysctl"] = {sysctl: "x"}
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    done = oci.create("s1", check=False)
+    assert done.returncode != 0 and "linux.sysctl" in done.stderr, done.stderr
+    assert not (oci.root / "s1").exists()

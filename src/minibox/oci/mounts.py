@@ -200,15 +200,19 @@ def _devices(cfg: Config) -> list[MountOp]:
     for path, device in wanted.items():
         try:
             st = os.stat(path)
-            same = (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and (
-                device is None or (os.major(st.st_rdev), os.minor(st.st_rdev)) == (device.major, device.minor))
+            kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else None
         except OSError:
-            same = False
+            kind = None
+        # the type too: char 254:0 and block 254:0 (a disk) are different devices
+        same = kind is not None and (device is None or (
+            (os.major(st.st_rdev), os.minor(st.st_rdev)) == (device.major, device.minor)
+            and kind == ("c" if device.type == "u" else device.type)))
         if not same:
             if device is None:
                 continue  # a default node the host lacks
-            raise field_error(f"linux.devices ({path})", f"the host has no device {device.major}:{device.minor} "
-                              f"at {path} to bind; minibox-oci binds device nodes, it does not mknod them")
+            raise field_error(f"linux.devices ({path})", f"the host has no device of type {device.type} "
+                              f"{device.major}:{device.minor} at {path} to bind; minibox-oci binds device nodes, "
+                              "it does not mknod them")
         ops += _mkdirs(os.path.dirname(path))
         ops += [MountOp(OP_TOUCH, path, mode=0o666), bind(path, path)]
     for source, name in DEV_LINKS:
