@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_root
-from tests.oci.conftest import Oci
+from tests.oci.conftest import Oci, cgroup_dirs
 
 pytestmark = [needs_root, pytest.mark.root]
 HERE = Path(__file__).parent
@@ -315,3 +315,38 @@ def test_sysctls_outside_the_containers_namespaces_are_refused(oci: Oci, sysctl:
     done = oci.create("s1", check=False)
     assert done.returncode != 0 and "linux.sysctl" in done.stderr, done.stderr
     assert not (oci.root / "s1").exists()
+
+
+# ------------------------------------------------------------ a caller killed half way
+
+
+def _gates() -> list[int]:
+    from minibox import procfs
+
+    # the gate runs from a memfd: its comm is "memfd:minibox-oci-gate", cut to 15 characters
+    return [child.pid for child in procfs.children(os.getpid()) if "minibox" in child.comm]
+
+
+@pytest.mark.parametrize("delay_ms", [0, 2, 4, 6, 8, 10, 12, 15, 18, 22, 26, 30, 35, 40, 50, 60, 80, 120])
+def test_a_create_killed_at_any_point_leaves_nothing_after_delete_force(oci: Oci, delay_ms: int) -> None:
+    oci.write_config(["sleep", "30"])
+    oci.ids.append("k1")
+    create = subprocess.Popen([oci_cli(), "--root", str(oci.root), "create", "--bundle", str(oci.bundle), "k1"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay_ms / 1000)
+    create.kill()
+    create.wait()
+    done = oci("delete", "--force", "k1", check=False)
+    assert done.returncode == 0, f"killed after {delay_ms} ms: {done.stderr}"
+    assert not (oci.root / "k1").exists(), f"killed after {delay_ms} ms: the record is left"
+    time.sleep(0.05)
+    for pid in _gates():   # the init, re-parented to us: reap it
+        os.waitpid(pid, 0)
+    assert not cgroup_dirs("k1"), f"killed after {delay_ms} ms: its cgroup is left"
+    assert not _gates()
+
+
+def oci_cli() -> str:
+    from tests.oci.conftest import MINIBOX_OCI
+
+    return MINIBOX_OCI

@@ -220,9 +220,11 @@ def _dispatch(verb: str, opts: dict[str, Any], rest: list[str], root: str, log: 
         runtime.kill(Record(root, rest[0]).load(), sig, bool(opts.get("all")))
         return 0
     record = Record(root, _one_id(rest, verb))
-    if verb == "delete" and opts.get("force") and not os.path.exists(record.dir):
+    if verb == "delete" and opts.get("force") and not os.path.exists(record.file) and (
+            not os.path.exists(record.dir) or record.remove_unrecorded()):
         # runc's behaviour, which the engines' cleanup relies on: a forced
-        # delete of what does not exist (a create that failed) succeeds
+        # delete of what does not exist (a create that failed, or was killed
+        # before it recorded anything) succeeds
         return 0
     if verb == "state":
         print(json.dumps(record.load().oci_state(), indent=2))

@@ -262,20 +262,24 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
     plan.rootfs = None if in_joined_mnt else cfg.root   # joined: setns made its root ours
     plan.readonly_rootfs = cfg.readonly
 
-    cgroup, made_parents = _create_cgroup(record, cfg)
+    # Recorded before the cgroup exists (where it will be), again once it
+    # does, and again with the pid right after the clone: if this process is
+    # killed half way, `delete --force` still finds the cgroup and whatever
+    # runs in it.
+    name, parent, layout = _plan_cgroup(record, cfg)
+    version, planned, made_parents = _planned_cgroup_dirs(name, parent, layout)
+    record.data = {"id": record.id, "pid": 0, "bundle": cfg.bundle, "rootfs": cfg.root, "created": _now(),
+                   "annotations": cfg.annotations, "started": False,
+                   "cgroup": {"version": version, "paths": planned, "made_parents": made_parents},
+                   "namespaces": sorted(cfg.namespaces)}
+    record.save()
+    cgroup = _create_cgroup(cfg, name, parent, layout, made_parents)
     fds: list[int] = []       # ours, closed at the end
     child_ends: list[int] = []
     pid: int | None = None
     pidfd: int | None = None
     try:
-        # Recorded at once, and again with the pid right after the clone: if
-        # this process is killed half way, `delete --force` still finds the
-        # cgroup and whatever runs in it.
-        record.data = {"id": record.id, "pid": 0, "bundle": cfg.bundle, "rootfs": cfg.root, "created": _now(),
-                       "annotations": cfg.annotations, "started": False,
-                       "cgroup": {"version": cgroup.version, "paths": cgroup.paths,
-                                  "made_parents": made_parents},
-                       "namespaces": sorted(cfg.namespaces)}
+        record.data["cgroup"]["paths"] = cgroup.paths
         record.save()
         plan.ops = [] if in_joined_mnt else mount_ops(cfg, cgroup.paths)
         join_fds = [os.open(cfg.namespaces[ns] or "", os.O_RDONLY | os.O_CLOEXEC) for ns in joined]
@@ -390,11 +394,11 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             os.close(pidfd)
 
 
-def _create_cgroup(record: Record, cfg: Config) -> tuple[Any, list[str]]:
-    """The container's cgroup, where ``linux.cgroupsPath`` puts it; and the parents made for it.
+def _plan_cgroup(record: Record, cfg: Config) -> tuple[str, str | None, Any]:
+    """Where the container's cgroup goes: its name, its parent and the host's layout; nothing is made.
 
-    As runc reads cgroupsPath on cgroupfs: an absolute path is below the
-    hierarchy root (podman asks for ``/libpod_parent/libpod-ID``, ctr for
+    As runc reads ``linux.cgroupsPath`` on cgroupfs: an absolute path is below
+    the hierarchy root (podman asks for ``/libpod_parent/libpod-ID``, ctr for
     ``/NAMESPACE/ID``), a relative one below minibox's own parent
     (``<the caller's cgroup>/minibox``, or $MINIBOX_CGROUP_PARENT).  Unlike
     runc, the last component must be new: minibox-oci writes limits only
@@ -404,28 +408,47 @@ def _create_cgroup(record: Record, cfg: Config) -> tuple[Any, list[str]]:
     ``<minibox's parent>/<id>.<random>``: two --root directories may both
     hold an id.
     """
-    from ..container.cgroups import Cgroup, detect_layout, parent_dirs
+    from ..container.cgroups import detect_layout
     from ..container.cgroups.layout import effective_parent
 
+    layout = detect_layout()
     if not cfg.cgroups_path:
-        return Cgroup.create(f"{record.id}.{os.urandom(3).hex()}", cfg.limits), []
+        return f"{record.id}.{os.urandom(3).hex()}", None, layout
     parts = [p for p in cfg.cgroups_path.split("/") if p]
     parent = "/".join(parts[:-1])
     if cfg.cgroups_path.startswith("/"):
         parent = "/" + parent
     else:
         parent = effective_parent(None).rstrip("/") + ("/" + parent if parent else "")
-    layout = detect_layout()
+    return parts[-1], parent, layout
+
+
+def _planned_cgroup_dirs(name: str, parent: str | None, layout: Any) -> tuple[int, dict[str, str], list[str]]:
+    """The cgroup version, its directories once made (per hierarchy; a superset: the ones
+    the limits need are made), and the parent directories create will have to make, deepest first."""
+    from ..container.cgroups import parent_dirs
+
+    bases = parent_dirs(parent, layout)
     made: list[str] = []
-    for directory in dict.fromkeys(parent_dirs(parent, layout).values()):
-        while not os.path.isdir(directory) and directory not in made:   # made by create, deepest first
-            made.append(directory)
-            directory = os.path.dirname(directory)
+    if parent is not None:
+        for directory in dict.fromkeys(bases.values()):
+            while not os.path.isdir(directory) and directory not in made:
+                made.append(directory)
+                directory = os.path.dirname(directory)
+    return (2 if layout.kind == "v2" else 1), {key: f"{base}/{name}" for key, base in bases.items()}, made
+
+
+def _create_cgroup(cfg: Config, name: str, parent: str | None, layout: Any, made: list[str]) -> Any:
+    """Make the cgroup _plan_cgroup placed and write the limits; a failure removes the parents made."""
+    from ..container.cgroups import Cgroup
+
     try:
-        return Cgroup.create(parts[-1], cfg.limits, parent=parent, layout=layout), made
+        return Cgroup.create(name, cfg.limits, parent=parent, layout=layout)
     except SetupError as e:
         _remove_parents(made)
-        raise OciError(f"config.json: linux.cgroupsPath {cfg.cgroups_path!r}: {e}") from e
+        if cfg.cgroups_path:
+            raise OciError(f"config.json: linux.cgroupsPath {cfg.cgroups_path!r}: {e}") from e
+        raise
 
 
 def _remove_parents(made: list[str]) -> None:

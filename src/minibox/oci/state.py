@@ -174,6 +174,29 @@ class Record:
             self.remove()
             raise
 
+    def remove_unrecorded(self) -> bool:
+        """Remove the directory of a create killed before it wrote state.json, under the lock.
+
+        Such a create had made nothing else yet (it records the cgroup before
+        making it).  False if state.json exists after all (a create that was
+        only slow, now done): the caller deletes it the ordinary way.
+        """
+        check_root(self.root)
+        try:
+            fd = os.open(os.path.join(self.dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1   # killed between the mkdir and the lock file
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.exists(self.file):
+                return False
+            self.remove()
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     # -- what is observed -----------------------------------------------------------
 
     @property
