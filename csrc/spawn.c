@@ -737,8 +737,17 @@ int mb_spawn(const struct mb_plan *plan, int *pidfd)
     pthread_sigmask(SIG_SETMASK, &all, &old);
 
     if (plan->use_vfork) {
+        /* The child borrows our mm, so its PR_SET_DUMPABLE 0 is ours too
+         * until it has exec'd (when clone_vfork returns): then give the
+         * caller back what it had. */
+        int dumpable = plan->non_dumpable ? prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) : -1;
         /* joining (an exec): the middle process too, see join_and_fork() */
         pid = clone_vfork(plan, flags, pidfd, joining ? vfork_join : vfork_child);
+        if (dumpable >= 0) {
+            int saved_errno = errno;
+            (void)prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
+            errno = saved_errno;
+        }
         goto done;
     }
     pid = clone3_child(plan, flags, pidfd);

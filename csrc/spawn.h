@@ -231,9 +231,10 @@ struct mb_plan {
      * /proc/PID/exe -- and rewrite that binary (CVE-2019-5736) -- or its
      * /proc/PID/fd (CVE-2016-9962).  A non-dumpable one needs
      * CAP_SYS_PTRACE in the host's user namespace; execve makes the
-     * command dumpable again.  In vfork mode this is the caller's mm too:
-     * set it only for a caller that may become non-dumpable (minibox-oci,
-     * as root: its children's uid_map is then still writable by it). */
+     * command dumpable again.  In vfork mode the child shares the
+     * caller's mm, and mb_spawn gives the caller its own setting back once
+     * the child has exec'd.  Only for a root caller: an unprivileged one
+     * could no longer write its child's uid_map. */
     int non_dumpable;
 };
 

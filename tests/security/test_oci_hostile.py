@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -350,3 +351,32 @@ def oci_cli() -> str:
     from tests.oci.conftest import MINIBOX_OCI
 
     return MINIBOX_OCI
+
+
+def test_container_exec_never_exposes_the_host_binary_either(exe_watch: Path, tmp_path: Path) -> None:
+    """The library's Container.exec enters the same way (19 of 20 execs were caught before the fix);
+    and the caller, whose mm a vfork-mode child borrows, is left as dumpable as it was."""
+    import prctl
+
+    from minibox import Container, Mount, Spec
+
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = Spec(argv=["/exe_watch", "20", "/out/hits"],
+                mounts=[Mount.bind(str(exe_watch), "/exe_watch", readonly=True), Mount.bind(str(out), "/out")])
+    dumpable = prctl.get_dumpable()
+    with Container(spec) as box:
+        deadline = time.monotonic() + 10
+        while not (out / "hits").exists() or "ready" not in (out / "hits").read_text():
+            assert time.monotonic() < deadline, "the watcher did not start"
+            time.sleep(0.01)
+        for _ in range(20):
+            box.exec(["sleep", "0.01"])
+        box.kill(signal.SIGKILL)
+        box.wait(timeout=10)
+    assert prctl.get_dumpable() == dumpable
+    host = os.stat(os.path.realpath(sys.executable))
+    hits = [line.split(" ", 3) for line in (out / "hits").read_text().splitlines() if line[0].isdigit()]
+    assert len(hits) >= 10, f"the watcher saw too few of the 20 execs to tell: {hits}"
+    leaked = [h for h in hits if (int(h[1]), int(h[2])) == (host.st_dev, host.st_ino)]
+    assert not leaked, f"root inside opened the host's interpreter through /proc/PID/exe: {leaked}"

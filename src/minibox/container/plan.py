@@ -152,6 +152,7 @@ def process_plan(spec: Spec, argv: Sequence[str]) -> ChildPlan:
     in_userns = "user" in spec.effective_namespaces
     plan.set_ids = spec.user != (0, 0) or in_userns
     plan.set_groups = not in_userns or os.geteuid() == 0
+    plan.non_dumpable = os.geteuid() == 0   # root inside must not reach the host's binary (CVE-2019-5736)
     if in_userns:  # userns.py is imported by the containers that have a user namespace only
         from .userns import default_maps
 
