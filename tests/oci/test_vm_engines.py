@@ -9,7 +9,9 @@ here: seconds), so the checks are grouped.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -139,13 +141,23 @@ def test_podman_memory_limit_is_the_guests_and_its_oom_is_137(podman_vm: PodmanV
 
 def test_podman_detached_vm_exec_pause_stop(podman_vm: PodmanVm) -> None:
     script = "trap 'echo got term; exit 0' TERM; while true; do sleep 0.1; done"
-    container_id = podman_vm("--runtime", "minibox-vm", "run", "-d", IMAGE, "sh", "-c", script).stdout.strip()
+    container_id = podman_vm("--runtime", "minibox-vm", "run", "-d", "--cpus", "0.5", IMAGE, "sh", "-c",
+                             script).stdout.strip()
     try:
         pid = int(podman_vm("inspect", "-f", "{{.State.Pid}}", container_id).stdout)
         with open(f"/proc/{pid}/stat") as f:
             parent = int(f.read().rsplit(")", 1)[1].split()[1])
         with open(f"/proc/{parent}/comm") as f:
             assert f.read().strip() == "conmon", "conmon reaps the VM supervisor"
+        # the VM's host processes are in the cgroup podman asked for, under the CPU quota it set
+        cgroup = f"/sys/fs/cgroup/cpu/libpod_parent/libpod-{container_id}"
+        with open(f"{cgroup}/cgroup.procs") as f:
+            assert str(pid) in f.read().split()
+        with open(f"{cgroup}/cpu.cfs_quota_us") as f, open(f"{cgroup}/cpu.cfs_period_us") as g:
+            assert int(f.read()) * 2 == int(g.read())
+        stats = json.loads(podman_vm("stats", "--no-stream", "--format", "json", container_id).stdout)[0]
+        used, unit = re.fullmatch(r"([\d.]+)([kMG]?B)", stats["mem_usage"].split(" / ")[0]).groups()  # type: ignore[union-attr]
+        assert float(used) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit] > 64e6, "podman stats sees QEMU's memory"
         done = podman_vm("exec", container_id, "sh", "-c", "echo in $(hostname); exit 5", check=False)
         assert done.returncode == 5 and done.stdout == f"in {container_id[:12]}\n", done.stderr
         done = podman_vm("exec", "-i", container_id, "cat", input="exec stdin\n")
@@ -214,6 +226,10 @@ def test_ctr_detached_vm_exec_pause_kill(ctr: Ctr) -> None:  # noqa: F811 (the f
         ctr("task", "resume", name)
         pids = ctr("task", "ps", name).stdout.strip().splitlines()
         assert len(pids) >= 3, "the supervisor, QEMU and virtiofsd"
+        # the shim reads the cgroup of the supervisor: the VM's host processes are charged there
+        metrics = dict(line.split()[:2] for line in ctr("task", "metrics", name).stdout.splitlines()
+                       if line.startswith(("memory.", "cpuacct.usage ")))
+        assert int(metrics["memory.usage_in_bytes"]) > 64 << 20 and int(metrics["cpuacct.usage"]) > 0, metrics
         ctr("task", "kill", name)   # SIGTERM, to the guest command: the trap exits 0
         deadline = time.monotonic() + 30
         while "STOPPED" not in ctr("task", "ls").stdout:

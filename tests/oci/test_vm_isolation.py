@@ -9,6 +9,7 @@ that one VM.  Leftovers are checked after each: no host process of the VM
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -108,7 +109,6 @@ def test_refused_fields_fail_create_with_one_line_and_leave_nothing(oci: Oci) ->
     cases = [
         ({"linux__namespaces": [{"type": "mount"}, {"type": "network", "path": f"/proc/{os.getpid()}/ns/net"}]},
          "cannot join a namespace of the host"),
-        ({"linux__resources": {"cpu": {"cpus": "0"}}}, "linux.resources.cpu.cpus"),
         ({"linux__resources": {"memory": {"limit": 32 << 20}}}, "at least 96M"),
         ({"mounts": [{"destination": "/x", "type": "overlay", "source": "overlay"}]}, "bind (virtiofs) and tmpfs"),
     ]
@@ -276,8 +276,10 @@ def test_run_streams_stdio_and_a_killed_supervisor_leaves_nothing_after_gc(oci: 
     assert not (oci.root / "v3").exists(), "run deletes the container it ran"
     _reap_orphans()
 
-    # a supervisor killed outright: its keeper ends QEMU and virtiofsd, gc its record, delete the rest
-    oci.write_config(["sleep", "60"], annotations=VM)
+    # a supervisor killed outright: its keeper ends QEMU and virtiofsd, gc its record and cgroup,
+    # delete the rest
+    parent = f"minibox-vm-test-{os.getpid()}"
+    oci.write_config(["sleep", "60"], annotations=VM, linux__cgroupsPath=f"/{parent}/v4")
     pid_file = tmp_path / "pid"
     oci.create("v4", "--pid-file", str(pid_file), stdin=subprocess.DEVNULL)
     pid = int(pid_file.read_text())
@@ -292,15 +294,69 @@ def test_run_streams_stdio_and_a_killed_supervisor_leaves_nothing_after_gc(oci: 
     assert not [p for p in pids if _alive(p)], "the keeper ended QEMU and virtiofsd"
     from minibox import gc
 
+    cgroups = glob.glob(f"/sys/fs/cgroup/*/{parent}/v4")
+    assert len(cgroups) >= 4, "memory, pids, cpuacct and freezer at least"
     report = gc.collect()
     assert f"vm {vm_id}" in report.removed
+    assert not [d for d in cgroups if os.path.exists(d)], "gc removed the VM's host cgroup"
     oci("delete", "v4")
+    assert not glob.glob(f"/sys/fs/cgroup/*/{parent}"), "delete removed the parent create made"
     _assert_nothing_left(oci, "v4", pids, vm_id)
 
 
+def _in_cgroup(directory: str, pid: int) -> bool:
+    return str(pid) in Path(directory, "cgroup.procs").read_text().split()
+
+
+def test_host_processes_in_the_cgroup_asked_for_with_the_cpu_limits(oci: Oci, tmp_path: Path) -> None:
+    """``linux.cgroupsPath``: the supervisor, QEMU and virtiofsd run in that cgroup, whose CPU knobs
+    carry ``linux.resources.cpu``; the engine reads the VM's usage there; delete removes it."""
+    parent = f"minibox-vm-test-{os.getpid()}"
+    oci.write_config(["sleep", "600"], annotations=VM, linux__cgroupsPath=f"/{parent}/v7",
+                     linux__resources={"memory": {"limit": 160 << 20},
+                                       "cpu": {"quota": 50000, "period": 100000, "shares": 512, "cpus": "0"}})
+    pid_file = tmp_path / "pid"
+    done = oci.create("v7", "--pid-file", str(pid_file), stdin=subprocess.DEVNULL)
+    assert "shares" not in done.stderr, "cpu.shares is applied, not warned about"
+    pid = int(pid_file.read_text())
+    vm_id = json.loads((oci.root / "v7" / "state.json").read_text())["vm"]
+    pids = json.loads(oci("ps", "--format", "json", "v7").stdout)
+    qemu = pids[1]
+    assert "qemu-system" in Path(f"/proc/{qemu}/cmdline").read_text()
+    directories = {c: f"/sys/fs/cgroup/{c}/{parent}/v7" for c in ("cpu", "cpuacct", "memory", "pids", "cpuset")}
+    for directory in directories.values():
+        for member in pids:  # the supervisor, QEMU, each virtiofsd
+            assert _in_cgroup(directory, member), f"{member} in {directory}"
+    cpu = directories["cpu"]
+    assert int(Path(cpu, "cpu.cfs_quota_us").read_text()) * 2 == int(Path(cpu, "cpu.cfs_period_us").read_text())
+    assert int(Path(cpu, "cpu.shares").read_text()) > 2
+    assert Path(directories["cpuset"], "cpuset.cpus").read_text().strip() == "0"
+    assert Path(f"/proc/{qemu}/status").read_text().split("Cpus_allowed_list:")[1].split()[0] == "0"
+    from minibox.oci.vm_runtime import HOST_MEMORY_HEADROOM
+
+    memory_limit = int(Path(directories["memory"], "memory.limit_in_bytes").read_text())
+    assert memory_limit == (160 << 20) + HOST_MEMORY_HEADROOM, "the guest's RAM, and QEMU's headroom"
+    oci("start", "v7")
+    done = oci("exec", "v7", "sh", "-c", "nproc; grep MemTotal /proc/meminfo", stdin=subprocess.DEVNULL)
+    cpus, memory = done.stdout.splitlines()
+    assert int(cpus) == 1 and int(memory.split()[1]) <= 160 << 10, "the guest is sized as before"
+    # what an engine's stats read: the VM's memory and CPU time, charged to this cgroup
+    assert int(Path(directories["memory"], "memory.usage_in_bytes").read_text()) > 64 << 20
+    assert int(Path(directories["cpuacct"], "cpuacct.usage").read_text()) > 0
+    oci("kill", "v7", "KILL")
+    oci.reap(pid)
+    oci("delete", "v7")
+    assert not [d for d in directories.values() if os.path.exists(d)], "delete removed the cgroup"
+    assert not [c for c in directories if os.path.exists(f"/sys/fs/cgroup/{c}/{parent}")], \
+        "and the parent create made for it"
+    _assert_nothing_left(oci, "v7", pids, vm_id)
+
+
 def test_a_create_killed_while_booting_leaves_nothing(oci: Oci, tmp_path: Path) -> None:
-    """The caller of create dies mid-boot: its supervisor notices, ends the VM and removes the state."""
-    oci.write_config(["true"], annotations=VM)
+    """The caller of create dies mid-boot: its supervisor notices, ends the VM and removes the state;
+    gc removes its host cgroup once it has exited."""
+    parent = f"minibox-vm-test-{os.getpid()}"
+    oci.write_config(["true"], annotations=VM, linux__cgroupsPath=f"/{parent}/v5")
     oci.ids.append("v5")
     caller = subprocess.Popen([MINIBOX_OCI, "--root", str(oci.root), "create", "--bundle", str(oci.bundle), "v5"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -323,4 +379,7 @@ def test_a_create_killed_while_booting_leaves_nothing(oci: Oci, tmp_path: Path) 
     leftover = [r for _, r in records.all_records() if r is not None and r.get("kind") == "vm"
                 and r.get("owner", {}).get("pid") == supervisor]
     assert not leftover, "no VM record of that supervisor is left"
+    assert not glob.glob(f"/sys/fs/cgroup/*/{parent}/v5"), "nor its host cgroup"
+    for directory in glob.glob(f"/sys/fs/cgroup/*/{parent}"):  # the parent: the engine's, here ours
+        os.rmdir(directory)
     _reap_orphans()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..container.spawn import ChildPlan
+    from ..spec import Limits
     from .config import Config  # loaded by create and exec only: start, kill, state and delete need no parser
 
 # Order in which namespaces given by path are joined (before the clone's new
@@ -438,17 +439,31 @@ def _planned_cgroup_dirs(name: str, parent: str | None, layout: Any) -> tuple[in
     return (2 if layout.kind == "v2" else 1), {key: f"{base}/{name}" for key, base in bases.items()}, made
 
 
-def _create_cgroup(cfg: Config, name: str, parent: str | None, layout: Any, made: list[str]) -> Any:
-    """Make the cgroup _plan_cgroup placed and write the limits; a failure removes the parents made."""
+def _create_cgroup(cfg: Config, name: str, parent: str | None, layout: Any, made: list[str],
+                   limits: Limits | None = None) -> Any:
+    """Make the cgroup _plan_cgroup placed and write the limits (config.json's unless given: a VM's
+    host processes get others, oci/vm_runtime.py); a failure removes the parents made."""
     from ..container.cgroups import Cgroup
 
     try:
-        return Cgroup.create(name, cfg.limits, parent=parent, layout=layout)
+        return Cgroup.create(name, cfg.limits if limits is None else limits, parent=parent, layout=layout)
     except SetupError as e:
         _remove_parents(made)
         if cfg.cgroups_path:
             raise OciError(f"config.json: linux.cgroupsPath {cfg.cgroups_path!r}: {e}") from e
         raise
+
+
+def remove_recorded_cgroup(record: Record) -> None:
+    """delete's last step: the container's cgroup, and the parents create made for it."""
+    cgroup = record.cgroup()
+    if cgroup is None:
+        return
+    try:
+        cgroup.remove()
+    except SetupError as e:
+        raise OciError(f"container {record.id}: {e}") from e
+    _remove_parents(record.data["cgroup"].get("made_parents", []))
 
 
 def _remove_parents(made: list[str]) -> None:
@@ -587,12 +602,7 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
             kill(record, SIGKILL)
         if record.pid and status != "stopped" and not wait_gone(record.pid):
             raise OciError(f"container {record.id}: its init did not die within 5 s of SIGKILL")
-    if cgroup is not None:
-        try:
-            cgroup.remove()
-        except SetupError as e:
-            raise OciError(f"container {record.id}: {e}") from e
-        _remove_parents(record.data["cgroup"].get("made_parents", []))
+    remove_recorded_cgroup(record)
     state = record.oci_state()
     state["status"] = "stopped"
     from .hooks import run_recorded_hooks

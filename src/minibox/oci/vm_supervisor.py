@@ -115,16 +115,25 @@ class OciVirtualMachine(VirtualMachine):
     and the boot ends at the agent's hello, not at the command's start.
     """
 
-    def __init__(self, spec: Spec, *, stdout: int, stderr: int) -> None:
+    def __init__(self, spec: Spec, *, stdout: int, stderr: int, host_cgroup: dict[str, Any] | None = None) -> None:
         super().__init__(spec, stdout=stdout, stderr=stderr)
         self._ch = OciChannels(self._cond, stdout, stderr, on_violation=self._kill_qemu)
         self._plan: _plan.VmPlan | None = None
+        self._host_cgroup = host_cgroup
         self.stdin_sock: socket.socket | None = None
 
     @property
     def record_id(self) -> str:
         """The id of this VM's minibox record (runtime_dir()/sandboxes/<id>.json)."""
         return self._id
+
+    def _create_record(self, spec: Spec) -> Any:
+        """The VM's record names the host cgroup it runs in: if the supervisor is killed,
+        ``minibox gc`` removes the cgroup with the rest (its usual removal is ``delete``'s)."""
+        record = super()._create_record(spec)
+        if self._host_cgroup is not None:
+            record.update(cgroup=self._host_cgroup)
+        return record
 
     def host_pids(self) -> list[int]:
         """QEMU and the virtiofsd processes, while they run."""
@@ -428,8 +437,10 @@ class Supervisor:
         threading.Thread(target=relay, name="stdin", daemon=True).start()
 
 
-def run(spec: Spec, *, state_dir: str, ready_fd: int, tty_fd: int | None) -> int:
-    """The supervisor's life (in the forked child of ``create``); returns its exit status."""
+def run(spec: Spec, *, state_dir: str, ready_fd: int, tty_fd: int | None,
+        host_cgroup: dict[str, Any] | None = None) -> int:
+    """The supervisor's life (in the forked child of ``create``, already in ``host_cgroup``, the
+    ``{"version", "paths"}`` of the VM's host cgroup); returns its exit status."""
     out_fd = err_fd = 1
     stdin_fd = 0
     if tty_fd is not None:
@@ -437,7 +448,7 @@ def run(spec: Spec, *, state_dir: str, ready_fd: int, tty_fd: int | None) -> int
     else:
         err_fd = 2
     try:
-        vm = OciVirtualMachine(spec, stdout=out_fd, stderr=err_fd)
+        vm = OciVirtualMachine(spec, stdout=out_fd, stderr=err_fd, host_cgroup=host_cgroup)
     except MiniboxError as e:
         _report(ready_fd, b"E" + str(e).encode())
         return 1
@@ -463,13 +474,13 @@ def run(spec: Spec, *, state_dir: str, ready_fd: int, tty_fd: int | None) -> int
             watcher.stop()
             vm.close()
             if not _report(ready_fd, b"E" + " ".join(str(e).split()).encode()) or watcher.caller_gone:
-                _forget(state_dir)
+                _forget(state_dir, vm.record_id, host_cgroup)
             return 1
         watcher.stop()
         threading.Thread(target=sup.serve, args=(listener,), name="control", daemon=True).start()
         if watcher.caller_gone or not _report(ready_fd, b"R" + vm.record_id.encode()):
             vm.close()
-            _forget(state_dir)
+            _forget(state_dir, vm.record_id, host_cgroup)
             return 1
         while not sup.started.wait(1.0):
             if not os.path.isdir(state_dir):
@@ -532,11 +543,22 @@ class CallerWatch:
         os.close(self._wake_w)
 
 
-def _forget(state_dir: str) -> None:
-    """The caller of create died before it returned: nobody will ever start or delete this container."""
+def _forget(state_dir: str, record_id: str, host_cgroup: dict[str, Any] | None) -> None:
+    """The caller of create died before it returned: nobody will ever start or delete this container.
+
+    Its state directory goes now.  Its host cgroup cannot yet -- this
+    process and its keeper are in it until they exit -- so a record of ours
+    names it (the VM's own is gone with the VM): once we are gone, our lock
+    is free and ``minibox gc`` removes the cgroup and the record.
+    """
     import shutil
 
     shutil.rmtree(state_dir, ignore_errors=True)
+    if host_cgroup is not None:
+        from ..records import Record
+
+        with contextlib.suppress(MiniboxError):
+            Record.create("vm", record_id, cgroup=host_cgroup)
 
 
 def _report(fd: int, message: bytes) -> bool:
