@@ -16,7 +16,10 @@ without ``site``.  Nothing else changes: ``PYTHONPATH`` and the other
 ``PYTHON*`` variables are honoured as before (``-S``, not ``-I``: a user who
 points ``PYTHONPATH`` at a patched module keeps getting it, ahead of
 site-packages as before), and the paths come after the standard library as
-``site`` puts them.  If the recorded directories no longer hold minibox
+``site`` puts them.  The script's first line after the ``#!`` raises the
+cycle collector's threshold (:func:`minibox._lean.begin`) before the first
+import: at Python's default, a ``minibox-oci create`` and a ``delete`` each
+made 4 collections over their own imports, none now.  If the recorded directories no longer hold minibox
 (the venv was moved), the script runs ``site`` after all, as pip's script
 would have.
 
@@ -70,9 +73,12 @@ def site_paths(python: str) -> list[str]:
 
 def script_text(python: str, module: str, paths: list[str]) -> str:
     """The console script: ``python -S``, site's directories appended, then ``module.entry_point()``."""
+    from ._lean import COLLECT_AFTER
+
     return f"""#!{python} -S
 {MARKER} (python -m minibox._entry scripts; pip's own script starts site.py, ~10 ms more)
-import sys
+import gc, sys
+gc.set_threshold({COLLECT_AFTER})  # minibox._lean.begin, before the imports: no cycle collection over them
 if not sys.flags.safe_path:
     del sys.path[0]  # the script's own directory (bin/), where nothing is importable
 sys.path += {paths!r}  # what site.py would add, in its order: site-packages, then its .pth entries

@@ -388,6 +388,7 @@ def entry_point() -> None:
     modules costs milliseconds that buy nothing: every file is closed by
     then, and the processes minibox-oci forks end with their own os._exit.
     """
-    from .._lean import leave
+    from .._lean import begin, leave
 
+    begin()  # no cycle collection over the imports of a verb's few milliseconds (see begin)
     leave(main())
