@@ -37,6 +37,9 @@ FORBIDDEN = frozenset({
 #: minibox's modules that only some containers need: a ``minibox run --rootfs DIR`` without a user
 #: namespace imports none of them (minibox.container.plan and .container import them where used).
 ONLY_WHEN_USED = frozenset({"minibox.images.busybox", "minibox.container.userns"})
+#: At most this many of minibox's own modules on ``minibox run --rootfs DIR -- CMD``: each costs a start
+#: ~0.15 ms of import machinery before its own code runs (docs/benchmarks.md, round three).
+MINIBOX_MODULES_BUDGET = 27
 #: Wanted gone as well, still imported: none today (the tuple says which when there are some again).
 STILL_IMPORTED: tuple[str, ...] = ()
 
@@ -161,6 +164,10 @@ def main() -> int:
     bad = sorted(names & FORBIDDEN)
     if args.rootfs:
         bad += sorted(names & ONLY_WHEN_USED)
+        own = sorted(name for name in names if name.startswith("minibox"))
+        if len(own) > MINIBOX_MODULES_BUDGET:
+            print(f"FAIL: {len(own)} of minibox's modules, the budget is {MINIBOX_MODULES_BUDGET}: {', '.join(own)}")
+            return 1
     if bad:
         print(f"FAIL: forbidden imports on this path: {', '.join(bad)}")
         return 1

@@ -23,7 +23,7 @@ from minibox._record import replace
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
-from importtime import FORBIDDEN, OCI, ONLY_WHEN_USED  # noqa: E402  (bench/ is not a package)
+from importtime import FORBIDDEN, MINIBOX_MODULES_BUDGET, OCI, ONLY_WHEN_USED  # noqa: E402  (bench/ is not a package)
 
 # Everything `minibox run` imports before the container's clone: the flags,
 # the Spec, and the modules the container path loads at the top.
@@ -92,6 +92,8 @@ def test_a_whole_cli_run_imports_nothing_forbidden(busybox_rootfs: str) -> None:
     assert "minibox.container.spawn" in imported
     assert not imported & FORBIDDEN, f"minibox run imports {sorted(imported & FORBIDDEN)}"
     assert not imported & ONLY_WHEN_USED, f"minibox run --rootfs imports {sorted(imported & ONLY_WHEN_USED)}"
+    own = sorted(name for name in imported if name.startswith("minibox") and name != "minibox._minibox_native.lib")
+    assert len(own) <= MINIBOX_MODULES_BUDGET, f"{len(own)} of minibox's modules, over the budget: {own}"
     # a collection walks the objects of every module imported so far: ~2 ms each here (_lean.begin)
     assert "collections=0" in imported
 
