@@ -126,7 +126,9 @@ static void close_other_fds(const struct mb_plan *plan)
     n = keep_fd(keep, n, plan->error_fd);
     n = keep_fd(keep, n, plan->sync_fd);
     n = keep_fd(keep, n, plan->report_fd);
-    n = keep_fd(keep, n, plan->cgroup_fd);
+    /* not plan->cgroup_fd: clone3 used it in the parent, and a directory fd
+     * of the host's cgroup tree open in the child as it chdirs would let a
+     * cwd of /proc/self/fd/N start the command outside its root */
     n = keep_fd(keep, n, plan->stdin_fd);
     n = keep_fd(keep, n, plan->stdout_fd);
     n = keep_fd(keep, n, plan->stderr_fd);
@@ -589,9 +591,19 @@ static void __attribute__((noreturn)) child_main(const struct mb_plan *plan)
         CHECK(plan, MB_STEP_CAPABILITIES, prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0));
     }
 
-    /* chdir after the id switch, so the command's own permissions apply */
-    if (plan->cwd)
+    /* chdir after the id switch, so the command's own permissions apply.
+     * Then check where it led: a cwd of /proc/self/fd/N names whatever
+     * fd N is, and a directory outside the root there (an fd the caller
+     * passed, or leaked) would start the command in the host's file
+     * system (runc's CVE-2024-21626).  The kernel's getcwd marks a
+     * directory the root cannot reach "(unreachable)". */
+    if (plan->cwd) {
+        char where[4096];
         CHECK(plan, MB_STEP_CHDIR, chdir(plan->cwd));
+        long n = syscall(SYS_getcwd, where, sizeof where);
+        if (n > 0 && where[0] != '/')
+            fail(plan, MB_STEP_CWD_OUTSIDE, EPERM, -1);
+    }
 
     if (plan->no_new_privs)
         CHECK(plan, MB_STEP_NO_NEW_PRIVS, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));

@@ -51,6 +51,7 @@ enum mb_step {
     MB_STEP_ROOT_LAYER = 29,       /* one of plan->root_ops; index says which */
     MB_STEP_CGROUP_NAMESPACE = 30, /* unshare(CLONE_NEWCGROUP) once in the cgroup */
     MB_STEP_NON_DUMPABLE = 31,     /* prctl(PR_SET_DUMPABLE, 0) before entering */
+    MB_STEP_CWD_OUTSIDE = 32,      /* the cwd is not below the root (a directory fd) */
 };
 
 /* The bytes the parent writes to sync_fd, in this order (runc also names

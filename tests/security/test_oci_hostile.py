@@ -380,3 +380,31 @@ def test_container_exec_never_exposes_the_host_binary_either(exe_watch: Path, tm
     assert len(hits) >= 10, f"the watcher saw too few of the 20 execs to tell: {hits}"
     leaked = [h for h in hits if (int(h[1]), int(h[2])) == (host.st_dev, host.st_ino)]
     assert not leaked, f"root inside opened the host's interpreter through /proc/PID/exe: {leaked}"
+
+
+def test_a_cwd_through_a_directory_fd_never_lands_outside_the_root(oci: Oci, tmp_path: Path) -> None:
+    """CVE-2024-21626: an image's WORKDIR /proc/self/fd/N, with a directory fd open in the process as it
+    chdirs (runc leaked one of /sys/fs/cgroup; here one the engine passes with --preserve-fds),
+    made the command start in the host's file system.  Refused, at create and at exec."""
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "host-only").touch()
+    oci.write_config(["sleep", "30"])
+    oci.create("c1")
+    pid = oci.state("c1")["pid"]
+    oci("start", "c1")
+    with_fd3 = ["sh", "-c", f'exec "$@" 3<{host_dir}', "sh"]   # fd 3: the host directory, in minibox-oci only
+    try:
+        done = oci("exec", "--preserve-fds", "1", "--cwd", "/proc/self/fd/3", "c1", "sh", "-c", "ls; ls ../../..",
+                   prefix=with_fd3, check=False)
+        assert "host-only" not in done.stdout, f"exec started in the host's directory: {done.stdout}"
+        assert done.returncode != 0 and "cwd" in done.stderr, done.stderr
+        config = oci.write_config(["sh", "-c", "ls"])
+        config["process"]["cwd"] = "/proc/self/fd/3"
+        (oci.bundle / "config.json").write_text(json.dumps(config))
+        done = oci.create("c2", "--preserve-fds", "1", prefix=with_fd3, check=False)
+        assert done.returncode != 0 and "cwd" in done.stderr, done.stderr
+        assert not (oci.root / "c2").exists()
+    finally:
+        oci("kill", "c1", "KILL")
+        oci.reap(pid)

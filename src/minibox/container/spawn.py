@@ -63,6 +63,7 @@ STEP_NAMES: dict[int, str] = {
     lib.MB_STEP_ROOT_LAYER: "root layer",
     lib.MB_STEP_CGROUP_NAMESPACE: "unshare the cgroup namespace",
     lib.MB_STEP_NON_DUMPABLE: "make non-dumpable",
+    lib.MB_STEP_CWD_OUTSIDE: "cwd (it leads outside the container's root, through a file descriptor)",
 }
 STEP_EXECVE: int = lib.MB_STEP_EXECVE
 STEP_ROOT_LAYER: int = lib.MB_STEP_ROOT_LAYER
