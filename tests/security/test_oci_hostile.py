@@ -408,3 +408,59 @@ def test_a_cwd_through_a_directory_fd_never_lands_outside_the_root(oci: Oci, tmp
     finally:
         oci("kill", "c1", "KILL")
         oci.reap(pid)
+
+
+def test_a_recycled_pid_in_the_record_is_never_signalled(oci: Oci) -> None:
+    """The record keeps the init's start time: once the init has gone and its pid names another
+    process, kill and delete treat the container as stopped and leave that process alone."""
+    oci.write_config(["sleep", "30"])
+    oci.create("r1")
+    pid = oci.state("r1")["pid"]
+    oci("start", "r1")
+    oci("kill", "r1", "KILL")
+    oci.reap(pid)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state_file = oci.root / "r1" / "state.json"
+        record = json.loads(state_file.read_text())
+        record["pid"] = bystander.pid   # as if the pid had been recycled for it
+        state_file.write_text(json.dumps(record))
+        assert oci.state("r1")["status"] == "stopped"
+        done = oci("kill", "r1", "KILL", check=False)
+        assert done.returncode != 0 and "not running" in done.stderr
+        oci("kill", "--all", "r1", "KILL")
+        oci("delete", "r1")
+        assert bystander.poll() is None, "minibox-oci signalled a process that is not the container's"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.parametrize("case", ["hostname too long", "uid map overflowing", "uid map the kernel refuses",
+                                  "huge environment", "cwd relative"])
+def test_hostile_values_fail_whole_and_leave_nothing(oci: Oci, case: str) -> None:
+    config = oci.write_config(["true"])
+    if case == "hostname too long":
+        config["hostname"] = "h" * 65
+    elif case == "uid map overflowing":
+        config["linux"]["namespaces"].append({"type": "user"})
+        config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 4294967295, "size": 4294967295}]
+        config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 0, "size": 1}]
+    elif case == "uid map the kernel refuses":   # overlapping ranges: found only by the write, with the child waiting
+        config["linux"]["namespaces"].append({"type": "user"})
+        config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 10},
+                                          {"containerID": 5, "hostID": 200000, "size": 10}]
+        config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 10}]
+    elif case == "huge environment":
+        config["process"]["env"] += [f"K{i}={'v' * 1000}" for i in range(4000)]
+    else:
+        config["process"]["cwd"] = "../../etc"
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    done = oci.create("v1", check=False)   # (create hung on the map the kernel refused)
+    assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+    field = {"hostname too long": "config.json: hostname", "uid map overflowing": "config.json: linux.uidMappings[0]",
+             "cwd relative": "config.json: process.cwd"}.get(case, "")
+    assert field in done.stderr, done.stderr
+    assert not (oci.root / "v1").exists() and not cgroup_dirs("v1")
+    time.sleep(0.05)
+    assert not _gates()

@@ -261,6 +261,9 @@ def parse(raw: dict[str, Any], bundle: str, check_namespace_paths: bool = True) 
     process = parse_process(raw.get("process"), "process.", warnings)
     hostname = _get(raw, "hostname", str, "")
     domainname = _get(raw, "domainname", str, "")
+    for key, name in (("hostname", hostname), ("domainname", domainname)):
+        if name and (len(name.encode()) > 64 or "\x00" in name):
+            raise field_error(key, f"at most 64 bytes and no NUL (sethostname(2)); got {len(name.encode())} bytes")
 
     mounts = []
     for i, m in enumerate(_get(raw, "mounts", list, "", [])):
@@ -309,8 +312,12 @@ def parse(raw: dict[str, Any], bundle: str, check_namespace_paths: bool = True) 
             at = f"linux.{key}[{i}]"
             if not isinstance(m, dict):
                 raise field_error(at, "expected {containerID, hostID, size}")
-            maps.append(IdMap(_int(m.get("containerID"), f"{at}.containerID"),
-                              _int(m.get("hostID"), f"{at}.hostID"), _int(m.get("size"), f"{at}.size", 1)))
+            inside, outside = _int(m.get("containerID"), f"{at}.containerID"), _int(m.get("hostID"), f"{at}.hostID")
+            size = _int(m.get("size"), f"{at}.size", 1)
+            if max(inside, outside) + size > 1 << 32:
+                raise field_error(at, f"containerID/hostID + size must stay within 2^32 ids (user_namespaces(7)); "
+                                  f"got {inside}/{outside} + {size}")
+            maps.append(IdMap(inside, outside, size))
         return maps
 
     uid_map, gid_map = id_maps("uidMappings"), id_maps("gidMappings")

@@ -353,6 +353,14 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
                 cgroup.attach(pid)
                 os.write(sync_w, b"G")
             except (OSError, MiniboxError) as e:
+                # The child may be waiting for our next byte: end it, or reading
+                # its report would wait forever (an id map the kernel refuses hung
+                # create).  A report it wrote before (its own failure) is read still.
+                with suppress(OSError):
+                    if pidfd is not None:
+                        pidfd_send_signal(pidfd, SIGKILL)
+                    else:
+                        os.kill(pid, SIGKILL)
                 failure = read_child_error(error_r, plan)
                 raise (failure or e) from e
         failure = read_child_error(error_r, plan)
