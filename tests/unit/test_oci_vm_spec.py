@@ -14,7 +14,7 @@ import pytest
 
 from minibox.oci import config as config_mod
 from minibox.oci.state import OciError
-from minibox.oci.vm_runtime import vm_spec
+from minibox.oci.vm_runtime import HOST_MEMORY_HEADROOM, host_limits, vm_spec
 
 
 def _raw(data: Path, **changes: Any) -> dict[str, Any]:
@@ -79,15 +79,26 @@ def test_a_podman_like_bundle_becomes_the_spec_the_python_api_takes(bundle: Path
     assert capability_set(spec) == {"CAP_CHOWN", "CAP_KILL"}
     assert dict(spec.rlimits) == {"RLIMIT_NOFILE": (1024, 1024)}
     joined = " ".join(warnings)
-    for field in ("cpu.shares", "memory.swap", "linux.sysctl", "additionalGids"):
+    for field in ("memory.swap", "linux.sysctl", "additionalGids"):
         assert field in joined, f"{field} is not applied, and the log says so"
+    # the CPU quota and shares limit QEMU's threads in the VM's host cgroup (host_limits), so no warning;
+    # the memory limit there is the guest's RAM plus the headroom for QEMU itself
+    assert "cpu.shares" not in joined
+    host = host_limits(cfg, spec)
+    assert (host.cpus, host.memory_bytes) == (1.5, (256 << 20) + HOST_MEMORY_HEADROOM)
+    assert host.cpu_weight is not None and host.pids is None
+
+
+def test_pinned_cpus_pin_the_vms_host_threads(bundle: Path) -> None:
+    cfg = config_mod.parse(_raw(bundle / "data", linux__resources={"cpu": {"cpus": "0"}}), str(bundle))
+    spec = vm_spec(cfg, [])
+    assert host_limits(cfg, spec).cpuset == "0"
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
     ({"linux__uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
       "linux__gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
       "linux__namespaces": [{"type": "mount"}, {"type": "user"}]}, "uidMappings"),
-    ({"linux__resources": {"cpu": {"cpus": "0-1"}}}, "cpu.cpus"),
     ({"linux__devices": [{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232}]}, "/dev/kvm"),
     ({"mounts": [{"destination": "/x", "type": "overlay", "source": "overlay"}]}, "overlay"),
     ({"linux__resources": {"memory": {"limit": 64 << 20}}}, "at least 96M"),
