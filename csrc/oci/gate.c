@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +41,13 @@ int main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0)
         return 125;
+    /* Non-dumpable until the command's execve makes it dumpable again: a
+     * process sharing our pid namespace (a pod) must not open
+     * /proc/<us>/fd/GATE_FD, the exec fifo in the host's --root, and start
+     * the container behind the engine's back.  (execveat of this memfd
+     * made us dumpable; the C child had been non-dumpable.)  Best effort:
+     * a seccomp profile may refuse prctl. */
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     int error_fd = atoi(argv[1]);
     int gate_fd = atoi(argv[2]);
     char **command = &argv[5];

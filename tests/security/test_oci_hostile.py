@@ -464,3 +464,32 @@ def test_hostile_values_fail_whole_and_leave_nothing(oci: Oci, case: str) -> Non
     assert not (oci.root / "v1").exists() and not cgroup_dirs("v1")
     time.sleep(0.05)
     assert not _gates()
+
+
+def test_a_created_containers_gate_is_out_of_reach_of_its_pid_namespace(oci: Oci) -> None:
+    """In a pod sharing one pid namespace, a created container waits in its gate holding its exec
+    fifo (a file of the host's --root): a neighbour must not reach it through /proc/PID/fd (and so
+    start the container behind the engine's back, or steal start's byte)."""
+    oci.write_config(["sleep", "30"])
+    oci.create("pod")
+    pod_pid = oci.state("pod")["pid"]
+    oci("start", "pod")
+    config = oci.write_config(["sleep", "30"])
+    config["linux"]["namespaces"] = [{"type": "pid", "path": f"/proc/{pod_pid}/ns/pid"},
+                                     *[ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]]
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    oci.create("member")
+    member_pid = oci.state("member")["pid"]
+    try:
+        script = ("for p in /proc/[0-9]*; do grep -q minibox-oci-gate $p/cmdline 2>/dev/null || continue; "
+                  "echo gate=$p; ls -l $p/fd/; for f in $p/fd/*; do case $(readlink $f) in *exec.fifo) "
+                  "echo 0 > $f && echo WROTE;; esac; done; done; true")
+        out = oci("exec", "pod", "sh", "-c", script, check=False)
+        assert "gate=" in out.stdout, f"the probe did not find the gate: {out}"
+        assert "exec.fifo" not in out.stdout and "WROTE" not in out.stdout, out.stdout
+        assert oci.state("member")["status"] == "created"
+    finally:
+        oci("kill", "pod", "KILL")
+        oci("delete", "--force", "member")
+        oci.reap(member_pid)   # first: the namespace's init is reaped once all of it is
+        oci.reap(pod_pid)
