@@ -493,3 +493,40 @@ def test_a_created_containers_gate_is_out_of_reach_of_its_pid_namespace(oci: Oci
         oci("delete", "--force", "member")
         oci.reap(member_pid)   # first: the namespace's init is reaped once all of it is
         oci.reap(pod_pid)
+
+
+def test_console_socket_gives_the_engine_a_pty_of_the_containers_own_and_nothing_more(oci: Oci,
+                                                                                       tmp_path: Path) -> None:
+    """--console-socket: the master goes to the engine, the init keeps only the slave (of the container's
+    own devpts instance) on 0-2; neither the socket nor a host terminal reaches the container."""
+    import array
+    import fcntl
+    import socket
+
+    path = str(tmp_path / "console.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    config = oci.write_config(["sleep", "30"])
+    config["process"]["terminal"] = True
+    (oci.bundle / "config.json").write_text(json.dumps(config))
+    oci.create("t1", "--console-socket", path)
+    pid = oci.state("t1")["pid"]
+    conn, _ = listener.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 16, 4)
+    conn.close()
+    listener.close()
+    try:
+        assert len(fds) == 1
+        number = array.array("i", [0])
+        fcntl.ioctl(fds[0], 0x80045430, number)   # TIOCGPTN: a pty master; its slave's number
+        oci("start", "t1")
+        init_fds, _ = _fds_and_cwd(oci, "t1", "1")
+        assert init_fds == {str(i): f"/dev/pts/{number[0]}" for i in range(3)}, init_fds
+        pts = oci("exec", "t1", "ls", "/dev/pts").stdout.split()
+        assert sorted(pts) == sorted(["ptmx", str(number[0])]), f"not a devpts of its own: {pts}"
+    finally:
+        for fd in fds:
+            os.close(fd)
+        oci("kill", "t1", "KILL")
+        oci.reap(pid)
