@@ -345,8 +345,9 @@ class Spec:
     is never written -- what ``docker run`` users expect; without it a named
     rootfs is used in place (its files are the container's, as with
     ``crun``/``runc``).  The shared default image always gets the layer.
-    ``rootfs_overlay_size`` bounds that layer (bytes or ``"64M"``; the
-    container sees ENOSPC beyond it).
+    ``rootfs_overlay_size`` bounds that layer and the default image's
+    private /tmp, each (bytes or ``"64M"``; the container sees ENOSPC
+    beyond it; 1 GiB when not set: both are host memory).
     """
 
     argv: Sequence[str]

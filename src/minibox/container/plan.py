@@ -68,6 +68,15 @@ DEFAULT_PID_BOUND = 2048
 
 _pid_bound: bool | None = None
 
+#: How many bytes the private writable layer of a container (the default
+#: image's, or ``rootfs_overlay=True``) and its private /tmp may each hold
+#: when the Spec sets no ``rootfs_overlay_size``.  Both are tmpfs, that is
+#: host memory, and a container without ``Limits(memory=...)`` has no cgroup
+#: to charge it to: unbounded, tmpfs(5) takes half the host's RAM each, and
+#: ``head -c 20G /dev/zero > /tmp/f`` inside would push the host into its
+#: OOM killer.  A write beyond the bound fails inside with ENOSPC.
+DEFAULT_LAYER_SIZE = 1 << 30
+
 
 def pid_bound_supported() -> bool:
     """Whether kernel.pid_max is per pid namespace here: Linux >= 6.14 (commit 7863dcc72d0f).
@@ -182,7 +191,7 @@ def choose_root(spec: Spec, plan: ChildPlan) -> tuple[Spec, str, str, bool]:
     root = image
     readonly = spec.readonly_rootfs
     if (spec.rootfs is None or spec.rootfs_overlay) and _overlayfs_available():
-        size = None if spec.rootfs_overlay_size is None else int(spec.rootfs_overlay_size)
+        size = DEFAULT_LAYER_SIZE if spec.rootfs_overlay_size is None else int(spec.rootfs_overlay_size)
         plan.root_ops, root = overlay_root(image, _overlay_scratch(), size=size, private_tmp=spec.rootfs is None)
     elif spec.rootfs_overlay:
         raise PreflightError("rootfs_overlay needs overlayfs, and this kernel has none loaded "
@@ -190,5 +199,5 @@ def choose_root(spec: Spec, plan: ChildPlan) -> tuple[Spec, str, str, bool]:
     elif spec.rootfs is None:
         readonly = True
         if not any(m.target == "/tmp" for m in spec.mounts):
-            spec = replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp")))
+            spec = replace(spec, mounts=(*spec.mounts, Mount.tmpfs("/tmp", size=DEFAULT_LAYER_SIZE)))
     return spec, image, root, readonly
