@@ -40,7 +40,7 @@ import signal as signal_mod
 
 from ..errors import MiniboxError, SpecError
 from .config import Config
-from .state import OciError, Record
+from .state import OciError, Record, write_pid_file
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -278,10 +278,7 @@ def _fork_supervisor(record: Record, cfg: Config, spec: Spec, host_cgroup: dict[
         for kind in ("prestart", "createRuntime"):
             run_hooks(kind, [vars(h) for h in cfg.hooks.get(kind, [])], record.oci_state())
         if pid_file:
-            tmp = f"{pid_file}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(str(pid))
-            os.replace(tmp, pid_file)
+            write_pid_file(pid_file, pid)  # new, random name, no symlink followed
     except BaseException:
         with contextlib.suppress(OSError, MiniboxError):
             _destroy(record)
@@ -550,10 +547,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
             os.waitpid(pid, 0)
         raise OciError(answer[1:].decode(errors="replace") or "exec: the relay process died")
     if pid_file:
-        tmp = f"{pid_file}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(str(pid))
-        os.replace(tmp, pid_file)
+        write_pid_file(pid_file, pid)  # new, random name, no symlink followed
     return 0
 
 
@@ -616,10 +610,7 @@ def _relay(record: Record, request: dict[str, Any], out_fd: int, err_fd: int, co
             os.write(connected_fd, b"S")
             os.close(connected_fd)
         if pid_file:
-            tmp = f"{pid_file}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(str(os.getpid()))
-            os.replace(tmp, pid_file)
+            write_pid_file(pid_file, os.getpid())  # new, random name, no symlink followed
         request["stream"] = not request["tty"]
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [out_fd, err_fd])
         sending = threading.Lock()  # one line at a time, from the stdin thread and the signal handler
