@@ -10,10 +10,15 @@ that opens one again is caught.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Iterator
+
 import pytest
 
 import minibox
-from minibox import Spec
+from minibox import Container, Spec
 from minibox.container.plan import DEFAULT_LAYER_SIZE
 
 from ..conftest import needs_root
@@ -50,3 +55,58 @@ def test_filling_the_layer_or_tmp_stops_at_the_bound(where: str) -> None:
     lines = result.stdout.decode().split()
     assert lines[0] == "rc=1", result.stderr  # the write failed (ENOSPC) ...
     assert int(lines[1]) <= 4 << 20  # ... at the bound
+
+
+# -- Container.exec, the entry point of whoever already runs inside ------------------------------
+
+@pytest.fixture
+def box() -> Iterator[Container]:
+    """A running default container (its init sleeps) to exec into."""
+    container = Container(Spec(argv=["sleep", "60"], timeout=120))
+    container.start()
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _tasks_inside(box: Container, name: str) -> int:
+    """How many live processes named ``name`` run in ``box`` (its init, sleep, reaps none: zombies don't count)."""
+    script = ("n=0; for s in /proc/[0-9]*/stat; do set -- $(cat $s 2>/dev/null); "
+              f"[ \"$2\" = '({name})' ] && [ \"$3\" != Z ] && n=$((n+1)); done; echo $n")
+    return int(box.exec(["sh", "-c", script], timeout=10).stdout)
+
+
+def test_an_exec_flooding_output_from_many_processes_ends_at_its_timeout(box: Container) -> None:
+    # Before: the deadline was looked at only when poll() came back empty,
+    # which a flood of output never lets it do, and the timeout killed the
+    # exec'd shell only: its four writers flooded on through the 5 s drain
+    # (7.6 s and 574 MB for timeout=1) and ran on in the container.
+    started = time.monotonic()
+    result = box.exec(["sh", "-c", "yes & yes & yes & yes & wait"], timeout=1)
+    took = time.monotonic() - started
+    assert result.reason == "timeout"
+    assert took < 3.5, f"exec(timeout=1) took {took:.1f} s"
+    assert _tasks_inside(box, "yes") == 0
+
+
+def test_an_exec_whose_background_child_holds_stdout_ends_at_its_timeout(box: Container) -> None:
+    # The exec'd shell exits at once; its child keeps the stdout pipe open.
+    # The caller waits for the pipe (as subprocess and docker exec do) --
+    # but no longer than the timeout, and the child is gone afterwards.
+    started = time.monotonic()
+    result = box.exec(["sh", "-c", "sleep 1000 & echo started"], timeout=1)
+    took = time.monotonic() - started
+    assert result.stdout == b"started\n"
+    assert took < 3.5, f"exec(timeout=1) took {took:.1f} s"
+    assert _tasks_inside(box, "sleep") == 1  # the init's own
+
+
+def test_a_flood_of_exec_output_arrives_whole_and_leaks_no_fd_or_thread(box: Container) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    threads = threading.active_count()
+    for _ in range(3):
+        result = box.exec(["sh", "-c", "head -c 20000000 /dev/zero; head -c 3000000 /dev/zero >&2"], timeout=30)
+        assert (len(result.stdout), len(result.stderr)) == (20000000, 3000000)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert threading.active_count() == threads

@@ -690,6 +690,11 @@ class Container(Sandbox):
             if not finished:
                 with suppress(ProcessLookupError):
                     pidfd_send_signal(pidfd, SIGKILL)
+                # and what it started: the exec's session is its process group (setsid in
+                # csrc/spawn.c), whose id is its pid here; its children kept running and
+                # kept the pipes open, so the drain below waited its 5 s on them.
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(grandchild, SIGKILL)
                 if master is None:
                     communicate(pidfd, pipes, None, time.monotonic() + 5, out, err)
             _, status, ru = os.wait4(grandchild, 0)

@@ -91,10 +91,10 @@ def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: fl
     while targets or not exited:
         timeout_ms: float | None = None
         if deadline is not None:
-            timeout_ms = max(0.0, (deadline - time.monotonic()) * 1000)
+            timeout_ms = (deadline - time.monotonic()) * 1000
+            if timeout_ms <= 0:  # checked every round: a flood of output never lets poll() come back empty
+                return False
         events = poller.poll(timeout_ms)
-        if not events and deadline is not None and time.monotonic() >= deadline:
-            return False
         for fd, mask in events:
             if fd == pidfd:
                 exited = True
@@ -168,6 +168,8 @@ def relay_tty(pidfd: int, master: int, stdin: object, stdout: int | None, deadli
     exited = False
     while True:
         timeout_ms = None if deadline is None else max(0.0, (deadline - time.monotonic()) * 1000)
+        if not exited and timeout_ms == 0.0:  # checked every round, as in communicate()
+            return False
         if exited:
             timeout_ms = 0 if timeout_ms is None else min(timeout_ms, 0)
         events = poller.poll(timeout_ms)
