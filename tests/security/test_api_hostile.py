@@ -11,9 +11,11 @@ that opens one again is caught.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,142 @@ def test_a_flood_of_exec_output_arrives_whole_and_leaks_no_fd_or_thread(box: Con
         assert (len(result.stdout), len(result.stderr)) == (20000000, 3000000)
     assert len(os.listdir("/proc/self/fd")) == fds
     assert threading.active_count() == threads
+
+
+# -- signals, the keeper, and what is left when the init dies ------------------------------------
+
+def test_signals_from_inside_reach_neither_the_keeper_nor_the_caller() -> None:
+    from minibox import owner
+
+    box = Container(Spec(argv=["sleep", "60"], timeout=60))
+    box.start()
+    try:
+        keeper = owner.keeper_pid()
+        assert keeper is not None
+        # Root inside signals everything it can see, and the host pids of
+        # the keeper and the caller by number (in its pid namespace they
+        # name nothing, or its own processes).
+        script = f"kill -9 {keeper} {os.getpid()} {os.getppid()} 2>/dev/null; kill -9 -1; echo done"
+        result = box.exec(["sh", "-c", script], timeout=10)
+        assert result.reason in ("exited", "signaled"), result
+        os.kill(keeper, 0)  # alive ...
+        assert os.readlink(f"/proc/{keeper}/exe") == owner.keeper_binary()  # ... and still the keeper
+    finally:
+        box.close()
+    assert minibox.run(Spec(argv=["true"], timeout=10)).exit_code == 0
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def test_when_the_init_dies_escaped_processes_die_and_the_cgroup_goes() -> None:
+    # A new session, a double fork (reparented to init), a process that
+    # ignores SIGTERM/SIGHUP, and -- if the seccomp profile and the caps let it -- a
+    # pid namespace of its own inside an unprivileged user namespace.
+    script = ("setsid sleep 100 & (sleep 100 &); (trap '' TERM HUP; exec sleep 100) & "
+              "unshare -Urpf sleep 100 2>/dev/null & sleep 0.3; echo ready; read x; exit 3")
+    box = Container(Spec(argv=["sh", "-c", script], limits=minibox.Limits(pids=64), timeout=30),
+                    stdin=b"go\n")
+    box.start()
+    try:
+        time.sleep(0.6)
+        paths = box.cgroup_paths
+        assert paths
+        procs_file = os.path.join(paths.get("pids", next(iter(paths.values()))), "cgroup.procs")
+        with open(procs_file) as f:
+            pids = [int(line) for line in f]
+        assert len(pids) >= 4
+        started = {pid: _start_time(pid) for pid in pids}
+        result = box.wait()
+    finally:
+        box.close()
+    assert result.exit_code == 3
+    survivors = [pid for pid, start in started.items() if start is not None and _start_time(pid) == start]
+    assert survivors == []
+    assert not any(os.path.exists(path) for path in paths.values())
+
+
+# -- a hostile image -----------------------------------------------------------------------------
+
+@pytest.fixture
+def hostile_rootfs(tmp_path: Path) -> Path:
+    """A copy of the busybox image whose /etc files and directories point at the host."""
+    from minibox.images.busybox import default_rootfs
+
+    root = tmp_path / "rootfs"
+    shutil.copytree(default_rootfs(), root, symlinks=True)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("host secret\n")
+    for name in ("passwd", "group", "hostname", "hosts", "resolv.conf", "nsswitch.conf"):
+        (root / "etc" / name).unlink(missing_ok=True)
+    os.mkfifo(root / "etc/passwd")  # who opens it to read blocks for ever
+    os.symlink(str(host / "secret"), root / "etc/hostname")  # absolute: a host path
+    os.symlink("../" * 12 + str(host / "secret").lstrip("/"), root / "etc/hosts")  # climbing
+    with open(root / "etc/group", "wb") as f:  # sparse: 4 GiB to whoever reads it all
+        f.truncate(4 << 30)
+    os.symlink(str(host), root / "abs")
+    os.symlink("../" * 12 + str(host).lstrip("/"), root / "up")
+    return root
+
+
+def test_hostile_etc_files_are_never_read_or_written(hostile_rootfs: Path) -> None:
+    # minibox takes the user as numbers and sets the host name with
+    # sethostname(2): no /etc file of the image is opened on its behalf.
+    started = time.monotonic()
+    # (Not 'id -u': busybox's own id opens /etc/passwd, and blocks on the fifo.)
+    script = "hostname; awk '/^Uid/ {print $2}' /proc/self/status"
+    result = minibox.run(Spec(argv=["sh", "-c", script], rootfs=str(hostile_rootfs), rootfs_overlay=True,
+                              user=(1000, 1000), hostname="box", timeout=15))
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split() == [b"box", b"1000"]
+
+
+@pytest.mark.parametrize("through", ["abs", "up"])
+@pytest.mark.parametrize("inside_too", [False, True])
+def test_mount_targets_through_image_symlinks_stay_in_the_root(hostile_rootfs: Path, tmp_path: Path, through: str,
+                                                                inside_too: bool) -> None:
+    host = tmp_path / "host"
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "file").write_text("bound\n")
+    if inside_too:  # the symlinks' targets exist inside the image as well: there the mounts must land
+        (hostile_rootfs / str(host).lstrip("/")).mkdir(parents=True)
+    spec = Spec(argv=["sh", "-c", f"cat /{through}/bound/file; ls /{through}/scratch"],
+                rootfs=str(hostile_rootfs), rootfs_overlay=True, timeout=15,
+                mounts=[minibox.Mount.bind(str(source), f"/{through}/bound", readonly=True),
+                        minibox.Mount.tmpfs(f"/{through}/scratch", size="1M")])
+    if inside_too:
+        result = minibox.run(spec)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == b"bound\n"
+    else:  # no such directory inside: refused, typed, naming the mount point
+        with pytest.raises(minibox.SetupError, match=f"/{through}/bound"):
+            minibox.run(spec)
+    assert sorted(os.listdir(host)) == ["secret"]  # no mount point was made on the host
+    assert (host / "secret").read_text() == "host secret\n"
+    assert str(host) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_bridge_etc_files_skip_an_image_fifo_and_stay_inside(hostile_rootfs: Path) -> None:
+    from minibox.container.network import NetworkAttachment
+
+    class Port:
+        files_dir = Path("/nonexistent-files-dir")
+
+    attachment = NetworkAttachment.__new__(NetworkAttachment)
+    attachment.port = Port()  # type: ignore[assignment]
+    ops: list[object] = []
+    worker = threading.Thread(target=lambda: ops.extend(attachment.mount_ops(str(hostile_rootfs))), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "mount_ops blocked on the image's files"
+    # /etc/hostname and /etc/hosts lead to the host's file, which does not exist inside the root:
+    # nothing to cover, so nothing is mounted; a fifo is not a regular file either.
+    assert ops == []
