@@ -29,7 +29,7 @@ pytestmark = needs_root
 
 
 def _df_kib(result: minibox.Result) -> dict[str, int]:
-    """``{mount point: size in KiB}`` from the output of ``df -k``."""
+    """``{mount point: size in KiB}`` from the output of ``df -k`` (inodes, of ``df -i``)."""
     sizes = {}
     for line in result.stdout.decode().splitlines()[1:]:
         fields = line.split()
@@ -48,6 +48,20 @@ def test_the_default_layer_and_tmp_are_bounded_without_limits() -> None:
     sizes = _df_kib(result)
     assert sizes["/"] * 1024 <= DEFAULT_LAYER_SIZE
     assert sizes["/tmp"] * 1024 <= DEFAULT_LAYER_SIZE
+
+
+def test_empty_files_cannot_outgrow_the_bound_either() -> None:
+    # tmpfs counts only data against size=; its inodes (~0.9 KiB of kernel
+    # memory each, measured: 200,000 empty files took 174 MiB) were bounded
+    # by half the host's RAM pages: 3 million per tmpfs here.
+    result = minibox.run(Spec(argv=["df", "-i", "/", "/tmp"], timeout=10))
+    assert result.exit_code == 0, result.stderr
+    inodes = _df_kib(result)  # the same columns: the second is the inode count
+    assert inodes["/"] <= DEFAULT_LAYER_SIZE // 4096
+    assert inodes["/tmp"] <= DEFAULT_LAYER_SIZE // 4096
+    script = "cd /tmp && seq 1 3000 | xargs touch 2>/dev/null; ls | wc -l"
+    small = minibox.run(Spec(argv=["sh", "-c", script], rootfs_overlay_size="4M", timeout=20))
+    assert int(small.stdout) <= 1024
 
 
 @pytest.mark.parametrize("where", ["/tmp/fill", "/fill"])
@@ -113,6 +127,62 @@ def test_a_flood_of_exec_output_arrives_whole_and_leaks_no_fd_or_thread(box: Con
     assert len(os.listdir("/proc/self/fd")) == fds
     assert threading.active_count() == threads
 
+
+
+def test_a_tty_exec_flooding_its_pty_ends_at_its_timeout(box: Container) -> None:
+    started = time.monotonic()
+    result = box.exec(["sh", "-c", "yes & yes & yes & yes & wait"], tty=True, timeout=1)
+    assert result.reason == "timeout"
+    assert time.monotonic() - started < 3.5
+    assert _tasks_inside(box, "yes") == 0
+
+
+def test_an_exec_whose_init_dies_midway_returns_and_the_next_is_a_state_error() -> None:
+    fds = None
+    for _ in range(2):  # the second round checks the first left no fd behind
+        box = Container(Spec(argv=["sh", "-c", "sleep 0.4; exit 7"], timeout=30))
+        box.start()
+        try:
+            started = time.monotonic()
+            result = box.exec(["sh", "-c", "sleep 1000 & sleep 1000"])  # no timeout: the init's death ends it
+            assert time.monotonic() - started < 5
+            assert result.reason == "signaled"  # the pid namespace went with its init
+            with pytest.raises(minibox.StateError):
+                box.exec(["true"])
+            assert box.wait().exit_code == 7
+        finally:
+            box.close()
+        if fds is None:
+            fds = sorted(os.listdir("/proc/self/fd"))
+        else:
+            assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+def test_exec_stdin_nobody_reads_and_failed_execs_leak_nothing(box: Container) -> None:
+    box.exec(["true"])  # the first exec may open what every later one shares
+    fds = sorted(os.listdir("/proc/self/fd"))
+    threads = threading.active_count()
+    big = b"x" * (8 << 20)
+    assert box.exec(["true"], stdin=big, timeout=10).reason == "exited"
+    assert box.exec(["head", "-c", "3"], stdin=big, timeout=10).stdout == b"xxx"
+    assert box.exec(["sleep", "100"], stdin=big, timeout=0.5).reason == "timeout"
+    for _ in range(5):
+        with pytest.raises(minibox.CommandNotFoundError):
+            box.exec(["/nonexistent"])
+        with pytest.raises(minibox.SetupError, match="chdir"):
+            box.exec(["true"], cwd="/nonexistent")
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert threading.active_count() == threads
+
+
+def test_exhausting_fds_and_threads_inside_leaves_the_caller_healthy(box: Container) -> None:
+    # Every fd the rlimit allows, then a shell that cannot open one more; the host side sees one Result.
+    script = ("i=3; while [ $i -lt 4000 ]; do eval \"exec $i</dev/null\" 2>/dev/null || break; i=$((i+1)); done; "
+              "echo opened $i; cat /dev/null; echo cat=$?")
+    result = box.exec(["sh", "-c", script], timeout=20)
+    assert result.reason == "exited", result
+    assert result.stdout.startswith(b"opened ")
+    assert box.exec(["echo", "still"], timeout=10).stdout == b"still\n"
 
 # -- signals, the keeper, and what is left when the init dies ------------------------------------
 

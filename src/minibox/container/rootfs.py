@@ -240,7 +240,11 @@ def overlay_root(image: str, scratch: str, *, size: int | None = None,
     of the upper layer on ``image`` becomes the root.  The image on the host
     is never written -- not even mount points -- and the changes vanish with
     the container's mount namespace.  ``size`` bounds the tmpfs (tmpfs(5)
-    ``size=``): a write beyond it fails with ENOSPC.  ``private_tmp`` mounts a
+    ``size=``): a write beyond it fails with ENOSPC, and so does creating
+    more than one inode per page of it (``nr_inodes=``; tmpfs's default is
+    half the host's RAM pages whatever the size, and each inode is ~0.9 KiB
+    of kernel memory: a million empty files cost the host ~0.9 GiB that the
+    size never counted).  ``private_tmp`` mounts a
     fresh tmpfs (mode 1777) on ``/tmp``, for a shared image whose own ``tmp``
     is not world-writable (see images/busybox.py).  Returns the steps and
     the new root.  These paths are minibox's own on the host: the child
@@ -248,7 +252,7 @@ def overlay_root(image: str, scratch: str, *, size: int | None = None,
     is mounted.
     """
     merged = f"{scratch}/root"
-    limit = "" if size is None else f",size={size}"
+    limit = "" if size is None else f",size={size},nr_inodes={max(size // 4096, 1024)}"
     ops = [
         MountOp(OP_MOUNT, scratch, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV,
                 data="mode=755" + limit),
