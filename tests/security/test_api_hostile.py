@@ -305,6 +305,34 @@ def test_mount_targets_through_image_symlinks_stay_in_the_root(hostile_rootfs: P
     assert str(host) not in Path("/proc/self/mountinfo").read_text()
 
 
+
+@pytest.mark.parametrize(("name", "climbing"), [("proc", False), ("proc", True), ("dev", False), ("dev", True),
+                                                ("sys", True), ("tmp", False)])
+def test_system_mount_points_that_are_image_symlinks_stay_in_the_root(hostile_rootfs: Path, tmp_path: Path,
+                                                                      name: str, climbing: bool) -> None:
+    host = tmp_path / "host"
+    shutil.rmtree(hostile_rootfs / name)
+    os.symlink(("../" * 12 + str(host).lstrip("/")) if climbing else str(host), hostile_rootfs / name)
+    try:
+        result = minibox.run(Spec(argv=["sh", "-c", "echo ran"], rootfs=str(hostile_rootfs), rootfs_overlay=True,
+                                  timeout=10))
+        assert result.stdout == b"ran\n", result.stderr
+    except minibox.SetupError:
+        pass  # refused is fine too; only the host matters here
+    assert sorted(os.listdir(host)) == ["secret"]
+    assert str(host) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_root_inside_cannot_reach_or_raise_its_own_cgroup_limits() -> None:
+    script = ("for f in /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max "
+              "/sys/fs/cgroup/memory/memory.limit_in_bytes; do echo 100000 > $f 2>/dev/null && echo WROTE $f; done; "
+              "mkdir -p /tmp/cg; mount -t cgroup -o pids none /tmp/cg 2>/dev/null && echo MOUNTED v1; "
+              "mount -t cgroup2 none /tmp/cg 2>/dev/null && echo MOUNTED v2; "
+              "mount -t sysfs none /tmp/cg 2>/dev/null && echo MOUNTED sysfs; echo end")
+    # No cgroup file system inside (none mounted, none mountable without CAP_SYS_ADMIN): nothing written.
+    result = minibox.run(Spec(argv=["sh", "-c", script], limits=minibox.Limits(pids=40, memory="64M"), timeout=10))
+    assert result.stdout == b"end\n", result.stdout
+
 def test_bridge_etc_files_skip_an_image_fifo_and_stay_inside(hostile_rootfs: Path) -> None:
     from minibox.container.network import NetworkAttachment
 
