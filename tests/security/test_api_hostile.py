@@ -242,6 +242,36 @@ def test_when_the_init_dies_escaped_processes_die_and_the_cgroup_goes() -> None:
     assert not any(os.path.exists(path) for path in paths.values())
 
 
+
+def _processes_running(argv: bytes) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if f.read() == argv:
+                        pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_without_a_pid_namespace_the_cgroup_ends_a_child_in_its_own_session() -> None:
+    # The caller left out the pid namespace but set limits: the init's exit
+    # ended its process group only.  A child in a session of its own ran on
+    # in the cgroup, whose removal then failed (EBUSY): wait() raised
+    # SetupError instead of returning the Result, and the child survived.
+    marker = b"sleep\x007731\x00"
+    script = "setsid sh -c 'exec sleep 7731 >/dev/null 2>&1 </dev/null' & sleep 0.2; echo hi"
+    try:
+        result = minibox.run(Spec(argv=["sh", "-c", script], namespaces=["mnt", "uts", "ipc", "net"],
+                                  limits=minibox.Limits(pids=50), timeout=20))
+        assert result.stdout == b"hi\n"
+        assert _processes_running(marker) == []
+    finally:
+        for pid in _processes_running(marker):  # the probe's own sleeper, if it survived
+            os.kill(pid, 9)
+
 # -- a hostile image -----------------------------------------------------------------------------
 
 @pytest.fixture

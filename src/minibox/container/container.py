@@ -492,7 +492,14 @@ class Container(Sandbox):
             return
         if "pid" not in self.spec.effective_namespaces:
             # Without a pid namespace, children of init survive it: end them
-            # with the session the child created (its pgid is its pid).
+            # with the session the child created (its pgid is its pid), and
+            # with the cgroup when there is one -- a child that made a session
+            # of its own left the first, and kept the cgroup's removal failing
+            # with EBUSY: wait() raised SetupError instead of the Result, and
+            # the child ran on.
+            if self._cgroup is not None:
+                with suppress(OSError, MiniboxError):
+                    self._cgroup.kill_all()
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._pid, SIGKILL)
         _, status, rusage = os.wait4(self._pid, 0)
