@@ -272,6 +272,26 @@ def test_without_a_pid_namespace_the_cgroup_ends_a_child_in_its_own_session() ->
         for pid in _processes_running(marker):  # the probe's own sleeper, if it survived
             os.kill(pid, 9)
 
+
+def test_pause_stats_and_kill_stay_prompt_under_a_fork_storm_at_the_limits() -> None:
+    script = ("(while :; do sleep 1 & done) 2>/dev/null & "
+              "(while :; do x=$(head -c 1000000 /dev/zero); done) & yes > /dev/null")
+    box = Container(Spec(argv=["sh", "-c", script], limits=minibox.Limits(pids=64, memory="64M"), timeout=30))
+    box.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        box.pause()
+        stats = box.stats()
+        box.resume()
+        box.kill()
+        result = box.wait()
+        assert time.monotonic() - started < 5
+        assert 0 < stats.pids <= 64
+        assert result.reason == "signaled"
+    finally:
+        box.close()
+
 # -- a hostile image -----------------------------------------------------------------------------
 
 @pytest.fixture
