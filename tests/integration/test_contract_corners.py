@@ -123,8 +123,12 @@ def test_a_real_host_error_keeps_its_cause_and_errno() -> None:
 
 def test_the_cli_exits_130_when_interrupted_and_leaves_nothing(tmp_path: Path) -> None:
     minibox_cli = Path(sys.executable).parent / "minibox"
+    # A shell without job control starts background commands with SIGINT
+    # ignored (CI's may), and an interpreter started so never installs its
+    # KeyboardInterrupt handler: give the CLI SIGINT's default disposition,
+    # as a terminal's ^C would find it.
     proc = subprocess.Popen([str(minibox_cli), "run", "--", "sleep", "300"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the container's sleep is the CLI's child
