@@ -44,6 +44,12 @@ ffibuilder.cdef(
     enum scmp_filter_attr {
         SCMP_FLTATR_ACT_BADARCH = 2, SCMP_FLTATR_CTL_NNP = 3, SCMP_FLTATR_CTL_OPTIMIZE = 8, ...
     };
+    struct scmp_version {
+        unsigned int major;
+        unsigned int minor;
+        unsigned int micro;
+    };
+    const struct scmp_version *seccomp_version(void);
     struct scmp_arg_cmp {
         unsigned int arg;
         enum scmp_compare op;

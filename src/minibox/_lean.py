@@ -12,6 +12,8 @@ for what they provide here:
   same C module ``_signal`` in enum classes, and :mod:`enum` costs about 3 ms;
 * :func:`send_fd` -- :mod:`socket` wraps ``_socket`` in enum classes too and
   imports :mod:`selectors` (about 4 ms);
+* :func:`sha256` -- :mod:`hashlib` loads OpenSSL (about 2 ms); CPython's
+  built-in SHA-256 gives the same digest;
 * :func:`leave` -- ``sys.exit`` would finalize every imported module first,
   milliseconds a short-lived command does not need to spend;
 * :func:`begin` -- not a stand-in: the cycle collector's default pace
@@ -133,6 +135,18 @@ def send_fd(sock: _socket.socket, message: bytes, fd: int) -> None:
 
 #: A console script's cycle collector runs after this many net allocations (Python's default: 700).
 COLLECT_AFTER = 20_000
+
+
+def sha256(data: bytes = b"") -> Any:
+    """A SHA-256 hash object, as ``hashlib.sha256(data)``, from CPython's built-in module."""
+    try:  # _sha256 until 3.11, _sha2 from 3.12
+        from _sha256 import sha256 as built_in  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from _sha2 import sha256 as built_in  # type: ignore[import-not-found]
+        except ImportError:
+            from hashlib import sha256 as built_in
+    return built_in(data)
 
 
 def begin() -> None:

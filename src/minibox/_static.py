@@ -40,16 +40,7 @@ def static_binary(relative: str, name: str) -> str:
     only the source's hash: the compiler's tools (shutil, subprocess,
     tempfile) and pathlib are imported when something must be built.
     """
-    # CPython's built-in SHA-256 (_sha256 until 3.11, _sha2 from 3.12): the same
-    # digest as hashlib's without loading OpenSSL (~2 ms of imports).
-    try:
-        from _sha256 import sha256  # type: ignore[import-not-found]
-    except ImportError:
-        try:
-            from _sha2 import sha256  # type: ignore[import-not-found]
-        except ImportError:
-            from hashlib import sha256
-
+    from ._lean import sha256  # hashlib's digest without loading OpenSSL (~2 ms of imports)
     from .paths import state_dir_name
 
     here = os.path.dirname(os.path.abspath(__file__))

@@ -131,14 +131,9 @@ def _hardening(spec: Spec, plan: ChildPlan) -> None:
     plan.cap_ambient = masks.ambient
     plan.no_new_privs = spec.no_new_privileges
     caps = capabilities.capability_set(spec)
-    if spec.seccomp == "default":  # the common case: cached on disk, no compiler to import
-        from ..policy.seccomp.cache import default_program
+    from ..policy.seccomp.cache import program_for  # cached on disk: no compiler to import
 
-        plan.seccomp_filter = default_program(caps)
-    else:
-        from ..policy.seccomp.compile import compile_profile
-
-        plan.seccomp_filter = compile_profile(spec.seccomp, caps=caps)
+    plan.seccomp_filter = program_for(spec.seccomp, caps)
     if spec.rlimits:  # importing the parser costs a little; most Specs set none
         from ..policy.rlimits import parse_rlimits
 

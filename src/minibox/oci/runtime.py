@@ -115,10 +115,10 @@ def hardening(plan: ChildPlan, cfg_process: Any, seccomp: dict[str, Any] | None,
         kept = frozenset(capabilities.supported_capabilities())
     plan.no_new_privs = proc.no_new_privileges
     if seccomp:
-        from ..policy.seccomp.compile import compile_profile
+        from ..policy.seccomp.cache import program_for  # an engine's profile, compiled once per host
 
         try:
-            plan.seccomp_filter = compile_profile(seccomp, caps=kept)
+            plan.seccomp_filter = program_for(seccomp, kept)
         except MiniboxError as e:
             raise OciError(f"config.json: linux.seccomp: {e}") from e
     if proc.rlimits:

@@ -135,15 +135,9 @@ def policy_records(spec: Spec) -> list[bytes]:
                                                      masks.inheritable, masks.ambient)))]
     if spec.no_new_privileges:
         out.append(_record("n", ""))
-    program: bytes | None
-    if spec.seccomp == "default":
-        from ..policy.seccomp.cache import default_program
+    from ..policy.seccomp.cache import program_for
 
-        program = default_program(caps)
-    else:
-        from ..policy.seccomp.compile import compile_profile
-
-        program = compile_profile(spec.seccomp, caps=caps)
+    program = program_for(spec.seccomp, caps)
     if program:
         out.append(_record("S", program.hex()))
     if spec.rlimits:

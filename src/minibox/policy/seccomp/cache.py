@@ -1,68 +1,184 @@
-"""The default seccomp program, cached on disk between processes.
+"""Seccomp programs cached on disk between processes: the default profile's, and a mapping's.
 
 Compiling the default profile (profile.py and compile.py: about 150 libseccomp rules) and
 even importing the compiler cost several milliseconds: a large share of a
-``minibox run`` from the shell, where every process starts cold.  The
-program depends only on the capability set, the compiler's source, the
-kernel version and the machine, so it is kept in the state directory under
-a checksum of all four, and this module -- which imports nothing heavy --
-reads it back.  The directory is the caller's own (root's for root):
-nothing inside a container can reach it.
+``minibox run`` from the shell, where every process starts cold.  A profile
+given as a mapping costs more: podman's default (434 system calls in an allow
+list) took 14 ms to compile here and 5 ms to import the compiler for, on
+every ``minibox-oci create`` (2026-12-03).  A program depends only on its
+profile (the default's: the capability set), the compiler's source,
+libseccomp's version, the kernel version and the machine, so it is kept in
+the state directory under a SHA-256 of all of them, and this module -- which
+imports nothing heavy -- reads it back.
+
+The key is a cryptographic hash because a mapping is written by whoever
+wrote the Spec or the OCI bundle: with a checksum that can be steered to
+collide, one tenant could plant the program of a permissive profile under
+the key of another's strict one.  The directory is the caller's own (root's
+for root), and a cached file is used only if this user owns it and nobody
+else may write it; nothing inside a container can reach it.
 """
 
 from __future__ import annotations
 
 import os
+from _collections_abc import Mapping  # collections.abc would import collections (~1 ms)
+
+TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 SOCK_FILTER_SIZE = 8  # struct sock_filter, as in profile.py
 
-# What this process already read or compiled, per state directory and
-# capability set: the key hashes four source files, ~0.4 ms a start that a
-# process starting many containers need not pay again (the code it runs
-# cannot change under it anyway).
-_loaded: dict[tuple[str, frozenset[str]], bytes] = {}
+MAX_PROGRAM = 4096 * SOCK_FILTER_SIZE  # BPF_MAXINSNS: the kernel refuses a longer program
+
+# What this process already read or compiled, per state directory and key:
+# hashing the compiler's sources costs ~0.4 ms a start that a process starting
+# many containers need not pay again (the code it runs cannot change under it anyway).
+_loaded: dict[tuple[str, str], bytes] = {}
+_inputs: list[bytes] = []
 
 
-def _key(caps: frozenset[str]) -> str:
-    import zlib  # hashlib would cost 2 ms of imports; two 32-bit checksums make the key
+def _compiler_inputs() -> bytes:
+    """What every program depends on besides its profile: the compiler, libseccomp, the kernel, the machine."""
+    if not _inputs:
+        material = b""
+        here = os.path.dirname(__file__)
+        # the compiler and the names it maps
+        for source in ("profile.py", "oci.py", "compile.py", "../capabilities.py"):
+            with open(os.path.join(here, source), "rb") as f:
+                material += f.read()
+        from ... import _native
 
-    material = b""
-    here = os.path.dirname(__file__)
-    for source in ("profile.py", "oci.py", "compile.py", "../capabilities.py"):  # the compiler and the names it maps
-        with open(os.path.join(here, source), "rb") as f:
-            material += f.read()
-    uname = os.uname()
-    material += repr((sorted(caps), uname.release, uname.machine)).encode()
-    return f"{zlib.crc32(material):08x}{zlib.adler32(material):08x}{len(material):x}"
+        version = _native.lib.seccomp_version()  # a new libseccomp may resolve or lay out rules differently
+        uname = os.uname()
+        material += repr((version.major, version.minor, version.micro, uname.release, uname.machine)).encode()
+        _inputs.append(material)
+    return _inputs[0]
+
+
+def _key(profile: bytes) -> str:
+    from ..._lean import sha256  # hashlib's digest without loading OpenSSL (~2 ms of imports)
+
+    digest = sha256(_compiler_inputs())
+    digest.update(b"\0profile\0" + profile)
+    return str(digest.hexdigest())
+
+
+def _read(path: str) -> bytes | None:
+    """A cached program, if it is one: this user's own file, writable by nobody else, of a valid length."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not 0 < st.st_size <= MAX_PROGRAM:
+            return None
+        program = os.read(fd, MAX_PROGRAM + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return program if len(program) == st.st_size and len(program) % SOCK_FILTER_SIZE == 0 else None
+
+
+#: Programs kept at most; a miss that finds more removes the least recently written.
+#: Each is a few KiB (podman's default profile: 11 KiB); a host sees a handful.
+MAX_ENTRIES = 64
+
+
+def _prune(directory: str) -> None:
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith("seccomp-") and e.is_file()]
+        if len(entries) < MAX_ENTRIES:
+            return
+        entries.sort(key=lambda e: e.stat().st_mtime_ns)
+        for old in entries[:len(entries) - MAX_ENTRIES + 1]:
+            os.unlink(old.path)
+    except OSError:
+        pass  # another process pruned it first; a full cache only costs space
+
+
+def _write(path: str, program: bytes) -> None:
+    """Cache ``program`` (atomically: a reader sees the whole file or none); a failure only costs a compile."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        _prune(os.path.dirname(path))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, program)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only state directory (or a stale temporary file) only costs the compile next time
+
+
+def _cached(name: str, material: bytes, compile_it: Callable[[], tuple[bytes | None, bool]]) -> bytes | None:
+    """The program cached under ``material``, or ``compile_it()``'s: (program, may it be cached)."""
+    from ...paths import state_dir_name
+
+    state = state_dir_name()
+    key = _key(material)
+    known = _loaded.get((state, key))
+    if known is not None:
+        return known
+    path = os.path.join(state, "cache", f"seccomp-{name}-{key[:40]}.bpf")
+    program = _read(path)
+    if program is None:
+        program, cacheable = compile_it()
+        if program is None or not cacheable:
+            return program
+        _write(path, program)
+    _loaded[(state, key)] = program
+    return program
 
 
 def default_program(caps: frozenset[str]) -> bytes:
     """The BPF program of the default profile for ``caps``: from the cache, or compiled and cached."""
-    from ...paths import state_dir_name
 
-    state = state_dir_name()
-    known = _loaded.get((state, caps))
-    if known is not None:
-        return known
-    path = os.path.join(state, "cache", f"seccomp-{_key(caps)}.bpf")
-    try:
-        with open(path, "rb") as f:
-            program = f.read()
-        if program and len(program) % SOCK_FILTER_SIZE == 0:
-            _loaded[(state, caps)] = program
-            return program
-    except OSError:
-        pass
-    from .compile import compile_profile
+    def compile_default() -> tuple[bytes | None, bool]:
+        from .compile import compile_profile
 
-    compiled = compile_profile("default", caps=caps)
-    assert compiled is not None
+        return compile_profile("default", caps=caps), True
+
+    program = _cached("default", repr(sorted(caps)).encode(), compile_default)
+    assert program is not None
+    return program
+
+
+def program_for(seccomp: str | Mapping[str, Any], caps: frozenset[str]) -> bytes | None:
+    """``Spec.seccomp`` (or OCI's ``linux.seccomp``) -> its program, cached; None: no filter.
+
+    A mapping's key is its exact JSON text.  Only a mapping that compiled
+    without a warning (an unknown system call skipped) is cached, so that
+    a cached start says what a compiled one would; a bad mapping raises
+    the compiler's SpecError every time, since nothing is cached for it.
+    """
+    if seccomp == "default":
+        return default_program(caps)
+
+    def compile_it() -> tuple[bytes | None, bool]:
+        import warnings
+
+        from .compile import compile_profile
+
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            program = compile_profile(seccomp, caps=caps)
+        for warning in said:  # said again, to whoever listens, as compiling outside this block would have
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return program, not said
+
+    if not isinstance(seccomp, Mapping):
+        return compile_it()[0]  # "unconfined" (no filter), or the compiler's SpecError
+    from ..._json import dumps
+
     try:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(compiled)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only state directory only costs the compile next time
-    return compiled
+        text = dumps(seccomp).encode()
+    except (TypeError, ValueError):
+        return compile_it()[0]  # not JSON (a Spec built by hand): compiled every time
+    return _cached("profile", text, compile_it)
