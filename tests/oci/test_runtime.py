@@ -295,3 +295,27 @@ def test_kill_of_a_stopped_container_as_containerd_expects(oci: Oci) -> None:
     assert oci("kill", "--all", "st1", "KILL", check=False).returncode == 0
     oci("delete", "st1")
     assert not cgroup_dirs("st1")
+
+
+def test_delete_of_a_stopped_container_ends_what_its_init_left_in_the_cgroup(oci: Oci) -> None:
+    # No pid namespace: the init's exit does not end its background child, which
+    # stays in the container's cgroup.  delete (an engine's, without --force) must
+    # end it and remove the cgroup, not only rmdir what it can.
+    oci.write_config(["sh", "-c", "sleep 300 </dev/null >/dev/null 2>&1 & echo $! > /tmp/left; exit 0"],
+                     linux__namespaces=[{"type": t} for t in ("network", "ipc", "uts", "mount")],
+                     root={"path": "rootfs", "readonly": False})
+    oci.create("left1")
+    pid = oci.state("left1")["pid"]
+    dirs = cgroup_dirs("left1")
+    assert dirs
+    oci("start", "left1")
+    assert oci.reap(pid) == 0
+    assert oci.state("left1")["status"] == "stopped"
+    with open(f"{dirs[0]}/cgroup.procs") as f:
+        left = [int(p) for p in f.read().split()]
+    assert len(left) == 1 and _cmdline(left[0]).startswith("sleep 300"), left
+    oci("delete", "left1")
+    assert not cgroup_dirs("left1")
+    # orphaned, it was reparented to us (the tests are a subreaper, as engines are): killed
+    _, status = os.waitpid(left[0], 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL

@@ -518,13 +518,17 @@ def start(record: Record, warn: Any = None) -> None:
         record.save()
         os.write(fd, b"0")
         # The gate execs the command right after reading: wait for the read.
+        # It is usually scheduled within tens of microseconds (2 CPUs), so
+        # look often at first: a 0.5 ms step cost every start ~1 ms.
         deadline = time.monotonic() + 10
         buf = bytearray(4)
+        step = 0.00005
         while time.monotonic() < deadline:
             fcntl.ioctl(fd, termios.FIONREAD, buf)
             if int.from_bytes(buf, "little") == 0 or not record.alive():
                 break
-            time.sleep(0.0005)
+            time.sleep(step)
+            step = min(step * 2, 0.005)
     finally:
         os.close(fd)
     from .hooks import run_recorded_hooks
@@ -599,6 +603,44 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
     if status in ("running", "paused") and not force:
         raise OciError(f"cannot delete container {record.id} that is not stopped: it is {status} "
                        "(use delete --force)")
+    if status == "stopped" and _remove_empty_cgroup(record):
+        pass  # the common case, as an engine deletes: nothing left to kill
+    else:
+        _end_and_remove_cgroup(record, status)
+    state = record.oci_state()
+    state["status"] = "stopped"
+    from .hooks import run_recorded_hooks
+
+    run_recorded_hooks("poststop", record, state, warn)
+    record.remove()
+
+
+def _remove_empty_cgroup(record: Record) -> bool:
+    """rmdir the recorded cgroup directories (and the parents create made); False if one is in use.
+
+    The kernel refuses to remove a cgroup that holds a process or a child
+    cgroup (EBUSY), so a successful rmdir is itself the check that nothing
+    is left: no cgroup package to import (~1.5 ms of a fresh interpreter)
+    and no cgroup.procs to read.  On False, the directories removed so far
+    are gone and :func:`_end_and_remove_cgroup` does the rest.
+    """
+    info = record.data.get("cgroup")
+    if not info:
+        return True
+    directories = set(info["paths"].values())
+    for directory in sorted(directories, key=len, reverse=True):
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    # as Cgroup.remove does: the parents go too once empty (rmdir refuses one in use)
+    _remove_parents([*{os.path.dirname(d) for d in directories}, *info.get("made_parents", [])])
+    return True
+
+
+def _end_and_remove_cgroup(record: Record, status: str) -> None:
     cgroup = record.cgroup()
     # a "stopped" record may still have processes in its cgroup: a create
     # killed half way, or exec'd processes of an init that has gone
@@ -611,12 +653,6 @@ def delete(record: Record, force: bool = False, warn: Any = None) -> None:
         if record.pid and status != "stopped" and not wait_gone(record.pid):
             raise OciError(f"container {record.id}: its init did not die within 5 s of SIGKILL")
     remove_recorded_cgroup(record)
-    state = record.oci_state()
-    state["status"] = "stopped"
-    from .hooks import run_recorded_hooks
-
-    run_recorded_hooks("poststop", record, state, warn)
-    record.remove()
 
 
 def pause(record: Record) -> None:
