@@ -28,12 +28,12 @@ modules as usual.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's C half: no stub, ints instead of enum members
-import _socket
 import os
 import sys
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from types import TracebackType
@@ -130,6 +130,8 @@ def contextmanager(function: Callable[P, Iterator[T]]) -> Callable[P, AbstractCo
 
 def send_fd(sock: _socket.socket, message: bytes, fd: int) -> None:
     """Send ``message`` with one file descriptor over a Unix socket (SCM_RIGHTS), as :func:`socket.send_fds`."""
+    import _socket  # imported here: most fresh interpreters (minibox-oci's verbs) send no fd
+
     sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder, signed=True))])
 
 
