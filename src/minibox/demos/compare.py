@@ -77,10 +77,10 @@ def main() -> int:
         show("container", f"{ct:.2f} ms: clone3() with namespace flags, pivot_root, execve")
         if cold is not None:
             show("VM, cold boot", f"{cold:,.0f} ms: QEMU starts, the guest kernel boots, the agent loads "
-                                  "modules, mounts the rootfs over virtiofs, runs /bin/true, powers off")
+                                  "modules, mounts the rootfs over virtiofs, runs /bin/true, reports its exit")
         show("VM, from its template", f"{vm:,.0f} ms: QEMU restores a guest saved once booted (RAM shared "
                                       "read-only, device state loaded), the agent sets the clock, reseeds "
-                                      "the RNG, runs /bin/true, powers off")
+                                      "the RNG, runs /bin/true, reports its exit; QEMU is then killed")
         show("ratio", f"{vm / ct:,.0f}x from the template" + (f", {cold / ct:,.0f}x cold" if cold is not None else ""))
         say("  docs/vm.md, \"Snapshots and templates\": what a clone shares and what it must not inherit.")
         engine = _cell(report, "vm", "accelerator").value
