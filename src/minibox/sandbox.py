@@ -172,6 +172,52 @@ def reason_of(exit_code: int | None, sig: int | None, *, timed_out: bool = False
     return "exited"
 
 
+# -- captured output, bounded ----------------------------------------------------------------
+#
+# Both isolations capture a command's output for its Result when the caller
+# passes no file descriptor of its own, as subprocess.run does with
+# capture_output.  Unlike subprocess, the command is untrusted: `yes` would
+# grow the caller's own process until the host's OOM killer chose a victim.
+# So each stream keeps its first OUTPUT_CAP bytes; the rest is still read (a
+# writer is never blocked on a full pipe, so the command runs as it would)
+# but only counted, and the Result's bytes end with a line saying how much
+# was dropped.  Output sent to the caller's own fds is the caller's to bound.
+# Filled by container/stdio.py and vm/channels.py.
+
+#: Bytes of each output stream kept for a Result (docs/api.md, "Output").
+OUTPUT_CAP = 16 << 20
+
+
+class CappedBuffer:
+    """Output kept up to ``cap`` bytes; the rest is counted, not kept."""
+
+    def __init__(self, cap: int = OUTPUT_CAP) -> None:
+        self._data = bytearray()
+        self._cap = cap
+        self._value: bytes | None = None
+        self.dropped = 0
+
+    def extend(self, data: bytes) -> None:
+        room = self._cap - len(self._data)
+        if room > 0 and self._value is None:
+            self._data += data[:room]
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self) -> bytes:
+        """What was kept, followed by a marker line if anything was dropped.
+
+        The buffer is turned into bytes once and then freed, so the host
+        holds at most two copies of the cap for a moment, never three.
+        """
+        if self._value is None:
+            if self.dropped:
+                self._data += (f"\n[minibox: output truncated, {self.dropped} bytes dropped "
+                               f"after the first {self._cap}]\n").encode()
+            self._value = bytes(self._data)
+            self._data = bytearray()
+        return self._value
+
+
 def make_result(exit_code: int | None, sig: int | None, *, started: float, timed_out: bool = False,
                 oom: bool = False, stdout: bytes = b"", stderr: bytes = b"", usage: Usage | None = None) -> Result:
     """The Result of a command that started at ``started`` (time.monotonic()) and just ended.

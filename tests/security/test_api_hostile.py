@@ -22,6 +22,7 @@ import pytest
 import minibox
 from minibox import Container, Spec
 from minibox.container.plan import DEFAULT_LAYER_SIZE
+from minibox.sandbox import OUTPUT_CAP
 
 from ..conftest import needs_root
 
@@ -122,11 +123,49 @@ def test_a_flood_of_exec_output_arrives_whole_and_leaks_no_fd_or_thread(box: Con
     fds = len(os.listdir("/proc/self/fd"))
     threads = threading.active_count()
     for _ in range(3):
-        result = box.exec(["sh", "-c", "head -c 20000000 /dev/zero; head -c 3000000 /dev/zero >&2"], timeout=30)
-        assert (len(result.stdout), len(result.stderr)) == (20000000, 3000000)
+        result = box.exec(["sh", "-c", "head -c 12000000 /dev/zero; head -c 3000000 /dev/zero >&2"], timeout=30)
+        assert (len(result.stdout), len(result.stderr)) == (12000000, 3000000)  # below the cap: whole
     assert len(os.listdir("/proc/self/fd")) == fds
     assert threading.active_count() == threads
 
+
+
+# -- captured output is host memory in the caller's own process ---------------------------------
+
+def _assert_capped(data: bytes, sent: int) -> None:
+    """The first OUTPUT_CAP bytes intact, then one marker line naming how many were dropped."""
+    body, marker = data[:OUTPUT_CAP], data[OUTPUT_CAP:]
+    assert body == b"\0" * OUTPUT_CAP
+    dropped = sent - OUTPUT_CAP
+    assert marker == f"\n[minibox: output truncated, {dropped} bytes dropped after the first {OUTPUT_CAP}]\n".encode()
+
+
+def test_a_run_flooding_its_output_keeps_the_caller_bounded() -> None:
+    # Before: every byte was kept, and 'yes' grew the caller's own process
+    # until the host's OOM killer chose a victim.  Now both isolations keep
+    # the same bound (the VM's: tests/security/test_vm_guest_hostile.py), and
+    # the command still runs to its end: the rest is read and counted.
+    sent = OUTPUT_CAP + 5_000_000
+    result = minibox.run(Spec(argv=["sh", "-c", f"head -c {sent} /dev/zero; head -c {sent} /dev/zero >&2; exit 3"],
+                              timeout=60))
+    assert result.exit_code == 3 and result.reason == "exited"
+    _assert_capped(result.stdout, sent)
+    _assert_capped(result.stderr, sent)
+
+
+def test_an_exec_flooding_its_output_keeps_the_caller_bounded(box: Container) -> None:
+    sent = OUTPUT_CAP + 1_000_000
+    result = box.exec(["head", "-c", str(sent), "/dev/zero"], timeout=60)
+    assert result.exit_code == 0
+    _assert_capped(result.stdout, sent)
+
+
+def test_a_tty_exec_flooding_its_output_keeps_the_caller_bounded(box: Container) -> None:
+    # a pty turns nothing into anything else for NUL bytes (no output processing of \0)
+    sent = OUTPUT_CAP + 1_000_000
+    result = box.exec(["head", "-c", str(sent), "/dev/zero"], tty=True, timeout=60)
+    assert result.exit_code == 0
+    _assert_capped(result.stdout, sent)
 
 
 def test_a_tty_exec_flooding_its_pty_ends_at_its_timeout(box: Container) -> None:

@@ -32,9 +32,9 @@ import pytest
 from minibox import Mount, Spec
 from minibox.errors import ProtocolError, SetupError
 from minibox.images.busybox import build_busybox_rootfs
+from minibox.sandbox import OUTPUT_CAP
 from minibox.vm import VirtualMachine
 from minibox.vm.agent import MAX_PAYLOAD
-from minibox.vm.channels import OUTPUT_CAP
 
 from ..conftest import child_pids, needs_root
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from minibox.errors import ProtocolError
+from minibox.sandbox import CappedBuffer
 from minibox.spec import Limits, Mount, Spec
 from minibox.vm import accel, agent, initramfs, machine, plan, virtiofs
-from minibox.vm.channels import CappedBuffer
 from minibox.vm.kernel import ensure_kernel, has_pvh_note
 from minibox.vm.virtiofs import Share
 from minibox.vm.virtual_machine import find_qemu, kvm_probe, qemu_version

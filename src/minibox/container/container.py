@@ -39,7 +39,19 @@ import time
 # imports (minibox/_lean.py says which); these are the parts used here.
 from .._lean import SIGKILL, contextmanager, pidfd_send_signal, suppress
 from ..errors import MiniboxError, PreflightError, SetupError, SpecError, StateError
-from ..sandbox import CLOSED, EXITED, PAUSED, RUNNING, Result, Sandbox, Stats, Usage, make_result, split_wait_status
+from ..sandbox import (
+    CLOSED,
+    EXITED,
+    PAUSED,
+    RUNNING,
+    CappedBuffer,
+    Result,
+    Sandbox,
+    Stats,
+    Usage,
+    make_result,
+    split_wait_status,
+)
 from ..spec import Spec
 from .namespaces import CLONE_NEWCGROUP, JOIN_ORDER, clone_flags
 from .plan import choose_root, pid_bound_ops, process_plan
@@ -434,8 +446,8 @@ class Container(Sandbox):
                 deadline = time.monotonic() + timeout
             else:
                 deadline = None
-            out: list[bytes] = []
-            err: list[bytes] = []
+            out = CappedBuffer()
+            err = CappedBuffer()
             stdin_data = bytes(self._stdin) if isinstance(self._stdin, (bytes, bytearray, memoryview)) else None
             if self._pty_master is not None:
                 finished = relay_tty(self._pidfd, self._pty_master, self._stdin, self._stdout, deadline, out)
@@ -447,7 +459,7 @@ class Container(Sandbox):
                 self._kill_all()
                 communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, err)
             self._reap()
-            self._result = self._make_result(b"".join(out), b"".join(err), timed_out)
+            self._result = self._make_result(out.value(), err.value(), timed_out)
             self._set_state(EXITED)
             self._teardown()
             return self._result
@@ -688,8 +700,8 @@ class Container(Sandbox):
             if failure is not None:
                 raise failure
             deadline = None if timeout is None else time.monotonic() + timeout
-            out: list[bytes] = []
-            err: list[bytes] = []
+            out = CappedBuffer()
+            err = CappedBuffer()
             if master is not None:
                 finished = relay_tty(pidfd, master, stdin, None, deadline, out)
             else:
@@ -708,7 +720,7 @@ class Container(Sandbox):
             grandchild = None
             code, sig = split_wait_status(status)
             return make_result(code, sig, started=started, timed_out=not finished,
-                               stdout=b"".join(out), stderr=b"".join(err),
+                               stdout=out.value(), stderr=err.value(),
                                usage=Usage(memory_peak_bytes=ru.ru_maxrss * 1024,
                                            cpu_seconds=ru.ru_utime + ru.ru_stime))
         finally:
@@ -741,7 +753,7 @@ class Container(Sandbox):
             if self._pid is not None and self._result is None:
                 self._kill_all()
                 with suppress(OSError):
-                    out: list[bytes] = []
+                    out = CappedBuffer()
                     if self._pidfd is not None:
                         communicate(self._pidfd, self._pipes, None, time.monotonic() + 5, out, out)
                 self._reap()

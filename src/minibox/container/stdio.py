@@ -11,6 +11,9 @@ allocated inside its own devpts instance and handed to us over a unix
 socket (SCM_RIGHTS, unix(7)); :func:`relay_tty` shuttles bytes between the
 caller's terminal and the pty master and forwards the window size
 (TIOCGWINSZ/TIOCSWINSZ, ioctl_tty(2)).
+
+What is captured for a Result goes into a :class:`~minibox.sandbox.CappedBuffer`:
+the command is untrusted, and its output must not grow the caller without bound.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are st
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from ..sandbox import CappedBuffer
 
 READ_CHUNK = 1 << 16
 
@@ -57,7 +62,7 @@ class Pipes:
 
 
 def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: float | None,
-                 out: list[bytes], err: list[bytes],
+                 out: CappedBuffer, err: CappedBuffer,
                  watch: dict[int, Callable[[], None]] | None = None) -> bool:
     """Feed stdin, drain stdout/stderr, until the process exits and the pipes close.
 
@@ -68,7 +73,7 @@ def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: fl
     event); the callback must consume the event.
     """
     poller = select.poll()
-    targets: dict[int, list[bytes]] = {}
+    targets: dict[int, CappedBuffer] = {}
     if pipes.stdout_r is not None:
         poller.register(pipes.stdout_r, select.POLLIN)
         targets[pipes.stdout_r] = out
@@ -119,7 +124,7 @@ def communicate(pidfd: int, pipes: Pipes, stdin_data: bytes | None, deadline: fl
             elif fd in targets:
                 data = os.read(fd, READ_CHUNK) if mask & (select.POLLIN | select.POLLHUP) else b""
                 if data:
-                    targets[fd].append(data)
+                    targets[fd].extend(data)
                 else:
                     poller.unregister(fd)
                     del targets[fd]
@@ -150,7 +155,7 @@ def receive_fd(sock: Any) -> int | None:
 
 
 def relay_tty(pidfd: int, master: int, stdin: object, stdout: int | None, deadline: float | None,
-               out: list[bytes]) -> bool:
+               out: CappedBuffer) -> bool:
     """Shuttle bytes between the caller and the container's pty until the command exits.
 
     Input comes from ``stdin`` when it is an fd (the caller's terminal) or
@@ -192,7 +197,7 @@ def relay_tty(pidfd: int, master: int, stdin: object, stdout: int | None, deadli
                 if stdout is not None:
                     os.write(stdout, data)
                 else:
-                    out.append(data)
+                    out.extend(data)
             elif fd == in_fd:
                 data = os.read(fd, READ_CHUNK)
                 if data:

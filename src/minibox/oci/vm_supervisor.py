@@ -42,13 +42,13 @@ from typing import Any
 
 from ..errors import CommandNotFoundError, MiniboxError, PreflightError, SetupError
 from ..owner import StartSteps
-from ..sandbox import command_env
+from ..sandbox import CappedBuffer, command_env
 from ..spec import Spec
 from ..vm import accel as _accel
 from ..vm import agent as _agent
 from ..vm import machine, virtiofs
 from ..vm import plan as _plan
-from ..vm.channels import CappedBuffer, Channels, ExecState
+from ..vm.channels import Channels, ExecState
 from ..vm.kernel import ensure_kernel, modules_for
 from ..vm.virtual_machine import (
     VirtualMachine,

@@ -9,7 +9,7 @@ selectors(3)/epoll(7) until QEMU has closed them all:
 * the console and QEMU's stderr keep only their last :data:`CONSOLE_KEEP`
   bytes, for error messages;
 * the command's stdout/stderr go to the caller's file descriptors, or into
-  buffers for the Result, each capped at :data:`OUTPUT_CAP` bytes;
+  buffers for the Result, each capped at :data:`~minibox.sandbox.OUTPUT_CAP` bytes;
 * the control port carries the agent's frames (agent.py): each one updates
   :class:`AgentState` under the VM's condition variable, which the
   VM's verbs wait on.
@@ -34,46 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
-from ..sandbox import Usage
+from ..sandbox import CappedBuffer, Usage
 from . import agent as _agent
 
 #: Bytes of console and QEMU stderr kept for error messages.
 CONSOLE_KEEP = 16 * 1024
-#: Bytes of each output stream the host keeps for a Result (docs/vm.md):
-#: like subprocess's capture, but bounded.
-OUTPUT_CAP = 16 << 20
 #: Characters of the guest's hello (its kernel release) kept.
 HELLO_KEEP = 256
-
-
-class CappedBuffer:
-    """Output kept up to ``cap`` bytes; the rest is counted, not kept."""
-
-    def __init__(self, cap: int = OUTPUT_CAP) -> None:
-        self._data = bytearray()
-        self._cap = cap
-        self._value: bytes | None = None
-        self.dropped = 0
-
-    def extend(self, data: bytes) -> None:
-        room = self._cap - len(self._data)
-        if room > 0 and self._value is None:
-            self._data += data[:room]
-        self.dropped += max(0, len(data) - max(room, 0))
-
-    def value(self) -> bytes:
-        """What was kept, followed by a marker line if anything was dropped.
-
-        The buffer is turned into bytes once and then freed, so the host
-        holds at most two copies of the cap for a moment, never three.
-        """
-        if self._value is None:
-            if self.dropped:
-                self._data += (f"\n[minibox: output truncated, {self.dropped} bytes dropped "
-                               f"after the first {self._cap}]\n").encode()
-            self._value = bytes(self._data)
-            self._data = bytearray()
-        return self._value
 
 
 @dataclass
