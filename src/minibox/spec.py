@@ -44,6 +44,16 @@ DEFAULT_NAMESPACES: tuple[str, ...] = ("pid", "mnt", "uts", "ipc", "net", "cgrou
 #: The PATH a command is searched in when ``env`` sets none (docker's default), on both isolations.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+#: What a tmpfs minibox mounts may hold when nobody said: a ``Mount.tmpfs``
+#: without ``size``, the default image's writable layer and its private
+#: /tmp.  tmpfs is host memory, and a container without
+#: ``Limits(memory=...)`` has no cgroup to charge it to: unbounded, tmpfs(5)
+#: offers half the host's RAM to each mount, and ``head -c 20G /dev/zero >
+#: /tmp/f`` inside would push the host into its OOM killer.  A write beyond
+#: the bound fails inside with ENOSPC; a container also gets one inode per
+#: 4 KiB of it (``nr_inodes``), since tmpfs counts only data against size.
+DEFAULT_TMPFS_SIZE = 1 << 30
+
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 #: The largest size the kernel stores: cgroup limits are page counts that
 #: top out at LONG_MAX bytes (a bigger memory.limit_in_bytes wraps round

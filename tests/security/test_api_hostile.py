@@ -51,6 +51,22 @@ def test_the_default_layer_and_tmp_are_bounded_without_limits() -> None:
     assert sizes["/tmp"] * 1024 <= DEFAULT_LAYER_SIZE
 
 
+def test_a_tmpfs_mount_without_a_size_is_bounded_too() -> None:
+    # Mount.tmpfs("/scratch") gave the kernel's default: half the host's RAM
+    # and half its pages in inodes, to a container with no cgroup to charge.
+    mounts = [minibox.Mount.tmpfs("/scratch"), minibox.Mount.tmpfs("/sized", size="8M")]
+    for command in (["df", "-k"], ["df", "-i"]):
+        result = minibox.run(Spec(argv=[*command, "/scratch", "/sized"], mounts=mounts, timeout=10))
+        assert result.exit_code == 0, result.stderr
+        sizes = _df_kib(result)
+        if command[1] == "-k":
+            assert sizes["/scratch"] * 1024 == DEFAULT_LAYER_SIZE
+            assert sizes["/sized"] == 8 * 1024  # a size given is kept
+        else:
+            assert sizes["/scratch"] == DEFAULT_LAYER_SIZE // 4096
+            assert sizes["/sized"] == 8 * 1024 * 1024 // 4096
+
+
 def test_empty_files_cannot_outgrow_the_bound_either() -> None:
     # tmpfs counts only data against size=; its inodes (~0.9 KiB of kernel
     # memory each, measured: 200,000 empty files took 174 MiB) were bounded

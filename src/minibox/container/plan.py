@@ -17,7 +17,7 @@ import os
 
 from .._record import replace
 from ..errors import PreflightError
-from ..spec import DEFAULT_PATH, Mount, Spec
+from ..spec import DEFAULT_PATH, DEFAULT_TMPFS_SIZE, Mount, Spec
 from .rootfs import OP_WRITE, WRITE_AS_PID1, MountOp, overlay_root
 from .spawn import ChildPlan
 
@@ -70,12 +70,9 @@ _pid_bound: bool | None = None
 
 #: How many bytes the private writable layer of a container (the default
 #: image's, or ``rootfs_overlay=True``) and its private /tmp may each hold
-#: when the Spec sets no ``rootfs_overlay_size``.  Both are tmpfs, that is
-#: host memory, and a container without ``Limits(memory=...)`` has no cgroup
-#: to charge it to: unbounded, tmpfs(5) takes half the host's RAM each, and
-#: ``head -c 20G /dev/zero > /tmp/f`` inside would push the host into its
-#: OOM killer.  A write beyond the bound fails inside with ENOSPC.
-DEFAULT_LAYER_SIZE = 1 << 30
+#: when the Spec sets no ``rootfs_overlay_size``: the bound of every tmpfs
+#: nobody sized (spec.DEFAULT_TMPFS_SIZE says why).
+DEFAULT_LAYER_SIZE = DEFAULT_TMPFS_SIZE
 
 
 def pid_bound_supported() -> bool:

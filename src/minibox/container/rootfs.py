@@ -36,7 +36,7 @@ import stat
 
 from .._native import lib
 from .._record import record
-from ..spec import Mount, Spec
+from ..spec import DEFAULT_TMPFS_SIZE, Mount, Spec
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -206,9 +206,8 @@ def _user_mount(mount: Mount) -> list[MountOp]:
         ops.append(bind(target, mount.source, flags))
     else:
         mode_text = "1777" if target == "/tmp" else "755"
-        data = f"mode={mode_text}"
-        if mount.size is not None:
-            data += f",size={int(mount.size)}"
+        size = DEFAULT_TMPFS_SIZE if mount.size is None else int(mount.size)  # host memory: never unbounded
+        data = f"mode={mode_text}{_tmpfs_bounds(size)}"
         flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if mount.readonly else 0)
         ops += [MountOp(OP_MKDIR, target),
                 MountOp(OP_MOUNT, target, source="tmpfs", fstype="tmpfs", flags=flags, data=data)]
@@ -228,6 +227,15 @@ def _masks() -> tuple[MountOp, ...]:
 
 
 _MASKS = _masks()
+
+
+def _tmpfs_bounds(size: int) -> str:
+    """tmpfs(5) options bounding its data to ``size`` bytes and its inodes to one per page of it.
+
+    tmpfs counts only data against ``size=``; its default inode count is half
+    the host's RAM pages whatever the size, at ~0.9 KiB of kernel memory each.
+    """
+    return f",size={size},nr_inodes={max(size // 4096, 1024)}"
 
 
 def overlay_root(image: str, scratch: str, *, size: int | None = None,
@@ -252,7 +260,7 @@ def overlay_root(image: str, scratch: str, *, size: int | None = None,
     is mounted.
     """
     merged = f"{scratch}/root"
-    limit = "" if size is None else f",size={size},nr_inodes={max(size // 4096, 1024)}"
+    limit = "" if size is None else _tmpfs_bounds(size)
     ops = [
         MountOp(OP_MOUNT, scratch, source="tmpfs", fstype="tmpfs", flags=MS_NOSUID | MS_NODEV,
                 data="mode=755" + limit),

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..spec import Mount, Spec
+from ..spec import DEFAULT_TMPFS_SIZE, Mount, Spec
 from . import agent as _agent
 from . import initramfs, machine
 from .virtiofs import Share
@@ -95,8 +95,9 @@ def shares_and_mounts(spec: Spec, rootfs: str,
     guest_mounts: list[_agent.GuestMount] = []
     for i, m in enumerate(spec.mounts):
         if m.kind == "tmpfs":
+            # the same default bound as a container's (guest memory here, but the same Spec meaning)
             guest_mounts.append(_agent.GuestMount("tmpfs", "", "", m.target, m.readonly,
-                                                  "" if m.size is None else str(m.size)))
+                                                  str(DEFAULT_TMPFS_SIZE if m.size is None else m.size)))
             continue
         assert m.source is not None
         tag = f"mount{i}"
