@@ -289,6 +289,39 @@ def test_exec_process_file_without_capabilities_gets_the_containers_not_the_host
         assert _cap_line(status, name) == _cap_line(init, name), f"{name}: {status}"
 
 
+def test_exec_takes_the_config_create_read_not_the_bundles_of_now(oci: Oci, tmp_path: Path) -> None:
+    """runc keeps the config in its state at create.  minibox-oci exec read the bundle's config.json
+    again: whoever could write it after create (a hostile bundle writer, a container a mount showed
+    it to) chose what every exec got -- here every capability, no seccomp, no no_new_privs, uid 0."""
+    oci.write_config(["sleep", "30"], process={
+        **oci.write_config(["sleep", "30"])["process"], "user": {"uid": 1000, "gid": 1000}})
+    oci.create("c2")
+    pid = oci.state("c2")["pid"]
+    oci("start", "c2")
+    try:
+        before = oci("exec", "c2", "cat", "/proc/self/status").stdout
+        config = json.loads((oci.bundle / "config.json").read_text())
+        every = ["CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_DAC_OVERRIDE"]
+        config["process"].update(capabilities={k: every for k in ("bounding", "effective", "permitted")},
+                                 noNewPrivileges=False, user={"uid": 0, "gid": 0}, env=["PATH=/bin:/usr/bin", "EVIL=1"])
+        (oci.bundle / "config.json").write_text(json.dumps(config))
+        after = oci("exec", "c2", "cat", "/proc/self/status").stdout
+        env = oci("exec", "c2", "env").stdout
+        process = tmp_path / "process.json"  # --process without capabilities: the container's, as created
+        process.write_text(json.dumps({"args": ["cat", "/proc/self/status"], "cwd": "/", "env": ["PATH=/bin"],
+                                       "user": {"uid": 1000, "gid": 1000}}))
+        by_file = oci("exec", "--process", str(process), "c2").stdout
+    finally:
+        oci("kill", "c2", "KILL")
+        oci.reap(pid)
+    for name in ("CapBnd", "CapEff", "CapPrm", "NoNewPrivs", "Seccomp", "Uid"):
+        line = next(x for x in before.splitlines() if x.startswith(name + ":"))
+        assert line in after.splitlines(), f"{name}: {after}"
+        if name not in ("NoNewPrivs", "Uid"):  # --process says those itself
+            assert line in by_file.splitlines(), f"{name}: {by_file}"
+    assert "EVIL" not in env
+
+
 @pytest.mark.parametrize("device", [
     {"path": "/dev/null", "type": "b", "major": 1, "minor": 3},    # the host's is a char device
     {"path": "/dev/null", "type": "c", "major": 8, "minor": 0},    # another number than the host's node

@@ -291,11 +291,11 @@ def _exec(record: Record, opts: dict[str, Any], args: list[str], log: Log) -> in
         if proc.capabilities is None:
             # As runc: a process without "capabilities" runs with the container's set,
             # not with minibox-oci's own (every capability of the host's root).
-            proc.capabilities = config_mod.load(record.data["bundle"], created=True).process.capabilities
+            proc.capabilities = record.created_config().process.capabilities
     else:
         if not args:
             raise OciError("exec: give the command after the container id, or --process FILE")
-        base = config_mod.load(record.data["bundle"], created=True).process
+        base = record.created_config().process
         env = list(base.env) + list(opts.get("env", []))
         user = opts.get("user")
         uid, gid = base.uid, base.gid

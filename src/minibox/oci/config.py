@@ -222,22 +222,32 @@ class Config:
 def load(bundle: str, created: bool = False) -> Config:
     """Read and validate ``bundle``/config.json; raise SpecError naming the field.
 
-    ``created``: the container exists already (exec reads its config), so the
-    namespaces it joined by path are not checked again: the process that
-    held one (a pod's infra container) may have gone since.
+    ``created``: the container exists already, so the namespaces it joined
+    by path are not checked again: the process that held one (a pod's infra
+    container) may have gone since.
+    """
+    return load_text(bundle, created)[0]
+
+
+def load_text(bundle: str, created: bool = False, path: str | None = None) -> tuple[Config, bytes]:
+    """:func:`load`, and the exact bytes it parsed (``create`` keeps them for ``exec``).
+
+    ``path``: read this file instead of the bundle's config.json (``exec``
+    reads the copy ``create`` saved in the container's state directory).
     """
     bundle = os.path.abspath(bundle)
-    path = os.path.join(bundle, "config.json")
+    path = path or os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            raw = json.loads(f.read())
+            text = f.read()
+        raw = json.loads(text)
     except FileNotFoundError as e:
         raise SpecError("bundle", f"{path} does not exist: no such file or directory") from e
     except (OSError, ValueError) as e:
         raise SpecError("config.json", f"cannot be read as JSON: {e}") from e
     if not isinstance(raw, dict):
         raise field_error("(top)", "expected a JSON object")
-    return parse(raw, bundle, check_namespace_paths=not created)
+    return parse(raw, bundle, check_namespace_paths=not created), text
 
 
 def parse(raw: dict[str, Any], bundle: str, check_namespace_paths: bool = True) -> Config:

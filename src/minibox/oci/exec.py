@@ -34,7 +34,6 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
                           preserve_fds=preserve_fds)
     from ..container.namespaces import JOIN_ORDER
     from ..container.spawn import ChildPlan, read_child_error, spawn_joined
-    from . import config as config_mod
     from .runtime import _check_preserved, _open_console, hardening
 
     status = record.status()
@@ -42,7 +41,7 @@ def exec_process(record: Record, proc: Process, *, detach: bool = False, pid_fil
         raise OciError(f"cannot exec in container {record.id}: it is {status}")
     if proc.terminal and not console_socket:
         raise OciError("--tty needs --console-socket to receive the pty")
-    cfg = config_mod.load(record.data["bundle"], created=True)
+    cfg = record.created_config()  # as create read it: the bundle may have changed since
     keep = _check_preserved(preserve_fds)
     plan = ChildPlan(argv=list(proc.args), envp=list(proc.env), path_env=proc.path, cwd=proc.cwd,
                      uid=proc.uid, gid=proc.gid, cmd=proc.args[0])

@@ -184,12 +184,13 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     from . import config as config_mod
 
     record = Record(root, container_id)
-    cfg = config_mod.load(bundle)
+    cfg, text = config_mod.load_text(bundle)
     in_vm = check_isolation(cfg.annotations, vm)
     if warn is not None:
         for message in cfg.warnings:
             warn(message)
     with record.creating():
+        record.save_config(text)
         if in_vm:  # oci/vm_runtime.py, imported only for a VM
             from . import vm_runtime
 

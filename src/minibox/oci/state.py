@@ -116,6 +116,11 @@ class Record:
         self.dir = os.path.join(root, container_id)
         self.file = os.path.join(self.dir, "state.json")
         self.fifo = os.path.join(self.dir, "exec.fifo")
+        # config.json as create read it: exec takes the process's defaults
+        # (capabilities, seccomp, user, env, rlimits) from here, never again
+        # from the bundle, whose files may have changed since (as runc keeps
+        # the config in its state)
+        self.config = os.path.join(self.dir, "config.json")
         self.data: dict[str, Any] = {}
 
     # -- files --------------------------------------------------------------------
@@ -136,6 +141,25 @@ class Record:
         with open(tmp, "w") as f:
             f.write(json.dumps(self.data))
         os.replace(tmp, self.file)
+
+    def save_config(self, text: bytes) -> None:
+        """Keep the config.json ``create`` parsed (mode 0600 in the 0700 directory; a new file)."""
+        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def created_config(self) -> Any:
+        """The container's config as ``create`` read it (oci.config.Config)."""
+        from . import config as config_mod
+
+        bundle = self.data["bundle"]
+        if not os.path.exists(self.config):  # created before minibox-oci kept a copy
+            return config_mod.load(bundle, created=True)
+        return config_mod.load_text(bundle, created=True, path=self.config)[0]
 
     def remove(self) -> None:
         _remove_tree(self.dir)
