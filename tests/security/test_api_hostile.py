@@ -328,6 +328,28 @@ def test_without_a_pid_namespace_the_cgroup_ends_a_child_in_its_own_session() ->
             os.kill(pid, 9)
 
 
+@pytest.mark.parametrize("how", ["run", "Container"])
+def test_without_a_pid_namespace_or_limits_a_child_in_its_own_session_still_ends(how: str) -> None:
+    # The same escape without limits: minibox.run made no cgroup then (its fast
+    # path), so nothing could find the child once it had left the process
+    # group, and it ran on after the Result.  A container without a pid
+    # namespace now always gets a cgroup: the one way to find all of it.
+    marker = b"sleep\x007732\x00"
+    script = "setsid sh -c 'exec sleep 7732 >/dev/null 2>&1 </dev/null' & sleep 0.2; echo hi"
+    spec = Spec(argv=["sh", "-c", script], namespaces=["mnt", "uts", "ipc", "net"], timeout=20)
+    try:
+        if how == "run":
+            result = minibox.run(spec)
+        else:
+            with Container(spec) as box:
+                result = box.wait()
+        assert result.stdout == b"hi\n"
+        assert _processes_running(marker) == []
+    finally:
+        for pid in _processes_running(marker):  # the probe's own sleeper, if it survived
+            os.kill(pid, 9)
+
+
 def test_pause_stats_and_kill_stay_prompt_under_a_fork_storm_at_the_limits() -> None:
     script = ("(while :; do sleep 1 & done) 2>/dev/null & "
               "(while :; do x=$(head -c 1000000 /dev/zero); done) & yes > /dev/null")

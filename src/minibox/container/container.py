@@ -92,7 +92,9 @@ class Container(Sandbox):
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
-        self._want_cgroup = cgroup or not spec.limits.is_empty()
+        # Without a pid namespace the cgroup is the only way to find every process the
+        # command started: one that left its process group (setsid) outlived the Result.
+        self._want_cgroup = cgroup or not spec.limits.is_empty() or "pid" not in spec.effective_namespaces
         self._lock = _thread.RLock()
         self._pid: int | None = None
         self._pidfd: int | None = None
