@@ -51,9 +51,13 @@ def _compiler_inputs() -> bytes:
                 material += f.read()
         from ... import _native
 
-        version = _native.lib.seccomp_version()  # a new libseccomp may resolve or lay out rules differently
+        # a new libseccomp may resolve or lay out rules differently (a C core built
+        # before this binding existed cannot say: its programs are keyed without it)
+        seccomp_version = getattr(_native.lib, "seccomp_version", None)
+        version = seccomp_version() if seccomp_version is not None else None
+        libseccomp = (version.major, version.minor, version.micro) if version is not None else None
         uname = os.uname()
-        material += repr((version.major, version.minor, version.micro, uname.release, uname.machine)).encode()
+        material += repr((libseccomp, uname.release, uname.machine)).encode()
         _inputs.append(material)
     return _inputs[0]
 
