@@ -80,7 +80,8 @@ def test_another_mapping_is_another_program(cold: Path) -> None:
     assert len(list(cold.glob("seccomp-profile-*.bpf"))) == 2
 
 
-@pytest.mark.parametrize("damage", ["group-writable", "world-writable", "not whole instructions", "a symlink"])
+@pytest.mark.parametrize("damage", ["group-writable", "world-writable", "not whole instructions", "a symlink",
+                                    "a directory others may write"])
 def test_an_entry_that_is_not_trustworthy_is_ignored(cold: Path, monkeypatch: pytest.MonkeyPatch,
                                                      damage: str) -> None:
     compiled = seccomp_cache.program_for(PROFILE, frozenset())
@@ -94,6 +95,9 @@ def test_an_entry_that_is_not_trustworthy_is_ignored(cold: Path, monkeypatch: py
         entry.chmod(0o646)
     elif damage == "not whole instructions":
         entry.write_bytes(compiled[:-3])  # type: ignore[index]
+    elif damage == "a directory others may write":
+        entry.write_bytes(planted)  # as if another user had renamed another entry to this name
+        cold.chmod(0o777)
     else:
         decoy = cold.parent / "decoy.bpf"
         decoy.write_bytes(planted)

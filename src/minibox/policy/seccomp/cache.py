@@ -70,15 +70,23 @@ def _key(profile: bytes) -> str:
     return str(digest.hexdigest())
 
 
+def _ours(st: os.stat_result) -> bool:
+    """Owned by this user and writable by nobody else."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def _read(path: str) -> bytes | None:
-    """A cached program, if it is one: this user's own file, writable by nobody else, of a valid length."""
+    """A cached program, if it is one: this user's own file, writable by nobody else, of a valid length,
+    in a directory nobody else may write either (who can rename in it can swap two entries' names)."""
     try:
+        if not _ours(os.stat(os.path.dirname(path))):
+            return None
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not 0 < st.st_size <= MAX_PROGRAM:
+        if not _ours(st) or not 0 < st.st_size <= MAX_PROGRAM:
             return None
         program = os.read(fd, MAX_PROGRAM + 1)
     except OSError:
