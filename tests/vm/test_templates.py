@@ -201,6 +201,31 @@ def test_a_pool_hands_each_vm_to_one_run_and_refills(no_leaks: None) -> None:
             pool.take(Spec(argv=["true"], limits=minibox.Limits(memory="128M")))
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_pool_run_returns_at_its_exit_with_all_output_and_its_vm_already_killed(no_leaks: None) -> None:
+    from minibox.vm import Pool
+
+    with Pool(Spec(argv=["true"]), size=1) as pool:
+        vm = pool.take(Spec(argv=["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x; echo oops >&2; exit 3"]))
+        pid = vm.pid
+        assert pid is not None
+        with vm:
+            result = vm.wait()
+        # the Result is whole although the reap is left to the pool's thread ...
+        assert (result.exit_code, result.stdout, result.stderr) == (3, b"x" * 1000000, b"oops\n")
+        # ... and nothing of the guest runs on once the caller has it
+        assert not _running(pid), "the run's QEMU still runs after wait() returned"
+        assert pool.release_errors == []
+    # no_leaks: once the pool is closed, the QEMU is reaped and its record, sockets and fds are gone
+
+
 # ---- a caller killed during a restore -----------------------------------------------------------
 
 

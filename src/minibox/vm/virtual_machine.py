@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,9 @@ class VirtualMachine(Sandbox):
         self._ids = itertools.count(1)
         self._usage = Usage()
         self._closed = False
+        # Who reaps QEMU and releases the VM's host resources once a complete run
+        # has ended (see wait()); None: wait() does it before it returns.
+        self.release_later: Callable[[Callable[[], None]], None] | None = None
         # what a snapshot needs to say how this guest was made (vm/vm_snapshot.py)
         self._cfg: machine.MachineConfig | None = None
         self._initrd: bytes | Path | None = None
@@ -565,6 +568,7 @@ class VirtualMachine(Sandbox):
         self._drain_after_poweroff()
         with self._cond:
             main_exit, failure = self._ch.state.main_exit, self._ch.state.failure
+        handed_off = False
         try:
             complete = False
             if main_exit is not None:
@@ -583,7 +587,10 @@ class VirtualMachine(Sandbox):
                 self._read_usage()
                 # Complete: nothing the guest still does can matter (its processes are gone, its
                 # writes to shares synced before it reported), so SIGKILL rather than wait for it.
-                self._stop_qemu(graceful=not complete)
+                if complete and self.release_later is not None and self._kill_for_release_later():
+                    handed_off = True  # SIGKILLed; the reap and the release need not delay the Result
+                else:
+                    self._stop_qemu(graceful=not complete)
                 code, sig = main_exit
                 out, err = self._ch.captured()
                 self._result = make_result(code, sig, started=self._started_at, stdout=out, stderr=err,
@@ -597,9 +604,32 @@ class VirtualMachine(Sandbox):
                 self._stop_qemu()
                 raise SetupError("guest", None, self._why_it_died("the VM stopped before the command ended"))
         finally:
-            self._free()
+            if handed_off:
+                assert self.release_later is not None
+                self.release_later(self._release)
+            else:
+                self._free()
             self._set_state(EXITED if self._result is not None else CLOSED)
         return self._result
+
+    def _kill_for_release_later(self) -> bool:
+        """SIGKILL QEMU and claim the release for ``release_later``; False if close() has claimed it.
+
+        QEMU is killed here, before the Result is returned, so that nothing
+        of the guest runs on once the caller has it; only the wait for the
+        kernel to tear the process down (~2-3 ms for a clone) and the release
+        of the record, sockets and network leave the caller's path.  A caller
+        killed meanwhile leaves a dying QEMU and a record, which its keeper
+        and ``minibox gc`` end as for any VM.
+        """
+        with self._close_lock:
+            if self._closed:
+                return False
+            self._closed = True  # close() from now on finds the release under way
+        qemu = self._qemu
+        if qemu is not None and qemu.poll() is None:
+            qemu.kill()  # our own child, by pid
+        return True
 
     # ---- verbs while it runs ----------------------------------------------------
 
@@ -759,6 +789,10 @@ class VirtualMachine(Sandbox):
             if self._closed:
                 return
             self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """End QEMU (if it still runs) and virtiofsd, release every host resource (_free claimed them)."""
         self._stop_qemu()
         if self._monitor is not None:
             self._monitor.close()
