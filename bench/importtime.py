@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from minibox._bundle import RUN_PATH
+
 #: Modules the CLI's run path and minibox-oci's verbs must not import (tests/unit/test_import_budget.py
 #: checks the same set).  Each is a fresh interpreter's milliseconds for something minibox does without.
 FORBIDDEN = frozenset({
@@ -65,9 +67,9 @@ def importtime(code: str, argv: list[str], pycache: str) -> tuple[list[tuple[str
     return rows, done.returncode
 
 
-#: Every module of the run path, imported without running anything (the "imports" phase).
-RUN_MODULES = ("import minibox.cli, minibox.container.container, minibox.owner, minibox.records, minibox.firstuse, "
-               "minibox._static, minibox.policy.capabilities, minibox.policy.seccomp.cache, minibox.procfs")
+#: Every module of the run path, imported without running anything (the "imports" phase): the list the
+#: console script's bytecode bundle is built from (minibox/_bundle.py), imported here the ordinary way.
+RUN_MODULES = "import " + ", ".join(RUN_PATH)
 
 
 def phases(rootfs: str | None, rounds: int, src: str | None = None) -> int:
