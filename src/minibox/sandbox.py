@@ -33,7 +33,7 @@ from _collections_abc import Mapping, Sequence
 from ._lean import SIGKILL
 from ._record import field, record
 from .errors import StateError
-from .spec import DEFAULT_PATH, Spec
+from .spec import DEFAULT_OUTPUT_LIMIT, DEFAULT_PATH, Spec, parse_size
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -178,26 +178,37 @@ def reason_of(exit_code: int | None, sig: int | None, *, timed_out: bool = False
 # passes no file descriptor of its own, as subprocess.run does with
 # capture_output.  Unlike subprocess, the command is untrusted: `yes` would
 # grow the caller's own process until the host's OOM killer chose a victim.
-# So each stream keeps its first OUTPUT_CAP bytes; the rest is still read (a
-# writer is never blocked on a full pipe, so the command runs as it would)
-# but only counted, and the Result's bytes end with a line saying how much
-# was dropped.  Output sent to the caller's own fds is the caller's to bound.
-# Filled by container/stdio.py and vm/channels.py.
+# So each stream keeps its first Spec.output_limit bytes (OUTPUT_CAP unless
+# the Spec says); the rest is still read (a writer is never blocked on a full
+# pipe, so the command runs as it would) but only counted, and the Result's
+# bytes end with a line saying how much was dropped.  Output sent to the
+# caller's own fds is the caller's to bound.  Filled by container/stdio.py and
+# vm/channels.py.
 
-#: Bytes of each output stream kept for a Result (docs/api.md, "Output").
-OUTPUT_CAP = 16 << 20
+#: Bytes of each output stream kept for a Result when the Spec does not say
+#: (docs/api.md, "Output"): ``spec.DEFAULT_OUTPUT_LIMIT``.
+OUTPUT_CAP = DEFAULT_OUTPUT_LIMIT
 
 
 class CappedBuffer:
-    """Output kept up to ``cap`` bytes; the rest is counted, not kept."""
+    """Output kept up to ``cap`` bytes; the rest is counted, not kept.  ``cap=None`` keeps everything."""
 
-    def __init__(self, cap: int = OUTPUT_CAP) -> None:
+    def __init__(self, cap: int | str | None = OUTPUT_CAP) -> None:
         self._data = bytearray()
-        self._cap = cap
+        # Spec.output_limit arrives parsed (validation turns "64M" into bytes);
+        # its type still admits the string form, which means the same here.
+        self._cap = parse_size(cap, "output_limit") if isinstance(cap, str) else cap
         self._value: bytes | None = None
         self.dropped = 0
 
+    def recap(self, cap: int | str | None) -> None:
+        """Change the cap before output arrives (a pooled VM handed another Spec's run)."""
+        self._cap = parse_size(cap, "output_limit") if isinstance(cap, str) else cap
+
     def extend(self, data: bytes) -> None:
+        if self._cap is None:  # Spec(output_limit=None): the caller asked for everything
+            self._data += data
+            return
         room = self._cap - len(self._data)
         if room > 0 and self._value is None:
             self._data += data[:room]

@@ -62,6 +62,14 @@ MAX_SIZE = 2**63 - 1
 #: pids.max refuses anything above PID_MAX_LIMIT (include/linux/threads.h:
 #: 4 Mi on 64-bit), with EINVAL -- after the cgroup already exists.
 PIDS_MAX = 4 * 1024 * 1024
+#: Bytes of each captured output stream (stdout, stderr) a Result keeps when
+#: ``Spec.output_limit`` is not given: captured output is held in the caller's
+#: memory, and untrusted code can print forever.  16 MiB is far above what a
+#: command's output is read for (logs, test reports, JSON), was the VM path's
+#: bound from the start, and keeps the worst case of one command at ~64 MiB of
+#: the caller's memory (two streams, each briefly held twice while it becomes
+#: bytes).
+DEFAULT_OUTPUT_LIMIT = 16 << 20
 #: The longest timeout the waiting code can sleep through (poll(2) takes an
 #: int of milliseconds); use ``timeout=None`` for no timeout.
 MAX_TIMEOUT = (2**31 - 1) / 1000
@@ -358,6 +366,13 @@ class Spec:
     ``rootfs_overlay_size`` bounds that layer and the default image's
     private /tmp, each (bytes or ``"64M"``; the container sees ENOSPC
     beyond it; 1 GiB when not set: both are host memory).
+
+    ``output_limit`` bounds each captured output stream (stdout, stderr) of
+    the command and of each exec, in the caller's memory (bytes or
+    ``"64M"``; 16 MiB by default; ``None`` keeps everything).  Beyond it the
+    output is read and dropped -- the command runs on -- and the Result's
+    bytes end with a ``[minibox: output truncated, ...]`` line.  Output sent
+    to the caller's own file descriptors is neither captured nor bounded.
     """
 
     argv: Sequence[str]
@@ -390,6 +405,7 @@ class Spec:
     ports: Sequence[tuple[int, int]] = ()
     ip: str | None = None
     host_access: bool = False
+    output_limit: int | str | None = DEFAULT_OUTPUT_LIMIT
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -472,6 +488,9 @@ class Spec:
                 raise SpecError("timeout", f"at most {MAX_TIMEOUT:.0f} s (24 days); use None for no timeout")
             if self.timeout <= 0:
                 raise SpecError("timeout", f"must be positive, got {_shown(self.timeout)}")
+        # output_limit: None is an explicit "keep everything", as timeout=None is "no timeout"
+        if self.output_limit is not None:
+            set_(self, "output_limit", parse_size(self.output_limit, "output_limit"))
         # namespaces
         if self.namespaces is not None:
             if isinstance(self.namespaces, (str, bytes)) or not isinstance(self.namespaces, Sequence):

@@ -275,7 +275,7 @@ OBSERVED_IN_BOX: dict[str, Callable[[Sandbox, str], None]] = {
 }
 #: Honoured cells observed in a run of their own (the tests below).
 OBSERVED_ALONE = {"argv", "rootfs", "tty", "init", "timeout", "namespaces", "uid_map", "gid_map",
-                  "rootfs_overlay", "rootfs_overlay_size"}
+                  "rootfs_overlay", "rootfs_overlay_size", "output_limit"}
 #: Honoured cells of the bridge network, observed where the bridge is built (tests/network/).
 OBSERVED_ELSEWHERE = {"ports": "tests/network/test_vm_network.py", "ip": "tests/network/test_vm_network.py",
                       "host_access": "tests/network/test_guard.py"}
@@ -327,6 +327,19 @@ def test_a_fork_bomb_stops_at_the_pids_limit(isolation: str) -> None:
     result = run(isolation, Spec(argv=["sleep", "600"], timeout=3))
     assert isinstance(result, Result)
     assert result.reason == "timeout" and result.exit_code is None and result.shell_status == 124
+
+
+def test_output_limit_keeps_that_much_of_each_stream_and_says_so(isolation: str) -> None:
+    """The main command's output is cut at the bound, the rest counted; an exec's too; the command runs on."""
+    # the main command waits for the exec's file, so it is still running when the exec comes
+    spec = Spec(argv=["sh", "-c", "head -c 300000 /dev/zero; echo e >&2; "
+                                  "until [ -e /tmp/go ]; do sleep 0.1; done"], output_limit="100K", timeout=300)
+    marker = b"\n[minibox: output truncated, 197600 bytes dropped after the first 102400]\n"
+    with make(isolation, spec) as box:
+        result = box.exec(["sh", "-c", "head -c 300000 /dev/zero >&2; echo o; touch /tmp/go"], timeout=120)
+        assert (result.exit_code, result.stdout, result.stderr) == (0, b"o\n", b"\0" * 102400 + marker)
+        result = box.wait(timeout=120)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, b"\0" * 102400 + marker, b"e\n")
 
 
 def test_rootfs_overlay_on_the_container(custom_rootfs: str) -> None:

@@ -10,6 +10,7 @@ that opens one again is caught.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -182,6 +183,25 @@ def test_a_tty_exec_flooding_its_output_keeps_the_caller_bounded(box: Container)
     result = box.exec(["head", "-c", str(sent), "/dev/zero"], tty=True, timeout=60)
     assert result.exit_code == 0
     _assert_capped(result.stdout, sent)
+
+
+def test_spec_output_limit_lowers_and_raises_the_bound_for_run_and_exec() -> None:
+    # Spec.output_limit is the caller's say over the bound: lowered, a flood
+    # costs less; raised, more arrives whole; the command runs on either way
+    # (exit 0, the file it writes after its output exists).
+    marker = f"\n[minibox: output truncated, {3000000 - (1 << 20)} bytes dropped after the first {1 << 20}]\n"
+    lowered = Spec(argv=["sh", "-c", "head -c 3000000 /dev/zero; echo e >&2"], timeout=120, output_limit="1M")
+    result = minibox.run(lowered)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, b"\0" * (1 << 20) + marker.encode(), b"e\n")
+    with Container(dataclasses.replace(lowered, argv=["sleep", "60"])) as box:
+        result = box.exec(["sh", "-c", "head -c 3000000 /dev/zero >&2; echo o; touch /tmp/done"], timeout=60)
+        assert (result.exit_code, result.stdout, result.stderr) == (0, b"o\n", b"\0" * (1 << 20) + marker.encode())
+        assert box.exec(["ls", "/tmp/done"]).exit_code == 0
+    sent = OUTPUT_CAP + 1_000_000
+    raised = minibox.run(Spec(argv=["head", "-c", str(sent), "/dev/zero"], output_limit=OUTPUT_CAP * 2, timeout=60))
+    assert raised.stdout == b"\0" * sent
+    unbounded = minibox.run(Spec(argv=["head", "-c", str(sent), "/dev/zero"], output_limit=None, timeout=60))
+    assert unbounded.stdout == b"\0" * sent
 
 
 def test_a_tty_exec_flooding_its_pty_ends_at_its_timeout(box: Container) -> None:

@@ -163,11 +163,23 @@ def test_largest_values_the_kernel_accepts_pass() -> None:
     (dict(rootfs="/", rootfs_overlay_size="64M"), "rootfs_overlay_size"),  # a bound without the layer
     (dict(namespaces=["user", "mnt"], uid_map=[IdMap(0, 2**32 - 1, 2)]), "uid_map"),
     (dict(namespaces=["user", "mnt"], uid_map=5), "uid_map"),
+    (dict(output_limit=0), "output_limit"),
+    (dict(output_limit="-1M"), "output_limit"),
+    (dict(output_limit="lots"), "output_limit"),
+    (dict(output_limit=True), "output_limit"),
+    (dict(output_limit=1.5), "output_limit"),
 ])
 def test_spec_shapes_and_ranges(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(SpecError) as info:
         Spec(argv=["true"], **kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_output_limit_defaults_to_a_bound_and_parses_sizes() -> None:
+    assert Spec(argv=["true"]).output_limit == 16 << 20
+    assert Spec(argv=["true"], output_limit="64M").output_limit == 64 << 20
+    assert Spec(argv=["true"], output_limit=1).output_limit == 1
+    assert Spec(argv=["true"], output_limit=None).output_limit is None  # explicitly unbounded
 
 
 def test_rootfs_overlay_fields() -> None:

@@ -223,6 +223,10 @@ def test_a_pool_run_returns_at_its_exit_with_all_output_and_its_vm_already_kille
         # ... and nothing of the guest runs on once the caller has it
         assert not _running(pid), "the run's QEMU still runs after wait() returned"
         assert pool.release_errors == []
+        # the VMs were made for the pool's Spec; a run's own output_limit still bounds its capture
+        result = pool.run(Spec(argv=["head", "-c", "5000", "/dev/zero"], output_limit=1000))
+        marker = b"\n[minibox: output truncated, 4000 bytes dropped after the first 1000]\n"
+        assert result.stdout == b"\0" * 1000 + marker
     # no_leaks: once the pool is closed, the QEMU is reaped and its record, sockets and fds are gone
 
 

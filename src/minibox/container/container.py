@@ -448,8 +448,8 @@ class Container(Sandbox):
                 deadline = time.monotonic() + timeout
             else:
                 deadline = None
-            out = CappedBuffer()
-            err = CappedBuffer()
+            out = CappedBuffer(self.spec.output_limit)
+            err = CappedBuffer(self.spec.output_limit)
             stdin_data = bytes(self._stdin) if isinstance(self._stdin, (bytes, bytearray, memoryview)) else None
             if self._pty_master is not None:
                 finished = relay_tty(self._pidfd, self._pty_master, self._stdin, self._stdout, deadline, out)
@@ -702,8 +702,8 @@ class Container(Sandbox):
             if failure is not None:
                 raise failure
             deadline = None if timeout is None else time.monotonic() + timeout
-            out = CappedBuffer()
-            err = CappedBuffer()
+            out = CappedBuffer(self.spec.output_limit)
+            err = CappedBuffer(self.spec.output_limit)
             if master is not None:
                 finished = relay_tty(pidfd, master, stdin, None, deadline, out)
             else:

@@ -9,7 +9,7 @@ selectors(3)/epoll(7) until QEMU has closed them all:
 * the console and QEMU's stderr keep only their last :data:`CONSOLE_KEEP`
   bytes, for error messages;
 * the command's stdout/stderr go to the caller's file descriptors, or into
-  buffers for the Result, each capped at :data:`~minibox.sandbox.OUTPUT_CAP` bytes;
+  buffers for the Result, each capped at ``Spec.output_limit`` bytes (:data:`~minibox.sandbox.OUTPUT_CAP` by default);
 * the control port carries the agent's frames (agent.py): each one updates
   :class:`AgentState` under the VM's condition variable, which the
   VM's verbs wait on.
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
-from ..sandbox import CappedBuffer, Usage
+from ..sandbox import OUTPUT_CAP, CappedBuffer, Usage
 from . import agent as _agent
 
 #: Bytes of console and QEMU stderr kept for error messages.
@@ -49,6 +49,11 @@ class ExecState:
 
     out: CappedBuffer = field(default_factory=CappedBuffer)
     err: CappedBuffer = field(default_factory=CappedBuffer)
+
+    @classmethod
+    def capped(cls, limit: int | str | None) -> ExecState:
+        """An exec whose captured output keeps up to ``limit`` bytes per stream (Spec.output_limit)."""
+        return cls(out=CappedBuffer(limit), err=CappedBuffer(limit))
     exit: tuple[int | None, int | None] | None = None
     failure: tuple[str, int, str] | None = None
     usage: Usage = field(default_factory=Usage)  # from the agent's wait4(2)
@@ -104,13 +109,16 @@ class Channels:
     """
 
     def __init__(self, cond: threading.Condition, stdout: int | None, stderr: int | None,
-                 on_violation: Callable[[], None] = lambda: None) -> None:
+                 on_violation: Callable[[], None] = lambda: None,
+                 output_limit: int | str | None = OUTPUT_CAP) -> None:
         self.cond = cond
         self.state = AgentState()
         self.console = bytearray()
         self.qemu_err = bytearray()
-        self.stdout_buf = CappedBuffer()
-        self.stderr_buf = CappedBuffer()
+        #: Spec.output_limit: the cap of each captured stream, the main command's and each exec's
+        self.output_limit = output_limit
+        self.stdout_buf = CappedBuffer(output_limit)
+        self.stderr_buf = CappedBuffer(output_limit)
         self._out_fd, self._err_fd = stdout, stderr
         self._on_violation = on_violation
         self._thread: threading.Thread | None = None
@@ -121,6 +129,13 @@ class Channels:
         self.err_received = 0
 
     # ---- the pump ----------------------------------------------------------------
+
+    def set_output_limit(self, limit: int | str | None) -> None:
+        """The cap for the main command's output and later execs' (before the command runs)."""
+        with self.cond:
+            self.output_limit = limit
+            self.stdout_buf.recap(limit)
+            self.stderr_buf.recap(limit)
 
     def start(self, name: str, console: socket.socket, out: socket.socket, err: socket.socket,
               ctl: socket.socket, qemu_err: int) -> None:

@@ -197,7 +197,7 @@ class TemplateClone(_FromFiles):
         if not self.restored or self._started:
             raise MiniboxError("only a restored clone waiting for its run warms up")
         ident = next(self._ids)
-        ex = self._ch.state.execs[ident] = ExecState()
+        ex = self._ch.state.execs[ident] = ExecState.capped(self._ch.output_limit)
         self._send(_agent.warm_up_frame(ident, time.time_ns(), secrets.token_bytes(ENTROPY_BYTES),
                                         _plan.effective_spec(self.spec)))
         with self._cond:
@@ -228,6 +228,7 @@ class TemplateClone(_FromFiles):
             raise MiniboxError("this clone was already started")
         self.spec = spec
         self._stdin = stdin
+        self._ch.set_output_limit(spec.output_limit)  # the buffers were made for the pool's Spec
 
     def _boot(self) -> None:
         self.restore_template()

@@ -190,7 +190,8 @@ class VirtualMachine(Sandbox):
         self._net: _network.VmNetwork | None = None  # network="bridge": lease, ports (vm/network.py)
         self._tap_fd: int | None = None  # our copy of the tap's fd, until QEMU holds its own
         # what we learned: the channels' state (agent frames, output) and QEMU's events
-        self._ch = Channels(self._cond, stdout, stderr, on_violation=self._kill_qemu)
+        self._ch = Channels(self._cond, stdout, stderr, on_violation=self._kill_qemu,
+                            output_limit=spec.output_limit)
         self._accel = _accel.Verdict("tcg", "not started")
         self._started = False
         self._paused = False
@@ -660,7 +661,7 @@ class VirtualMachine(Sandbox):
         if stdin is not None and len(stdin) > _agent.EXEC_STDIN_MAX:
             raise SpecError("stdin", f"at most {_agent.EXEC_STDIN_MAX} bytes go to a command in a VM")
         ident = next(self._ids)
-        ex = self._ch.state.execs[ident] = ExecState()
+        ex = self._ch.state.execs[ident] = ExecState.capped(self._ch.output_limit)
         t0 = time.monotonic()
         env_ = command_env(request.env, self.spec.hostname, request.user[0])
         self._send(_agent.exec_frame(ident, request.argv, env=env_, cwd=request.cwd,

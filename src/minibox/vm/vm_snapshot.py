@@ -413,7 +413,7 @@ class RestoredVM(_FromFiles):
     def _reinit(self) -> None:
         """The agent takes the host's clock and fresh entropy ('r'); wait for its answer."""
         ident = next(self._ids)
-        ex = self._ch.state.execs[ident] = ExecState()
+        ex = self._ch.state.execs[ident] = ExecState.capped(self._ch.output_limit)
         self._send(_agent.reinit_frame(ident, time.time_ns(), secrets.token_bytes(ENTROPY_BYTES)))
         with self._cond:
             self._cond.wait_for(lambda: ex.exit is not None or ex.failure is not None or self._ended(),
