@@ -58,6 +58,9 @@
 #ifndef RESOLVE_IN_ROOT
 #define RESOLVE_IN_ROOT 0x10
 #endif
+#ifndef RESOLVE_NO_SYMLINKS
+#define RESOLVE_NO_SYMLINKS 0x04
+#endif
 #ifndef RESOLVE_NO_MAGICLINKS
 #define RESOLVE_NO_MAGICLINKS 0x02
 #endif
@@ -116,6 +119,64 @@ static int openat2_in_root(int root_fd, const char *path, int nofollow)
             return (int)fd;
         if (errno != EAGAIN && errno != EINTR)
             return -1;
+    }
+    return -1;
+}
+
+/* A host path opened without following any symlink on it (MB_SOURCE_NO_SYMLINKS):
+ * the API's bind sources, which spec.py refuses when a symlink is on their
+ * path.  One swapped in since that check is ELOOP here, never a redirect
+ * (e.g. to /etc).  Kernels without openat2: one O_NOFOLLOW component at a
+ * time from "/", a symlink at any step refused the same way. */
+static int open_host_no_symlinks(const char *path, int compat)
+{
+    if (!(compat & MB_COMPAT_NO_OPENAT2)) {
+        struct open_how how;
+        memset(&how, 0, sizeof how);
+        how.flags = O_PATH | O_CLOEXEC;
+        how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+        for (int tries = 0; tries < MB_EAGAIN_TRIES; tries++) {
+            long fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+            if (fd >= 0)
+                return (int)fd;
+            if (errno != EAGAIN && errno != EINTR)
+                break;
+        }
+        if (errno != ENOSYS)
+            return -1;
+    }
+    int cur = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char name[MB_PATH_MAX];
+    const char *p = path;
+    while (cur >= 0) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            return cur;
+        size_t n = 0;
+        while (p[n] && p[n] != '/')
+            n++;
+        if (n >= sizeof name) {
+            close(cur);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        p += n;
+        int fd = openat(cur, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        close_keep_errno(cur);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) < 0) {
+            close_keep_errno(fd);
+            return -1;
+        }
+        if (fd >= 0 && S_ISLNK(st.st_mode)) {
+            close(fd);
+            errno = ELOOP;
+            return -1;
+        }
+        cur = fd;
     }
     return -1;
 }
@@ -460,9 +521,12 @@ static int mount_op(const struct mb_op *op, int base_fd, int compat, int *mnt_fd
 
     *mnt_fd = -1;
     if (op->kind == MB_OP_BIND) {
-        source_fd = op->source_in_root
-            ? mb_resolve_in_root(base_fd, op->source, 0, compat)
-            : open(op->source, O_PATH | O_CLOEXEC);  /* a host path the caller chose */
+        if (op->source_in_root == MB_SOURCE_IN_ROOT)
+            source_fd = mb_resolve_in_root(base_fd, op->source, 0, compat);
+        else if (op->source_in_root == MB_SOURCE_NO_SYMLINKS)
+            source_fd = open_host_no_symlinks(op->source, compat);
+        else
+            source_fd = open(op->source, O_PATH | O_CLOEXEC);  /* a host path, as OCI bundles name them */
         if (source_fd < 0)
             return -1;
     }

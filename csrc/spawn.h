@@ -90,11 +90,18 @@ enum mb_compat {
     MB_COMPAT_NO_MOUNT_API = 2,
 };
 
+/* How a bind op's source is opened (mb_op.source_in_root). */
+enum mb_source {
+    MB_SOURCE_HOST = 0,         /* a host path, symlinks followed (OCI bundles' sources, as runc) */
+    MB_SOURCE_IN_ROOT = 1,      /* below the op's base, resolved inside it */
+    MB_SOURCE_NO_SYMLINKS = 2,  /* a host path no symlink on which is followed (the API's binds) */
+};
+
 struct mb_op {
     int kind;
     int base;            /* -1: the root; else the index of an earlier mount op */
     const char *source;  /* a host path, or with source_in_root one below base */
-    int source_in_root;
+    int source_in_root;  /* enum mb_source: how source is opened */
     const char *target;
     const char *fstype;
     unsigned long flags;

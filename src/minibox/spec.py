@@ -327,6 +327,16 @@ class Mount:
             source = _require_absolute(self.source, f"{where}.source")
             if not os.path.exists(source):
                 raise SpecError(f"{where}.source", f"{_shown(source)} does not exist on the host")
+            # The source is mounted as named, or not at all: a symlink on its path
+            # (planted by whoever can write a directory on it -- a sandbox that had
+            # that directory bound read-write, say) would bind something else, e.g.
+            # /etc.  The C child opens it without following any symlink, so one
+            # swapped in after this check fails the start (ELOOP), never redirects.
+            source = os.path.normpath(source)  # "/srv/data/" and "/srv/./data" are /srv/data
+            real = os.path.realpath(source)
+            if real != source:
+                raise SpecError(f"{where}.source", f"{_shown(source)} passes through a symlink (it leads to "
+                                                   f"{real!r}); name the real path if that is what you mean")
             if size is not None:
                 raise SpecError(f"{where}.size", "size applies to tmpfs mounts only")
         else:

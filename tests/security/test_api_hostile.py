@@ -11,6 +11,7 @@ that opens one again is caught.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import threading
@@ -22,6 +23,8 @@ import pytest
 
 import minibox
 from minibox import Container, Spec
+from minibox._native import lib
+from minibox.container import spawn as spawn_mod
 from minibox.container.plan import DEFAULT_LAYER_SIZE
 from minibox.sandbox import OUTPUT_CAP
 
@@ -451,6 +454,43 @@ def test_mount_targets_through_image_symlinks_stay_in_the_root(hostile_rootfs: P
     assert (host / "secret").read_text() == "host secret\n"
     assert str(host) not in Path("/proc/self/mountinfo").read_text()
 
+
+
+def test_a_bind_source_through_a_symlink_is_refused_naming_the_real_path(tmp_path: Path) -> None:
+    # A directory the caller binds may be one a sandbox could write before (bound
+    # read-write): a symlink planted on the path would bind something else, /etc say.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data").symlink_to("/etc")
+    with pytest.raises(minibox.SpecError) as info:
+        minibox.Mount.bind(str(shared / "data"), "/data").validated(0)
+    assert info.value.field == "mounts[0].source" and "'/etc'" in info.value.message
+    with pytest.raises(minibox.SpecError, match=r"mounts\[0\]\.source"):
+        Spec(argv=["true"], mounts=[minibox.Mount.bind(str(shared / "data" / "hostname"), "/h")])
+
+
+@pytest.mark.parametrize("compat", [0, lib.MB_COMPAT_NO_OPENAT2])
+def test_a_bind_source_swapped_for_a_symlink_after_the_spec_fails_the_start(
+        tmp_path: Path, compat: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between the Spec's check and the start, the source (or a directory above it)
+    # becomes a symlink to /etc.  Before: the child opened the path following it, and
+    # the sandbox read the host's /etc/shadow.  Now the start fails, naming the mount.
+    monkeypatch.setattr(spawn_mod, "COMPAT", compat)
+    for swapped in ("source", "parent"):
+        parent = tmp_path / swapped / "parent"
+        source = parent / "etc"
+        source.mkdir(parents=True)
+        spec = Spec(argv=["sh", "-c", "cat /data/shadow"], timeout=15,
+                    mounts=[minibox.Mount.bind(str(source), "/data", readonly=True)])
+        source.rmdir()
+        if swapped == "source":
+            source.symlink_to("/etc")
+        else:  # parent/etc is the host's /etc once parent is "/"
+            parent.rmdir()
+            parent.symlink_to("/")
+        with pytest.raises(minibox.SetupError) as info:
+            minibox.run(spec)
+        assert info.value.errno == errno.ELOOP and "/data" in str(info.value), info.value
 
 
 @pytest.mark.parametrize(("name", "climbing"), [("proc", False), ("proc", True), ("dev", False), ("dev", True),

@@ -187,3 +187,13 @@ def test_rootfs_overlay_fields() -> None:
     assert spec.rootfs_overlay and spec.rootfs_overlay_size == 64 << 20
     # the default image always has the layer; a size may bound it
     assert Spec(argv=["true"], rootfs_overlay_size="1M").rootfs_overlay_size == 1 << 20
+
+
+def test_a_bind_source_is_taken_only_as_it_really_is(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert Mount.bind(f"{real}/./", "/x").validated(0).source == str(real)  # normalized, no symlink
+    with pytest.raises(SpecError) as info:
+        Mount.bind(str(tmp_path / "link"), "/x").validated(3)
+    assert info.value.field == "mounts[3].source" and repr(str(real)) in info.value.message

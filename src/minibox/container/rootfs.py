@@ -93,6 +93,8 @@ class MountOp:
     source_in_root: bool = False
     base: int = -1
     base_path: str = ""
+    #: a host source opened with no symlink followed (csrc: MB_SOURCE_NO_SYMLINKS): the API's binds
+    source_no_symlinks: bool = False
 
     def relative_target(self) -> str:
         return self.target[len(self.base_path):] or "/"
@@ -113,10 +115,10 @@ class MountOp:
 
 
 def bind(target: str, source: str, flags: int = 0, *, source_in_root: bool = False,
-         optional: bool = False) -> MountOp:
+         optional: bool = False, source_no_symlinks: bool = False) -> MountOp:
     """A bind of ``source`` onto ``target``; ``flags`` may add MS_REC and :data:`BIND_ATTRS`."""
     return MountOp(OP_BIND, target, source=source, flags=flags, source_in_root=source_in_root,
-                   optional=optional)
+                   optional=optional, source_no_symlinks=source_no_symlinks)
 
 
 def _is_below(path: str, parent: str) -> bool:
@@ -146,7 +148,7 @@ def anchored(ops: list[MountOp], *, start: int = 0,
             raise ValueError(f"{op.describe()}: the source must lie below the target's base {base_path}")
         if base >= 0:  # the constructor, not dataclasses.replace: this runs on every start
             op = MountOp(op.kind, op.target, op.source, op.fstype, op.flags, op.data, op.mode, op.optional,
-                         op.source_in_root, base, base_path)
+                         op.source_in_root, base, base_path, op.source_no_symlinks)
         result.append(op)
         if op.kind in (OP_MOUNT, OP_BIND):
             mounts.append((op.target, index))
@@ -203,7 +205,8 @@ def _user_mount(mount: Mount) -> list[MountOp]:
         # start: the flags are set on the detached copy before it is attached.
         is_device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
         flags = MS_REC | (0 if is_device else MS_NODEV) | (MS_RDONLY if mount.readonly else 0)
-        ops.append(bind(target, mount.source, flags))
+        # spec.py refused a source with a symlink on its path; one swapped in since fails here
+        ops.append(bind(target, mount.source, flags, source_no_symlinks=True))
     else:
         mode_text = "1777" if target == "/tmp" else "755"
         size = DEFAULT_TMPFS_SIZE if mount.size is None else int(mount.size)  # host memory: never unbounded

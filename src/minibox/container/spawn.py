@@ -272,7 +272,8 @@ def _build_ops(ops: tuple[MountOp, ...]) -> tuple[Any, list[Any]]:
         c.kind = op.kind
         c.base = op.base
         c.source = cstr(op.relative_source())
-        c.source_in_root = int(op.source_in_root)
+        # enum mb_source (csrc/spawn.h): 0 a host path, 1 below the base, 2 a host path without symlinks
+        c.source_in_root = 1 if op.source_in_root else 2 if op.source_no_symlinks else 0
         c.target = cstr(op.relative_target())
         c.fstype = cstr(op.fstype)
         c.flags = op.flags

@@ -112,7 +112,8 @@ def vm_spec(cfg: Config, warnings: list[str]) -> Spec:
         elif m.type == "bind":
             if not m.source or not os.path.isabs(m.source):
                 raise OciError(f"config.json: mounts[{i}].source: a bind mount needs an absolute host path")
-            mounts.append(Mount.bind(m.source, m.destination, readonly=readonly))
+            # a bundle's source follows its symlinks, as with runc (Mount.bind refuses them)
+            mounts.append(Mount.bind(os.path.realpath(m.source), m.destination, readonly=readonly))
         else:
             raise _refused(f"mounts[{i}].type {m.type!r}", "a guest mounts bind (virtiofs) and tmpfs only")
 
