@@ -331,9 +331,12 @@ def test_a_fork_bomb_stops_at_the_pids_limit(isolation: str) -> None:
 
 def test_output_limit_keeps_that_much_of_each_stream_and_says_so(isolation: str) -> None:
     """The main command's output is cut at the bound, the rest counted; an exec's too; the command runs on."""
-    # the main command waits for the exec's file, so it is still running when the exec comes
+    # the main command waits for the exec's file, so it is still running when the exec comes; it
+    # then gives the exec's result time to arrive: in a VM, the main command's end ends the guest,
+    # and an exec whose output is still being pumped then loses its exit (a StateError; once in CI)
     spec = Spec(argv=["sh", "-c", "head -c 300000 /dev/zero; echo e >&2; "
-                                  "until [ -e /tmp/go ]; do sleep 0.1; done"], output_limit="100K", timeout=300)
+                                  "until [ -e /tmp/go ]; do sleep 0.1; done; sleep 2"],
+                output_limit="100K", timeout=300)
     marker = b"\n[minibox: output truncated, 197600 bytes dropped after the first 102400]\n"
     with make(isolation, spec) as box:
         result = box.exec(["sh", "-c", "head -c 300000 /dev/zero >&2; echo o; touch /tmp/go"], timeout=120)
