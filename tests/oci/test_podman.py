@@ -9,6 +9,7 @@ pointed at a two-line wrapper that adds a private ``--root`` for the test.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ import resource
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,12 +93,17 @@ def podman(tmp_path_factory: pytest.TempPathFactory, oci_rootfs: Path) -> Iterat
     finally:
         runner("rm", "--all", "--force", "--time", "0", check=False)
         # conmon's own cgroup (podman's cgroupfs layout) goes too, if we made it
+        deadline = time.monotonic() + 5  # conmon may still be exiting after `rm` returns (EBUSY)
         for parent in set(glob.glob("/sys/fs/cgroup/*/libpod_parent")) - parents_before:
             for directory in (f"{parent}/conmon", parent):
-                try:
-                    os.rmdir(directory)
-                except OSError:
-                    pass
+                while True:
+                    try:
+                        os.rmdir(directory)
+                    except OSError as e:
+                        if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                            time.sleep(0.05)
+                            continue
+                    break
         with open("/proc/self/mountinfo") as f:
             mounted = [line for line in f if str(base) in line]
         assert not mounted, f"podman left mounts behind: {mounted}"
