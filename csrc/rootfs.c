@@ -105,16 +105,18 @@ static void fd_path(char buf[32], int fd)
 
 /* ---- resolving a path inside a root ----------------------------------- */
 
-static int openat2_in_root(int root_fd, const char *path, int nofollow)
+/* openat2(2) with O_PATH, retried on EAGAIN: a rename elsewhere raced a ".."
+ * step; the kernel refuses to guess, and so do we after enough tries (a
+ * typed failure, not a guess).  -1 with errno ENOSYS where the kernel has
+ * no openat2: the callers then walk the path themselves. */
+static int openat2_path(int dir_fd, const char *path, int flags, unsigned long long resolve)
 {
     struct open_how how;
     memset(&how, 0, sizeof how);
-    how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    /* EAGAIN: a rename elsewhere raced a ".." step; the kernel refuses to
-     * guess, and so do we after enough tries (a typed failure, not a guess). */
+    how.flags = (unsigned long long)(O_PATH | O_CLOEXEC | flags);
+    how.resolve = resolve;
     for (int tries = 0; tries < MB_EAGAIN_TRIES; tries++) {
-        long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+        long fd = syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
         if (fd >= 0)
             return (int)fd;
         if (errno != EAGAIN && errno != EINTR)
@@ -123,62 +125,9 @@ static int openat2_in_root(int root_fd, const char *path, int nofollow)
     return -1;
 }
 
-/* A host path opened without following any symlink on it (MB_SOURCE_NO_SYMLINKS):
- * the API's bind sources, which spec.py refuses when a symlink is on their
- * path.  One swapped in since that check is ELOOP here, never a redirect
- * (e.g. to /etc).  Kernels without openat2: one O_NOFOLLOW component at a
- * time from "/", a symlink at any step refused the same way. */
-static int open_host_no_symlinks(const char *path, int compat)
+static int openat2_in_root(int root_fd, const char *path, int nofollow)
 {
-    if (!(compat & MB_COMPAT_NO_OPENAT2)) {
-        struct open_how how;
-        memset(&how, 0, sizeof how);
-        how.flags = O_PATH | O_CLOEXEC;
-        how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-        for (int tries = 0; tries < MB_EAGAIN_TRIES; tries++) {
-            long fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
-            if (fd >= 0)
-                return (int)fd;
-            if (errno != EAGAIN && errno != EINTR)
-                break;
-        }
-        if (errno != ENOSYS)
-            return -1;
-    }
-    int cur = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    char name[MB_PATH_MAX];
-    const char *p = path;
-    while (cur >= 0) {
-        while (*p == '/')
-            p++;
-        if (!*p)
-            return cur;
-        size_t n = 0;
-        while (p[n] && p[n] != '/')
-            n++;
-        if (n >= sizeof name) {
-            close(cur);
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        memcpy(name, p, n);
-        name[n] = '\0';
-        p += n;
-        int fd = openat(cur, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-        close_keep_errno(cur);
-        struct stat st;
-        if (fd >= 0 && fstat(fd, &st) < 0) {
-            close_keep_errno(fd);
-            return -1;
-        }
-        if (fd >= 0 && S_ISLNK(st.st_mode)) {
-            close(fd);
-            errno = ELOOP;
-            return -1;
-        }
-        cur = fd;
-    }
-    return -1;
+    return openat2_path(root_fd, path, nofollow ? O_NOFOLLOW : 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
 }
 
 /* Only procfs has magic links (/proc/PID/root, /proc/self/fd/N, ns/...);
@@ -197,8 +146,9 @@ static int holds_magic_links(int dir_fd)
  * path, absolute ones restart at the root; ".." pops our own stack of
  * directory fds and never goes above the root.  The kernel is never asked
  * to follow a link or to walk "..", so a concurrent rename cannot take the
- * walk out of the root (the approach of filepath-securejoin and libpathrs). */
-static int walk_in_root(int root_fd, const char *path, int nofollow)
+ * walk out of the root (the approach of filepath-securejoin and libpathrs).
+ * no_symlinks: refuse a symlink at any step (ELOOP) instead of following it. */
+static int walk_in_root(int root_fd, const char *path, int nofollow, int no_symlinks)
 {
     char rest[MB_PATH_MAX];
     char link[MB_PATH_MAX];
@@ -248,7 +198,7 @@ static int walk_in_root(int root_fd, const char *path, int nofollow)
             break;
         }
         if (S_ISLNK(st.st_mode) && !(last && nofollow)) {
-            if (holds_magic_links(cur) || ++links > MB_MAX_LINKS) {
+            if (no_symlinks || holds_magic_links(cur) || ++links > MB_MAX_LINKS) {
                 close(fd);
                 errno = ELOOP;
                 break;
@@ -301,7 +251,27 @@ int mb_resolve_in_root(int root_fd, const char *path, int nofollow, int compat)
         if (fd >= 0 || errno != ENOSYS)
             return fd;
     }
-    return walk_in_root(root_fd, path, nofollow);
+    return walk_in_root(root_fd, path, nofollow, 0);
+}
+
+/* A host path opened without following any symlink on it (MB_SOURCE_NO_SYMLINKS):
+ * the API's bind sources, which spec.py refuses when a symlink is on their
+ * path.  One swapped in since that check is ELOOP here, never a redirect
+ * (e.g. to /etc).  Kernels without openat2: the fallback walk from "/",
+ * refusing a symlink at any step the same way. */
+static int open_host_no_symlinks(const char *path, int compat)
+{
+    if (!(compat & MB_COMPAT_NO_OPENAT2)) {
+        int fd = openat2_path(AT_FDCWD, path, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+        if (fd >= 0 || errno != ENOSYS)
+            return fd;
+    }
+    int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return -1;
+    int fd = walk_in_root(root, path, 0, 1);
+    close_keep_errno(root);
+    return fd;
 }
 
 int mb_open_in_root(int root_fd, const char *path, int nofollow, int compat)
