@@ -31,7 +31,6 @@ minibox/peer, with the 25th-75th percentile spread.
 from __future__ import annotations
 
 import argparse
-import errno
 import glob
 import json
 import os
@@ -163,17 +162,15 @@ crun = ["{crun}"]
         subprocess.run([*command, "rm", "--all", "--force", "--time", "0"], capture_output=True, env=env, cwd=base)
         # conmon's cgroup (podman's cgroupfs layout) goes too, if this run made it; conmon may
         # still be exiting after `rm` returns (EBUSY), so retry for a moment
+        from minibox.container.cgroups.files import rmdir_retrying
+
         deadline = time.monotonic() + 5
         for parent in set(glob.glob("/sys/fs/cgroup/*/libpod_parent")) - parents_before:
             for directory in sorted(glob.glob(f"{parent}/**/", recursive=True), key=len, reverse=True):
-                while True:
-                    try:
-                        os.rmdir(directory)
-                    except OSError as e:
-                        if e.errno == errno.EBUSY and time.monotonic() < deadline:
-                            time.sleep(0.05)
-                            continue
-                    break
+                try:
+                    rmdir_retrying(directory, deadline)
+                except OSError:
+                    pass
     return samples
 
 

@@ -9,7 +9,6 @@ pointed at a two-line wrapper that adds a private ``--root`` for the test.
 
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from minibox.container.cgroups.files import rmdir_retrying
 from tests.conftest import needs_root
 
 from .conftest import MINIBOX_OCI
@@ -96,14 +96,10 @@ def podman(tmp_path_factory: pytest.TempPathFactory, oci_rootfs: Path) -> Iterat
         deadline = time.monotonic() + 5  # conmon may still be exiting after `rm` returns (EBUSY)
         for parent in set(glob.glob("/sys/fs/cgroup/*/libpod_parent")) - parents_before:
             for directory in (f"{parent}/conmon", parent):
-                while True:
-                    try:
-                        os.rmdir(directory)
-                    except OSError as e:
-                        if e.errno == errno.EBUSY and time.monotonic() < deadline:
-                            time.sleep(0.05)
-                            continue
-                    break
+                try:
+                    rmdir_retrying(directory, deadline)
+                except OSError:
+                    pass
         with open("/proc/self/mountinfo") as f:
             mounted = [line for line in f if str(base) in line]
         assert not mounted, f"podman left mounts behind: {mounted}"
