@@ -33,10 +33,11 @@ SOCK_FILTER_SIZE = 8  # struct sock_filter, as in profile.py
 
 MAX_PROGRAM = 4096 * SOCK_FILTER_SIZE  # BPF_MAXINSNS: the kernel refuses a longer program
 
-# What this process already read or compiled, per state directory and key:
-# hashing the compiler's sources costs ~0.4 ms a start that a process starting
-# many containers need not pay again (the code it runs cannot change under it anyway).
-_loaded: dict[tuple[str, str], bytes] = {}
+# What this process already read or compiled, per state directory, kind and
+# profile (the caps' repr or the mapping's JSON text): hashing the compiler's
+# sources into a key costs ~0.4 ms a start that a process starting many
+# containers need not pay again (the code it runs cannot change under it anyway).
+_loaded: dict[tuple[str, str, bytes], bytes] = {}
 _inputs: list[bytes] = []
 
 
@@ -134,18 +135,17 @@ def _cached(name: str, material: bytes, compile_it: Callable[[], tuple[bytes | N
     from ...paths import state_dir_name
 
     state = state_dir_name()
-    key = _key(material)
-    known = _loaded.get((state, key))
+    known = _loaded.get((state, name, material))
     if known is not None:
         return known
-    path = os.path.join(state, "cache", f"seccomp-{name}-{key[:40]}.bpf")
+    path = os.path.join(state, "cache", f"seccomp-{name}-{_key(material)[:40]}.bpf")
     program = _read(path)
     if program is None:
         program, cacheable = compile_it()
         if program is None or not cacheable:
             return program
         _write(path, program)
-    _loaded[(state, key)] = program
+    _loaded[(state, name, material)] = program
     return program
 
 
