@@ -53,7 +53,7 @@ apt:
 	fi
 
 $(STAMP): pyproject.toml setup.py csrc/spawn.c csrc/spawn.h csrc/rootfs.c csrc/rootfs.h csrc/build_native.py \
-		src/minibox/_entry.py src/minibox/_bundle.py
+		csrc/oci/front.c src/minibox/_entry.py src/minibox/_bundle.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,compare,plot]'

@@ -12,7 +12,8 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-STATIC_SOURCES = ("agent/agent.c", "init/init.c", "keeper/keeper.c", "fsguard/fsguard.c", "oci/gate.c")
+STATIC_SOURCES = ("agent/agent.c", "init/init.c", "keeper/keeper.c", "fsguard/fsguard.c", "oci/gate.c",
+                  "oci/front.c")
 
 
 class BuildPyWithSources(build_py):

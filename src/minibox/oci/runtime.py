@@ -25,7 +25,7 @@ import time
 # contextlib and signal cost each verb milliseconds of imports (minibox/_lean.py)
 from .._lean import NSIG, SIGKILL, pidfd_send_signal, signal_number, suppress
 from ..errors import MiniboxError, SetupError
-from .state import OciError, Record, write_pid_file
+from .state import OciError, Record, write_light_state, write_pid_file
 
 TYPE_CHECKING = False  # importing typing costs milliseconds; annotations are strings
 if TYPE_CHECKING:
@@ -386,6 +386,7 @@ def _build(record: Record, cfg: Config, *, pid_file: str | None, console_socket:
             run_hooks(kind, [vars(h) for h in cfg.hooks.get(kind, [])], record.oci_state())
         if pid_file:
             write_pid_file(pid_file, pid)
+        write_light_state(record)   # last: csrc/oci/front.c may now do state, start and delete alone
         os.close(pidfd)
         pidfd = None
     except BaseException:
@@ -515,8 +516,8 @@ def start(record: Record, warn: Any = None) -> None:
             raise OciError(f"cannot start container {record.id}: its init has gone") from e
         raise
     try:
-        record.data["started"] = True
-        record.save()
+        # a file, not a field of state.json: csrc/oci/front.c makes the same one
+        os.close(os.open(record.started_marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         os.write(fd, b"0")
         # The gate execs the command right after reading: wait for the read.
         # It is usually scheduled within tens of microseconds (2 CPUs), so

@@ -8,10 +8,17 @@ every other verb reads it to find the container's init and cgroup.
 The record never claims a status: the status is *observed* each time.  The
 pid is remembered with its start time (proc(5) field 22), so a recycled pid
 is recognised as "stopped", never signalled; the freezer says "paused";
-``started`` (set by ``start``) separates "created" from "running".  Each
-container's directory holds a lock file; every verb that changes a
-container takes flock(2) on it, so two engines' calls never interleave.
-The directory also holds the exec fifo (oci/gate, see csrc/oci/gate.c).
+the file ``started`` (made by ``start``) separates "created" from
+"running".  Each container's directory holds a lock file; every verb that
+changes a container takes flock(2) on it, so two engines' calls never
+interleave.  The directory also holds the exec fifo (oci/gate, see
+csrc/oci/gate.c).
+
+``state``, ``start`` and ``delete`` of a container are usually done by the
+C front end (csrc/oci/front.c), which parses no JSON: ``create`` leaves it
+``light-state``, a few ``key value`` lines and the state JSON's constant
+part (:func:`write_light_state`).  Both read the same files and decide
+the status the same way.
 """
 
 from __future__ import annotations
@@ -121,6 +128,9 @@ class Record:
         # from the bundle, whose files may have changed since (as runc keeps
         # the config in its state)
         self.config = os.path.join(self.dir, "config.json")
+        # made by `start` (here or in csrc/oci/front.c): "running", not "created"
+        self.started_marker = os.path.join(self.dir, "started")
+        self.light_state = os.path.join(self.dir, LIGHT_STATE)
         self.data: dict[str, Any] = {}
 
     # -- files --------------------------------------------------------------------
@@ -266,15 +276,61 @@ class Record:
             return "stopped"
         if self.frozen():
             return "paused"
-        return "running" if self.data.get("started") else "created"
+        started = self.data.get("started") or os.path.exists(self.started_marker)
+        return "running" if started else "created"
 
     def oci_state(self) -> dict[str, Any]:
         """The state object of the runtime spec (runtime.md#state)."""
         status = self.status()
         return {"ociVersion": OCI_VERSION, "id": self.id, "status": status,
-                "pid": self.pid if status != "stopped" else 0, "bundle": self.data.get("bundle", ""),
-                "rootfs": self.data.get("rootfs", ""), "created": self.data.get("created", ""),
-                "owner": "", "annotations": self.data.get("annotations", {})}
+                "pid": self.pid if status != "stopped" else 0, **self._constant_state()}
+
+    def _constant_state(self) -> dict[str, Any]:
+        """The state object's fields that never change after ``create`` (csrc/oci/front.c prints them as is)."""
+        return {"bundle": self.data.get("bundle", ""), "rootfs": self.data.get("rootfs", ""),
+                "created": self.data.get("created", ""), "owner": "",
+                "annotations": self.data.get("annotations", {})}
+
+
+#: The C front end's record of a container (csrc/oci/front.c; the first line is its version).
+LIGHT_STATE = "light-state"
+LIGHT_MAGIC = "minibox-oci light-state 1"
+
+
+def write_light_state(record: Record) -> None:
+    """``create``'s last step for a container: the record csrc/oci/front.c reads.
+
+    Written only when the C front end may do ``state``, ``start`` and
+    ``delete`` alone: container isolation and no poststart or poststop
+    hooks (a VM's verbs go through its supervisor; hooks are run by
+    Python).  Without this file the front end hands every verb to Python.
+    The lines are what :meth:`Record.status` and ``delete``'s first step
+    (runtime._remove_empty_cgroup) read from state.json: the init's pid and
+    start time, the freezer's file, the cgroup directories and the parents
+    to try once they are gone, in the order Python tries them.  After an
+    empty line comes :meth:`Record.oci_state` as ``state`` prints it
+    (indented JSON), from its first field after "pid".
+    """
+    data = record.data
+    if data.get("isolation") == "vm" or any(data.get("hooks", {}).values()):
+        return
+    lines = [LIGHT_MAGIC, f"pid {record.pid}", f"starttime {data['starttime']}"]
+    info = data.get("cgroup") or {}
+    paths = info.get("paths", {})
+    if info.get("version") == 2 and "unified" in paths:
+        lines.append(f"cgroup-freeze {os.path.join(paths['unified'], 'cgroup.freeze')}")
+    elif info and "freezer" in paths:
+        lines.append(f"freezer-state {os.path.join(paths['freezer'], 'freezer.state')}")
+    directories = set(paths.values())
+    lines += [f"cgroup {d}" for d in sorted(directories, key=len, reverse=True)]
+    lines += [f"parent {d}" for d in [*{os.path.dirname(d) for d in directories}, *info.get("made_parents", [])]]
+    if any("\n" in line for line in lines):
+        return   # a path with a newline cannot be a line: Python does the verbs
+    constant = json.dumps(record._constant_state(), indent=2)   # "{\n  ...\n}"
+    tmp = record.light_state + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n\n" + constant[2:])
+    os.replace(tmp, record.light_state)
 
 
 def write_pid_file(path: str, pid: int) -> None:
