@@ -28,6 +28,13 @@ The ``minibox`` script also loads the run path's bytecode from one file
 is checked against its source's size and time, and an edited one is read
 from the source instead.
 
+``minibox-oci`` (and ``minibox-oci-vm``) get one more step: when a C
+compiler is at hand, ``bin/minibox-oci`` becomes the static C front end of
+csrc/oci/front.c, which does ``state``, ``start`` and ``delete`` itself and
+hands every other verb to the Python script, now in
+``libexec/minibox/`` under the same name (docs/oci.md, "Why the light verbs
+are C").
+
 A plain ``pip install .`` keeps pip's ordinary scripts, which work the same,
 only slower; running ``python -m minibox._entry BINDIR`` afterwards is the
 opt-in.  Running ``pip install`` again writes pip's scripts back.
@@ -133,7 +140,7 @@ def install(bindir: str, python: str | None = None) -> list[str]:
 
     bundle = _bundle.__file__
     written = []
-    front = build_front()
+    front = build_front() if any(os.path.exists(os.path.join(bindir, n)) for n in FRONTED) else None
     for name, module in SCRIPTS.items():
         target = os.path.join(bindir, name)
         if not os.path.exists(target):

@@ -70,3 +70,23 @@ def test_an_interpreter_path_that_cannot_be_a_shebang_keeps_pips_scripts(tmp_pat
     assert _entry.install(str(bindir), python="/a path/with a space/python") == []
     assert _entry.install(str(bindir), python="/" + "x" * 200) == []
     assert (bindir / "minibox").read_text() == "pip's"
+
+
+def test_install_puts_the_c_front_end_before_minibox_oci(tmp_path: Path) -> None:
+    """bin/minibox-oci becomes csrc/oci/front.c; the Python script moves to libexec/minibox/ under its name."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("minibox-oci", "minibox-oci-vm"):
+        (bindir / name).write_text("#!/bin/sh\necho pip's script\n")
+    assert _entry.install(str(bindir), python=sys.executable) == ["minibox-oci", "minibox-oci-vm"]
+    libexec = tmp_path / "libexec" / "minibox"
+    assert (bindir / "minibox-oci").read_bytes()[:4] == b"\x7fELF"
+    assert "from minibox.oci.cli import entry_point" in (libexec / "minibox-oci").read_text()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(bindir / "minibox-oci"), "--version"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("minibox-oci version"), done.stderr
+    # each name hands over to the script of its own name (the name picks the isolation), argv unchanged
+    (libexec / "minibox-oci-vm").write_text('#!/bin/sh\necho "vm script:" "$@"\n')
+    done = subprocess.run([str(bindir / "minibox-oci-vm"), "--root", "/x", "list", "--quiet"],
+                          capture_output=True, text=True)
+    assert done.stdout == "vm script: --root /x list --quiet\n", done.stderr
