@@ -82,8 +82,10 @@ static void hand_over(void)
                                           ? "minibox-oci-vm" : "minibox-oci";
             snprintf(script, sizeof(script), "%s/../libexec/minibox/%s", self, script_name);
             execv(script, saved_argv);
-            fprintf(stderr, "minibox-oci: cannot run %s: %s (reinstall minibox: make setup)\n",
-                    script, strerror(errno));
+            /* e.g. a copy of this program, away from the venv it was built for */
+            fprintf(stderr, "minibox-oci: cannot run %s: %s (this program hands most verbs to it: "
+                            "run minibox-oci from its venv's bin/, or a symlink to it, not a copy; "
+                            "or reinstall with make setup)\n", script, strerror(errno));
             _exit(127);
         }
     }
@@ -510,7 +512,7 @@ int main(int argc, char **argv)
      * verbs are, so two engines' calls never interleave.  The lock is an
      * open file description: an execve to Python drops it (O_CLOEXEC). */
     if (cmd.verb != STATE) {
-        int lock = openat(dir_fd, "lock", O_RDONLY | O_CLOEXEC);
+        int lock = openat(dir_fd, "lock", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (lock < 0)
             hand_over();
         while (flock(lock, LOCK_EX) < 0) {
